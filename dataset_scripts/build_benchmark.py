@@ -1,0 +1,458 @@
+"""Build Hugging Face Parquet datasets of the CoOp benchmarks from CoOp's on-disk layout.
+
+Usage::
+
+    python dataset_scripts/build_benchmark.py --dataset oxford_pets --data_dir $DATA --output_dir OUT \
+        [--dataset dtd ...] [--max_shard_size 500MB] [--push_to_hub org/name [--private]]
+
+For every dataset this writes one config, ``OUT/<dataset>/{train,val,test}-XXXXX-of-YYYYY.parquet``
+(images embedded as bytes, ``label`` a ClassLabel), a provenance record ``OUT/<dataset>/capt_benchmark.json``
+and (re)writes the dataset card ``OUT/README.md`` whose YAML ``configs:`` / ``dataset_info:`` list every
+config in ``OUT``: building a second dataset into the same ``OUT`` adds a config and keeps the others.
+All files are written to temporary names first and moved into place with ``os.replace``.
+
+``--push_to_hub`` creates the dataset repo and uploads ``OUT`` with :class:`huggingface_hub.HfApi`
+(see :func:`push_benchmark_to_hub`). Load the result with
+``dataset_scripts.coop_datasets.load_benchmark(OUT or repo_id, "<dataset>")`` or
+``datasets.load_dataset(OUT or repo_id, "<dataset>")``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import uuid
+from collections.abc import Sequence
+
+import pyarrow.parquet as pq
+import yaml
+from huggingface_hub import HfApi
+from tqdm.auto import tqdm
+
+if __package__ in (None, ""):  # run as a script: make the repository root importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from datasets import ClassLabel, Dataset  # noqa: E402
+from datasets.table import embed_table_storage  # noqa: E402
+from datasets.utils.py_utils import convert_file_size_to_int  # noqa: E402
+
+from dataset_scripts.coop_datasets import get_dataset_info, list_datasets, read_coop_dataset  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+#: Name of the per-config provenance record written next to the Parquet shards.
+PROVENANCE_FILE = "capt_benchmark.json"
+CARD_FILE = "README.md"
+DEFAULT_MAX_SHARD_SIZE = "500MB"
+#: Rows per Parquet row group (and per embedding batch): small, since rows carry whole images.
+ROWS_PER_ROW_GROUP = 100
+
+
+# --------------------------------------------------------------------------------------------
+# Parquet shards
+# --------------------------------------------------------------------------------------------
+
+
+def write_parquet_shards(
+    dataset: Dataset,
+    folder: str,
+    split: str,
+    max_shard_size: str | int = DEFAULT_MAX_SHARD_SIZE,
+    progress: tqdm | None = None,
+) -> list[dict]:
+    """Write ``dataset`` (images embedded as bytes) to ``folder/<split>-XXXXX-of-YYYYY.parquet``.
+
+    A new shard starts when the next batch would push the current shard past ``max_shard_size``
+    (measured on the uncompressed Arrow data). Returns one ``{"file", "num_examples", "num_bytes"}``
+    per shard. ``folder`` should be a temporary folder: files are written in place.
+    """
+    max_bytes = convert_file_size_to_int(max_shard_size)
+    schema = dataset.features.arrow_schema
+    shards: list[dict] = []
+    writer: pq.ParquetWriter | None = None
+
+    def close_shard() -> None:
+        nonlocal writer
+        if writer is not None:
+            writer.close()
+            writer = None
+
+    for batch in dataset.with_format("arrow").iter(batch_size=ROWS_PER_ROW_GROUP):
+        table = embed_table_storage(batch.replace_schema_metadata(schema.metadata)).cast(schema)
+        row_bytes = max(1.0, table.nbytes / max(1, table.num_rows))  # plan with the batch's mean row size
+        start = 0
+        while start < table.num_rows:
+            if writer is None:
+                shards.append(
+                    {
+                        "file": os.path.join(folder, f".{split}-{len(shards):05d}.partial"),
+                        "num_examples": 0,
+                        "num_bytes": 0,
+                    }
+                )
+                writer = pq.ParquetWriter(shards[-1]["file"], schema)
+            rows_that_fit = int((max_bytes - shards[-1]["num_bytes"]) // row_bytes)
+            if rows_that_fit <= 0 and shards[-1]["num_examples"] > 0:
+                close_shard()
+                continue
+            piece = table.slice(start, max(1, rows_that_fit))
+            writer.write_table(piece, row_group_size=ROWS_PER_ROW_GROUP)
+            shards[-1]["num_examples"] += piece.num_rows
+            shards[-1]["num_bytes"] += piece.nbytes
+            start += piece.num_rows
+        if progress is not None:
+            progress.update(table.num_rows)
+    close_shard()
+    if not shards:  # an empty split still gets one (empty) shard so that the config lists it
+        shards.append({"file": os.path.join(folder, f".{split}-00000.partial"), "num_examples": 0, "num_bytes": 0})
+        pq.write_table(schema.empty_table(), shards[-1]["file"])
+
+    for index, shard in enumerate(shards):
+        final_path = os.path.join(folder, f"{split}-{index:05d}-of-{len(shards):05d}.parquet")
+        os.replace(shard["file"], final_path)
+        shard["file"] = os.path.basename(final_path)
+    return shards
+
+
+# --------------------------------------------------------------------------------------------
+# One config
+# --------------------------------------------------------------------------------------------
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _write_text_atomically(path: str, text: str) -> None:
+    handle, temp_path = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as temp_file:
+            temp_file.write(text)
+        os.chmod(temp_path, 0o666 & ~_current_umask())  # mkstemp creates 0600 files
+        os.replace(temp_path, path)
+    except BaseException:
+        if os.path.exists(temp_path):
+            os.remove(temp_path)
+        raise
+
+
+def _replace_directory(new_dir: str, final_dir: str) -> None:
+    """Move ``new_dir`` to ``final_dir``, replacing an existing ``final_dir`` (old content removed afterwards)."""
+    if not os.path.exists(final_dir):
+        os.replace(new_dir, final_dir)
+        return
+    retired = os.path.join(os.path.dirname(final_dir), f".{os.path.basename(final_dir)}.old-{uuid.uuid4().hex[:8]}")
+    os.replace(final_dir, retired)
+    os.replace(new_dir, final_dir)
+    shutil.rmtree(retired, ignore_errors=True)
+
+
+def build_benchmark(
+    dataset_name: str,
+    data_dir: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    *,
+    max_shard_size: str | int = DEFAULT_MAX_SHARD_SIZE,
+    verify_images: bool = True,
+    show_progress: bool = True,
+) -> dict:
+    """Read one benchmark from CoOp's layout and write it as config ``dataset_name`` of ``output_dir``.
+
+    Replaces an existing config of the same name, keeps the other configs, and rewrites the card.
+    Returns the config's provenance record (also written to ``output_dir/<dataset>/capt_benchmark.json``).
+    """
+    info = get_dataset_info(dataset_name)
+    output_dir = os.path.abspath(os.fspath(output_dir))
+    os.makedirs(output_dir, exist_ok=True)
+    dataset_dict, report = read_coop_dataset(info.name, data_dir, verify_images=verify_images)
+
+    temp_dir = tempfile.mkdtemp(dir=output_dir, prefix=f".{info.name}-")
+    os.chmod(temp_dir, 0o777 & ~_current_umask())  # mkdtemp creates 0700 folders
+    try:
+        total_rows = sum(len(dataset) for dataset in dataset_dict.values())
+        with tqdm(total=total_rows, desc=f"Writing {info.name}", unit="img", disable=not show_progress) as progress:
+            splits = {
+                split: write_parquet_shards(dataset, temp_dir, split, max_shard_size, progress)
+                for split, dataset in dataset_dict.items()
+            }
+        class_label: ClassLabel = next(iter(dataset_dict.values())).features["label"]
+        record = {
+            "config_name": info.name,
+            "display_name": info.display_name,
+            "template": info.template,
+            "homepage": info.homepage,
+            "classnames": list(class_label.names),
+            "provenance": report.provenance,
+            "corrupt_images_skipped": report.num_corrupt_images,
+            "images_verified": report.images_verified,
+            "splits": {
+                split: {
+                    "num_examples": sum(shard["num_examples"] for shard in shards),
+                    "num_bytes": sum(shard["num_bytes"] for shard in shards),
+                    "download_size": sum(os.path.getsize(os.path.join(temp_dir, shard["file"])) for shard in shards),
+                    "files": [shard["file"] for shard in shards],
+                }
+                for split, shards in splits.items()
+            },
+        }
+        _write_text_atomically(
+            os.path.join(temp_dir, PROVENANCE_FILE), json.dumps(record, indent=2, ensure_ascii=False) + "\n"
+        )
+        _replace_directory(temp_dir, os.path.join(output_dir, info.name))
+    except BaseException:
+        shutil.rmtree(temp_dir, ignore_errors=True)
+        raise
+    write_dataset_card(output_dir)
+    return record
+
+
+# --------------------------------------------------------------------------------------------
+# Dataset card
+# --------------------------------------------------------------------------------------------
+
+
+def read_provenance_records(output_dir: str | os.PathLike) -> list[dict]:
+    """The provenance records of every config in ``output_dir``, in the registry's order."""
+    records = []
+    for entry in sorted(os.listdir(output_dir)):
+        path = os.path.join(output_dir, entry, PROVENANCE_FILE)
+        if not entry.startswith(".") and os.path.isfile(path):
+            with open(path, encoding="utf-8") as handle:
+                records.append(json.load(handle))
+    order = {name: index for index, name in enumerate(list_datasets())}
+    return sorted(records, key=lambda record: (order.get(record["config_name"], len(order)), record["config_name"]))
+
+
+def _read_card_metadata(card_path: str) -> dict:
+    """The YAML front matter of an existing card (empty if none)."""
+    if not os.path.isfile(card_path):
+        return {}
+    with open(card_path, encoding="utf-8") as handle:
+        text = handle.read()
+    if not text.startswith("---"):
+        return {}
+    front_matter = text.split("---", 2)[1]
+    return yaml.safe_load(front_matter) or {}
+
+
+def _config_metadata(record: dict) -> tuple[dict, dict]:
+    """The ``configs:`` and ``dataset_info:`` YAML entries of one config."""
+    name = record["config_name"]
+    config = {
+        "config_name": name,
+        "data_files": [{"split": split, "path": f"{name}/{split}-*.parquet"} for split in record["splits"]],
+    }
+    dataset_info = {
+        "config_name": name,
+        "features": [
+            {"name": "image", "dtype": "image"},
+            {
+                "name": "label",
+                "dtype": {"class_label": {"names": {str(i): n for i, n in enumerate(record["classnames"])}}},
+            },
+        ],
+        "splits": [
+            {"name": split, "num_bytes": stats["num_bytes"], "num_examples": stats["num_examples"]}
+            for split, stats in record["splits"].items()
+        ],
+        "download_size": sum(stats.get("download_size", 0) for stats in record["splits"].values()),
+        "dataset_size": sum(stats["num_bytes"] for stats in record["splits"].values()),
+    }
+    return config, dataset_info
+
+
+def render_dataset_card(records: Sequence[dict], previous_metadata: dict | None = None) -> str:
+    """The card text: YAML front matter (configs, features, licence pointer) and the provenance of every split.
+
+    Entries of ``previous_metadata`` (an older card's YAML) for configs without a record are kept.
+    """
+    previous_metadata = previous_metadata or {}
+    configs, infos = {}, {}
+    for entry in previous_metadata.get("configs", []) or []:
+        configs[entry.get("config_name", "default")] = entry
+    previous_infos = previous_metadata.get("dataset_info", []) or []
+    for entry in [previous_infos] if isinstance(previous_infos, dict) else previous_infos:
+        infos[entry.get("config_name", "default")] = entry
+    for record in records:
+        configs[record["config_name"]], infos[record["config_name"]] = _config_metadata(record)
+
+    metadata = {
+        "license": "other",
+        "license_name": "original-dataset-licenses",
+        "pretty_name": "CoOp-protocol image classification benchmarks",
+        "task_categories": ["image-classification"],
+        "tags": ["coop", "few-shot", "clip", "prompt-learning", "capt"],
+        "configs": list(configs.values()),
+        "dataset_info": list(infos.values()),
+    }
+    front_matter = yaml.safe_dump(metadata, sort_keys=False, allow_unicode=True, width=1000)
+
+    lines = [
+        "# CoOp-protocol image classification benchmarks",
+        "",
+        "Built by `capt` (`dataset_scripts/build_benchmark.py`) from the on-disk layout of CoOp's DATASETS.md.",
+        "One config per dataset, with `train` / `val` / `test` splits (test only for the ImageNet variants),",
+        "an `image` column (bytes embedded) and a `label` ClassLabel column. The splits follow CoOp's",
+        "`split_zhou` files (or CoOp's generation rule where recorded below), so results are comparable",
+        "with the papers that use the CoOp protocol.",
+        "",
+        "```python",
+        "from datasets import load_dataset",
+        f'ds = load_dataset("<this repo or folder>", "{records[0]["config_name"] if records else "<config>"}")',
+        "```",
+        "",
+        "## Configs and split provenance",
+        "",
+        "| config | dataset | classes | train | val | test | prompt template | split provenance |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for record in records:
+        counts = [str(record["splits"].get(split, {}).get("num_examples", "-")) for split in ("train", "val", "test")]
+        provenance = record["provenance"].replace("|", "\\|")
+        if record.get("corrupt_images_skipped"):
+            provenance += f"; {record['corrupt_images_skipped']} undecodable image(s) skipped"
+        if not record.get("images_verified", True):
+            provenance += "; images not verified"
+        lines.append(
+            f"| `{record['config_name']}` | {record['display_name']} | {len(record['classnames'])} | "
+            + " | ".join(counts)
+            + f" | `{record['template']}` | {provenance} |"
+        )
+    kept = [name for name in configs if name not in {record["config_name"] for record in records}]
+    if kept:
+        lines += ["", f"Configs kept from an earlier card without a provenance record: {', '.join(kept)}."]
+    lines += [
+        "",
+        "## Licence",
+        "",
+        "This repository only re-packages the original datasets. Each config's images and labels remain under",
+        "the licence or terms of use of the original dataset, which **you must check yourself** before use or",
+        "redistribution (several allow non-commercial research use only):",
+        "",
+    ]
+    lines += [f"- `{record['config_name']}` ({record['display_name']}): {record['homepage']}" for record in records]
+    lines += [
+        "",
+        "The split files (`split_zhou_*.json`) come from CoOp (Zhou et al., *Learning to Prompt for",
+        "Vision-Language Models*, IJCV 2022).",
+        "",
+    ]
+    return f"---\n{front_matter}---\n\n" + "\n".join(lines)
+
+
+def write_dataset_card(output_dir: str | os.PathLike) -> str:
+    """(Re)write ``output_dir/README.md`` for every config in ``output_dir``; returns its path."""
+    output_dir = os.fspath(output_dir)
+    card_path = os.path.join(output_dir, CARD_FILE)
+    text = render_dataset_card(read_provenance_records(output_dir), _read_card_metadata(card_path))
+    _write_text_atomically(card_path, text)
+    return card_path
+
+
+# --------------------------------------------------------------------------------------------
+# Hub upload
+# --------------------------------------------------------------------------------------------
+
+
+def push_benchmark_to_hub(
+    output_dir: str | os.PathLike,
+    repo_id: str,
+    *,
+    config_names: Sequence[str] | None = None,
+    private: bool | None = None,
+    token: str | None = None,
+    commit_message: str | None = None,
+):
+    """Create the Hub dataset repo ``repo_id`` (if needed) and upload the card and configs of ``output_dir``.
+
+    Only ``README.md`` and the folders of ``config_names`` (default: every config in ``output_dir``) are
+    uploaded; the remote Parquet shards of those configs are replaced (``delete_patterns``), other configs
+    already on the Hub are left alone. Returns the :class:`huggingface_hub.CommitInfo`.
+    """
+    output_dir = os.fspath(output_dir)
+    if config_names is None:
+        config_names = [record["config_name"] for record in read_provenance_records(output_dir)]
+    api = HfApi(token=token)
+    api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+    return api.upload_folder(
+        repo_id=repo_id,
+        repo_type="dataset",
+        folder_path=output_dir,
+        allow_patterns=[CARD_FILE] + [f"{name}/*" for name in config_names],
+        delete_patterns=[f"{name}/*.parquet" for name in config_names],
+        commit_message=commit_message or f"Add CoOp-protocol configs: {', '.join(config_names)}",
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# CLI
+# --------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--dataset",
+        nargs="+",
+        required=True,
+        choices=list_datasets() + ["all"],
+        metavar="NAME",
+        help=f"dataset(s) to build, or 'all': {', '.join(list_datasets())}",
+    )
+    parser.add_argument("--data_dir", required=True, help="the $DATA root with CoOp's dataset folders")
+    parser.add_argument("--output_dir", required=True, help="folder of the Parquet dataset (one config per dataset)")
+    parser.add_argument(
+        "--max_shard_size", default=DEFAULT_MAX_SHARD_SIZE, help="maximum shard size, e.g. 500MB (default)"
+    )
+    parser.add_argument(
+        "--no_verify_images", action="store_true", help="do not decode every image with PIL before writing"
+    )
+    parser.add_argument("--push_to_hub", metavar="ORG/NAME", help="upload the built folder to this Hub dataset repo")
+    parser.add_argument("--private", action="store_true", help="create the Hub repo as private")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point; returns the exit status."""
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    names = list_datasets() if "all" in args.dataset else list(dict.fromkeys(args.dataset))
+    built = []
+    for name in names:
+        record = build_benchmark(
+            name,
+            args.data_dir,
+            args.output_dir,
+            max_shard_size=args.max_shard_size,
+            verify_images=not args.no_verify_images,
+        )
+        built.append(record)
+    for record in built:
+        counts = ", ".join(f"{split}: {stats['num_examples']}" for split, stats in record["splits"].items())
+        skipped = (
+            f", {record['corrupt_images_skipped']} corrupt image(s) skipped" if record["corrupt_images_skipped"] else ""
+        )
+        print(f"{record['config_name']}: {len(record['classnames'])} classes ({counts}){skipped}")
+    print(f"Wrote {os.path.join(os.path.abspath(args.output_dir), CARD_FILE)}")
+    if args.push_to_hub:
+        commit = push_benchmark_to_hub(
+            args.output_dir,
+            args.push_to_hub,
+            config_names=[record["config_name"] for record in built],
+            private=args.private or None,
+        )
+        print(f"Pushed to https://huggingface.co/datasets/{args.push_to_hub} ({getattr(commit, 'commit_url', commit)})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

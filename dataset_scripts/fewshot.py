@@ -1,0 +1,213 @@
+"""Few-shot sampling and base-to-novel class subsampling of the CoOp protocol.
+
+Few-shot sampling (``PROTOCOL.md``): one ``random.Random(seed)`` draws, for every class in sorted label
+order, ``rng.sample(indices_of_class, k)`` from the train split (a class with fewer than ``k`` images
+gives all of them), then the same generator draws ``min(k, 4)`` shots per class from the val split.
+The test split is never touched. The sampled row indices are cached as JSON (never pickle) under
+``cache_dir/<dataset>/shot_<k>-seed_<seed>.json``, written atomically, together with a fingerprint of
+the split's labels so that a cache made for a different split is detected and regenerated.
+
+Base-to-novel (``PROTOCOL.md``): sort the label set, ``m = ceil(K / 2)``; base = the first ``m``
+labels, novel = the rest; each subset is relabelled from 0 and its ``ClassLabel`` names are the
+subset's names. Subsampling is applied after few-shot sampling.
+
+Public API: :func:`sample_per_class`, :func:`few_shot_indices`, :func:`select_few_shot`,
+:func:`few_shot_dataset_dict`, :func:`base_novel_labels`, :func:`subsample_classes`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import random
+import tempfile
+from collections import defaultdict
+from collections.abc import Sequence
+
+import numpy as np
+from datasets import ClassLabel, Dataset, DatasetDict
+
+logger = logging.getLogger(__name__)
+
+#: The validation split gets ``min(num_shots, MAX_VAL_SHOTS)`` shots per class.
+MAX_VAL_SHOTS = 4
+#: Splits that few-shot sampling subsamples (in this order, from one random generator).
+FEW_SHOT_SPLITS = ("train", "val")
+SUBSAMPLE_CHOICES = ("all", "base", "novel")
+_CACHE_FORMAT_VERSION = 1
+
+
+def label_array(dataset: Dataset) -> np.ndarray:
+    """The ``label`` column of a dataset as an integer array (respects ``select``-ed rows)."""
+    column = dataset.with_format("arrow")["label"]
+    return np.asarray(column.to_numpy() if hasattr(column, "to_numpy") else column, dtype=np.int64)
+
+
+def sample_per_class(labels: Sequence[int], num_shots: int, rng: random.Random) -> list[int]:
+    """Row indices of ``num_shots`` items per class, drawn with ``rng.sample`` in sorted label order.
+
+    A class with fewer than ``num_shots`` items gives all of them (in row order). The result lists the
+    classes one after the other, each class's rows in the order ``rng.sample`` returned them.
+    """
+    if num_shots < 1:
+        raise ValueError(f"num_shots must be >= 1, got {num_shots}")
+    rows_by_label: dict[int, list[int]] = defaultdict(list)
+    for row, label in enumerate(labels):
+        rows_by_label[int(label)].append(row)
+    sampled: list[int] = []
+    for label in sorted(rows_by_label):
+        rows = rows_by_label[label]
+        sampled += rng.sample(rows, num_shots) if len(rows) >= num_shots else rows
+    return sampled
+
+
+def _labels_fingerprint(labels: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(labels, dtype=np.int64).tobytes()).hexdigest()[:16]
+
+
+def few_shot_cache_path(cache_dir: str | os.PathLike, dataset_name: str, num_shots: int, seed: int) -> str:
+    """Where the indices for (dataset, shots, seed) are cached."""
+    return os.path.join(os.fspath(cache_dir), dataset_name, f"shot_{num_shots}-seed_{seed}.json")
+
+
+def _write_json_atomically(path: str, content: dict) -> None:
+    directory = os.path.dirname(path) or "."
+    os.makedirs(directory, exist_ok=True)
+    handle, temp_path = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as temp_file:
+            json.dump(content, temp_file)
+            temp_file.flush()
+            os.fsync(temp_file.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temp_path, 0o666 & ~umask)  # mkstemp creates 0600 files
+        os.replace(temp_path, path)
+    except BaseException:
+        if os.path.exists(temp_path):
+            os.remove(temp_path)
+        raise
+
+
+def few_shot_indices(
+    dataset_dict: DatasetDict,
+    num_shots: int,
+    seed: int,
+    *,
+    dataset_name: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+) -> dict[str, list[int]]:
+    """Few-shot row indices ``{"train": [...], "val": [...]}`` (``min(k, 4)`` shots per class for val).
+
+    With ``cache_dir`` (and ``dataset_name``), the indices are read from / written to the JSON cache;
+    a cache whose split sizes or label fingerprints differ from ``dataset_dict`` is regenerated (warning).
+    Splits absent from ``dataset_dict`` are absent from the result.
+    """
+    if cache_dir is not None and not dataset_name:
+        raise ValueError("dataset_name is required to cache few-shot indices")
+    splits = [split for split in FEW_SHOT_SPLITS if split in dataset_dict]
+    if "train" not in splits:
+        raise ValueError(f"few-shot sampling needs a 'train' split, got {list(dataset_dict)}")
+    labels = {split: label_array(dataset_dict[split]) for split in splits}
+    expected = {
+        split: {"num_rows": len(labels[split]), "labels_sha256": _labels_fingerprint(labels[split])} for split in splits
+    }
+
+    cache_path = few_shot_cache_path(cache_dir, dataset_name, num_shots, seed) if cache_dir is not None else None
+    if cache_path is not None and os.path.isfile(cache_path):
+        with open(cache_path, encoding="utf-8") as handle:
+            cached = json.load(handle)
+        if cached.get("version") == _CACHE_FORMAT_VERSION and cached.get("splits") == expected:
+            logger.info("Loaded few-shot indices from %s", cache_path)
+            return {split: [int(i) for i in cached["indices"][split]] for split in splits}
+        logger.warning(
+            "Few-shot cache %s was made for a different split of %s; regenerating it.", cache_path, dataset_name
+        )
+
+    rng = random.Random(seed)
+    shots = {"train": num_shots, "val": min(num_shots, MAX_VAL_SHOTS)}
+    indices = {split: sample_per_class(labels[split], shots[split], rng) for split in splits}
+
+    if cache_path is not None:
+        _write_json_atomically(
+            cache_path,
+            {
+                "version": _CACHE_FORMAT_VERSION,
+                "dataset": dataset_name,
+                "num_shots": num_shots,
+                "seed": seed,
+                "shots_per_class": {split: shots[split] for split in splits},
+                "splits": expected,
+                "indices": indices,
+            },
+        )
+        logger.info("Cached few-shot indices in %s", cache_path)
+    return indices
+
+
+def select_few_shot(dataset_dict: DatasetDict, indices: dict[str, list[int]]) -> DatasetDict:
+    """A new DatasetDict whose splits named in ``indices`` keep only those rows (others unchanged)."""
+    return DatasetDict(
+        {
+            split: dataset.select(indices[split]) if split in indices else dataset
+            for split, dataset in dataset_dict.items()
+        }
+    )
+
+
+def few_shot_dataset_dict(
+    dataset_dict: DatasetDict,
+    num_shots: int,
+    seed: int,
+    *,
+    dataset_name: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+) -> DatasetDict:
+    """``dataset_dict`` with few-shot train / val splits and the full test split (see :func:`few_shot_indices`)."""
+    indices = few_shot_indices(dataset_dict, num_shots, seed, dataset_name=dataset_name, cache_dir=cache_dir)
+    return select_few_shot(dataset_dict, indices)
+
+
+def base_novel_labels(num_classes: int) -> tuple[list[int], list[int]]:
+    """``(base, novel)`` labels: the first ``ceil(K / 2)`` sorted labels are base, the rest novel."""
+    labels = list(range(num_classes))
+    middle = math.ceil(num_classes / 2)
+    return labels[:middle], labels[middle:]
+
+
+def _class_label(dataset_dict: DatasetDict) -> ClassLabel:
+    class_labels = [dataset.features["label"] for dataset in dataset_dict.values()]
+    first = class_labels[0]
+    if not isinstance(first, ClassLabel) or any(other.names != first.names for other in class_labels[1:]):
+        raise ValueError("all splits need the same ClassLabel 'label' feature to subsample classes")
+    return first
+
+
+def subsample_classes(dataset_dict: DatasetDict, subsample: str) -> DatasetDict:
+    """Keep the ``"base"`` or ``"novel"`` classes (or ``"all"``) of every split, relabelled from 0.
+
+    The label set is the ClassLabel's ``range(K)`` (every split of a CoOp benchmark holds every class).
+    The returned splits have ``ClassLabel(names=<subset names>)`` and keep their other columns.
+    """
+    if subsample not in SUBSAMPLE_CHOICES:
+        raise ValueError(f"subsample must be one of {SUBSAMPLE_CHOICES}, got {subsample!r}")
+    if subsample == "all":
+        return dataset_dict
+    class_label = _class_label(dataset_dict)
+    base, novel = base_novel_labels(class_label.num_classes)
+    kept = base if subsample == "base" else novel
+    new_label_of = np.full(class_label.num_classes, -1, dtype=np.int64)
+    new_label_of[kept] = np.arange(len(kept))
+    new_class_label = ClassLabel(names=[class_label.names[label] for label in kept])
+
+    result = DatasetDict()
+    for split, dataset in dataset_dict.items():
+        # Relabel every row first (dropped classes get -1), then select the kept rows: on a split without an
+        # indices mapping (e.g. a full test split) this replaces the label column only and copies no images.
+        new_labels = new_label_of[label_array(dataset)]
+        relabelled = dataset.remove_columns("label").add_column("label", new_labels, feature=new_class_label)
+        result[split] = relabelled.select(np.flatnonzero(new_labels >= 0))
+    return result

@@ -1,0 +1,33 @@
+"""Packaging for capt: confusion-aware prompt tuning for CLIP on the Hugging Face stack."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="capt",
+    version="0.1.0.dev0",
+    description="Confusion-Aware Prompt Tuning (CAPT) for CLIP, native to transformers, accelerate and datasets",
+    long_description=open("README.md", encoding="utf-8").read() if __import__("os").path.exists("README.md") else "",
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["modeling_capt", "trainers", "dataset_scripts"]),
+    install_requires=[
+        # torch is pinned by the caller (see README): `pip install torch==2.13.0` takes the CPU build here.
+        "torch>=2.4",
+        "transformers>=5.0",
+        "accelerate>=1.0",
+        "datasets>=4.0",
+        "peft>=0.17",
+        "evaluate>=0.4",
+        "huggingface_hub>=1.0",
+        "sentencepiece",
+        "safetensors",
+        "tokenizers",
+        "pillow",
+        "pyyaml",
+        "tqdm",
+        "scipy",  # Stanford Cars and Flowers102 annotations (.mat)
+        "numpy",
+    ],
+    extras_require={"test": ["pytest>=8"]},
+)

@@ -1,0 +1,308 @@
+"""Readers of the 15 CoOp benchmarks on fixture trees in each layout (see fixtures_coop.py)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+
+import pytest
+from datasets import ClassLabel, DatasetDict
+from datasets import Image as ImageFeature
+from fixtures_coop import (
+    FIXTURE_BUILDERS,
+    GENERATED_SPLIT_DATASETS,
+    IMAGENET_A_CLASS_INDICES,
+    IMAGENET_R_CLASS_INDICES,
+    make_all_datasets,
+    make_dtd,
+    make_fgvc_aircraft,
+    make_imagenet,
+    make_imagenet_a,
+    make_imagenet_sketch,
+    make_imagenetv2,
+    make_sun397,
+    write_corrupt_image,
+)
+
+from dataset_scripts import coop_datasets
+from dataset_scripts.coop_datasets import (
+    EmptyClassError,
+    MissingDataError,
+    MissingImageError,
+    get_dataset_info,
+    imagenet_subset_indices,
+    list_datasets,
+    load_benchmark,
+    load_coop_dataset,
+    read_coop_dataset,
+)
+
+#: PROTOCOL.md's table: name -> (folder, number of classes, template, test only).
+PROTOCOL_TABLE = {
+    "imagenet": ("imagenet", 1000, "a photo of a {}.", False),
+    "caltech101": ("caltech-101", 100, "a photo of a {}.", False),
+    "oxford_pets": ("oxford_pets", 37, "a photo of a {}, a type of pet.", False),
+    "stanford_cars": ("stanford_cars", 196, "a photo of a {}.", False),
+    "oxford_flowers": ("oxford_flowers", 102, "a photo of a {}, a type of flower.", False),
+    "food101": ("food-101", 101, "a photo of {}, a type of food.", False),
+    "fgvc_aircraft": ("fgvc_aircraft", 100, "a photo of a {}, a type of aircraft.", False),
+    "sun397": ("sun397", 397, "a photo of a {}.", False),
+    "dtd": ("dtd", 47, "{} texture.", False),
+    "eurosat": ("eurosat", 10, "a centered satellite photo of {}.", False),
+    "ucf101": ("ucf101", 101, "a photo of a person doing {}.", False),
+    "imagenetv2": ("imagenetv2", 1000, "a photo of a {}.", True),
+    "imagenet_sketch": ("imagenet-sketch", 1000, "a photo of a {}.", True),
+    "imagenet_a": ("imagenet-adversarial", 200, "a photo of a {}.", True),
+    "imagenet_r": ("imagenet-rendition", 200, "a photo of a {}.", True),
+}
+
+
+@pytest.fixture(scope="module")
+def all_fixtures(tmp_path_factory):
+    data_dir = str(tmp_path_factory.mktemp("coop_data"))
+    return data_dir, make_all_datasets(data_dir)
+
+
+def _class_names(dataset_dict: DatasetDict) -> list[str]:
+    return next(iter(dataset_dict.values())).features["label"].names
+
+
+def _paths(dataset) -> list[str]:
+    return [row["path"] for row in dataset.cast_column("image", ImageFeature(decode=False))["image"]]
+
+
+# ------------------------------------------------------------------------------------------
+# Registry
+# ------------------------------------------------------------------------------------------
+
+
+def test_registry_matches_the_protocol_table():
+    assert list_datasets() == list(PROTOCOL_TABLE)
+    for name, (folder, num_classes, template, test_only) in PROTOCOL_TABLE.items():
+        info = get_dataset_info(name)
+        assert (info.folder, info.num_classes, info.template, info.test_only) == (
+            folder,
+            num_classes,
+            template,
+            test_only,
+        )
+        assert info.homepage.startswith("https://")
+    assert get_dataset_info("OxfordPets").name == "oxford_pets"
+    assert get_dataset_info("DescribableTextures").name == "dtd"
+    with pytest.raises(KeyError, match="known: imagenet"):
+        get_dataset_info("mnist")
+
+
+def test_format_prompt_replaces_underscores():
+    assert (
+        get_dataset_info("oxford_pets").format_prompt("american_bulldog")
+        == "a photo of a american bulldog, a type of pet."
+    )
+    assert get_dataset_info("dtd").format_prompt("banded") == "banded texture."
+
+
+# ------------------------------------------------------------------------------------------
+# Every layout
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(PROTOCOL_TABLE))
+def test_reader_counts_classnames_and_features(all_fixtures, name):
+    data_dir, expected = all_fixtures
+    dataset_dict = load_coop_dataset(name, data_dir)
+    assert isinstance(dataset_dict, DatasetDict)
+    assert {split: len(ds) for split, ds in dataset_dict.items()} == expected[name].num_examples
+    assert _class_names(dataset_dict) == expected[name].classnames
+    for split, dataset in dataset_dict.items():
+        assert isinstance(dataset.features["image"], ImageFeature)
+        assert isinstance(dataset.features["label"], ClassLabel)
+        assert set(dataset["label"]) == set(range(len(expected[name].classnames))), split
+        # the image column stores the path, not the bytes, and decodes lazily
+        stored = dataset.data.column("image")[0].as_py()
+        assert stored["bytes"] is None and os.path.isfile(stored["path"])
+    first = dataset_dict["test"][0]
+    assert first["image"].size == (8, 8)
+    assert "corrupt images skipped: 0" in dataset_dict["test"].info.description
+
+
+def test_split_zhou_labels_follow_the_split_file(all_fixtures):
+    data_dir, _ = all_fixtures
+    dataset_dict = load_coop_dataset("caltech101", data_dir)
+    names = _class_names(dataset_dict)
+    split_file = os.path.join(data_dir, "caltech-101", "split_zhou_Caltech101.json")
+    with open(split_file, encoding="utf-8") as handle:
+        listed = json.load(handle)["train"]
+    train = dataset_dict["train"]
+    # same rows, same order as the split file, labels and names as its second and third fields
+    assert [
+        os.path.relpath(p, os.path.join(data_dir, "caltech-101", "101_ObjectCategories")) for p in _paths(train)
+    ] == [entry[0] for entry in listed]
+    assert train["label"] == [entry[1] for entry in listed]
+    assert [names[label] for label in train["label"]] == [entry[2] for entry in listed]
+
+
+def test_folder_readers_label_by_class_folder(all_fixtures):
+    data_dir, _ = all_fixtures
+    dataset_dict = load_coop_dataset("imagenet", data_dir)
+    wnids = [line.split()[0] for line in open(os.path.join(data_dir, "imagenet", "classnames.txt"), encoding="utf-8")]
+    for split in ("train", "val", "test"):
+        dataset = dataset_dict[split]
+        for path, label in zip(_paths(dataset), dataset["label"]):
+            assert os.path.basename(os.path.dirname(path)) == wnids[label]
+    train_paths, val_paths = set(_paths(dataset_dict["train"])), set(_paths(dataset_dict["val"]))
+    assert not train_paths & val_paths
+    assert all("/images/train/" in p for p in train_paths | val_paths)
+    assert all("/images/val/" in p for p in _paths(dataset_dict["test"]))
+
+
+@pytest.mark.parametrize("name", GENERATED_SPLIT_DATASETS)
+def test_generated_splits_are_deterministic_and_disjoint(tmp_path, name, monkeypatch):
+    expected = FIXTURE_BUILDERS[name](str(tmp_path), with_split_file=False)
+    first = load_coop_dataset(name, tmp_path)
+    second = load_coop_dataset(name, tmp_path)
+    assert {split: len(ds) for split, ds in first.items()} == expected.num_examples
+    assert _class_names(first) == expected.classnames
+    split_paths = {split: _paths(first[split]) for split in first}
+    assert split_paths == {split: _paths(second[split]) for split in second}
+    assert {split: first[split]["label"] for split in first} == {split: second[split]["label"] for split in second}
+    all_paths = [p for paths in split_paths.values() for p in paths]
+    assert len(all_paths) == len(set(all_paths))
+    assert "generated by capt" in first["train"].info.description
+
+    monkeypatch.setattr(coop_datasets, "SPLIT_SEED", 12345)
+    reseeded = load_coop_dataset(name, tmp_path)
+    assert {split: _paths(reseeded[split]) for split in reseeded} != split_paths
+
+
+def test_fgvc_without_variants_file_uses_sorted_names(tmp_path, caplog):
+    expected = make_fgvc_aircraft(str(tmp_path), with_variants_file=False)
+    with caplog.at_level(logging.WARNING):
+        dataset_dict = load_coop_dataset("fgvc_aircraft", tmp_path)
+    assert _class_names(dataset_dict) == expected.classnames == sorted(expected.classnames)
+    assert "variants.txt" in caplog.text
+
+
+def test_imagenet_variants_fall_back_to_imagenet_classnames(tmp_path):
+    make_imagenet(str(tmp_path))
+    expected = make_imagenetv2(str(tmp_path), copy_classnames=False)
+    dataset_dict = load_coop_dataset("imagenetv2", tmp_path)
+    assert _class_names(dataset_dict) == expected.classnames
+    assert list(dataset_dict) == ["test"]
+
+
+def test_imagenet_subset_indices(all_fixtures):
+    data_dir, _ = all_fixtures
+    assert imagenet_subset_indices("imagenet_a", data_dir) == IMAGENET_A_CLASS_INDICES
+    assert imagenet_subset_indices("imagenet_r", data_dir) == IMAGENET_R_CLASS_INDICES
+    assert imagenet_subset_indices("imagenet_sketch", data_dir) == [0, 1, 2, 3]
+
+
+def test_load_benchmark_reads_the_coop_layout(all_fixtures):
+    data_dir, expected = all_fixtures
+    dataset_dict = load_benchmark("dtd", data_dir=data_dir)
+    assert {split: len(ds) for split, ds in dataset_dict.items()} == expected["dtd"].num_examples
+
+
+# ------------------------------------------------------------------------------------------
+# Bad input
+# ------------------------------------------------------------------------------------------
+
+
+def test_missing_dataset_folder_names_dataset_and_path(tmp_path):
+    with pytest.raises(MissingDataError, match=r"EuroSAT.*eurosat") as error:
+        load_coop_dataset("eurosat", tmp_path)
+    assert str(tmp_path / "eurosat") in str(error.value)
+
+
+def test_missing_split_file_names_it(tmp_path):
+    make_sun397(str(tmp_path))
+    os.remove(tmp_path / "sun397" / "split_zhou_SUN397.json")
+    with pytest.raises(MissingDataError, match="SUN397.*split_zhou_SUN397.json"):
+        load_coop_dataset("sun397", tmp_path)
+
+
+def test_missing_annotation_file_names_it(tmp_path):
+    FIXTURE_BUILDERS["oxford_pets"](str(tmp_path), with_split_file=False)
+    os.remove(tmp_path / "oxford_pets" / "annotations" / "test.txt")
+    with pytest.raises(MissingDataError, match=r"OxfordPets.*annotations/test.txt"):
+        load_coop_dataset("oxford_pets", tmp_path)
+
+
+@pytest.mark.parametrize("verify_images", [True, False])
+def test_missing_listed_image_is_an_error(tmp_path, verify_images):
+    make_dtd(str(tmp_path))
+    missing = tmp_path / "dtd" / "images" / "blotchy" / "blotchy_val0001.jpg"
+    os.remove(missing)
+    with pytest.raises(MissingImageError, match="DescribableTextures") as error:
+        load_coop_dataset("dtd", tmp_path, verify_images=verify_images)
+    assert str(missing) in str(error.value)
+
+
+def test_corrupt_image_is_skipped_counted_and_reported(tmp_path, caplog):
+    expected = make_dtd(str(tmp_path))
+    corrupt = write_corrupt_image(str(tmp_path / "dtd" / "images" / "banded" / "banded_train0000.jpg"))
+    with caplog.at_level(logging.WARNING):
+        dataset_dict, report = read_coop_dataset("dtd", tmp_path)
+    assert report.num_corrupt_images == 1 and report.corrupt_images == [corrupt]
+    assert len(dataset_dict["train"]) == expected.num_examples["train"] - 1
+    assert len(dataset_dict["test"]) == expected.num_examples["test"]
+    assert corrupt not in _paths(dataset_dict["train"])
+    for dataset in dataset_dict.values():
+        assert "corrupt images skipped: 1" in dataset.info.description
+    assert "skipped 1 image" in caplog.text and corrupt in caplog.text
+
+    unverified = load_coop_dataset("dtd", tmp_path, verify_images=False)
+    assert len(unverified["train"]) == expected.num_examples["train"]
+    assert "not verified" in unverified["train"].info.description
+
+
+def test_class_left_empty_by_corrupt_images_is_an_error(tmp_path):
+    make_dtd(str(tmp_path))
+    for index in range(3):
+        write_corrupt_image(str(tmp_path / "dtd" / "images" / "braided" / f"braided_train{index:04d}.jpg"))
+    with pytest.raises(EmptyClassError, match="braided.*'train' after skipping corrupt"):
+        load_coop_dataset("dtd", tmp_path)
+
+
+def test_empty_class_folder_is_an_error(tmp_path):
+    make_dtd(str(tmp_path), with_split_file=False)
+    shutil.rmtree(tmp_path / "dtd" / "images" / "blotchy")
+    os.makedirs(tmp_path / "dtd" / "images" / "blotchy")
+    with pytest.raises(EmptyClassError, match="blotchy has no images"):
+        load_coop_dataset("dtd", tmp_path)
+
+
+def test_missing_wnid_folder_is_an_error(tmp_path):
+    make_imagenet_sketch(str(tmp_path))
+    shutil.rmtree(tmp_path / "imagenet-sketch" / "images" / "n01443537")
+    with pytest.raises(EmptyClassError, match="n01443537"):
+        load_coop_dataset("imagenet_sketch", tmp_path)
+
+
+def test_split_file_with_a_label_gap_is_an_error(tmp_path):
+    make_sun397(str(tmp_path))
+    split_file = tmp_path / "sun397" / "split_zhou_SUN397.json"
+    content = json.loads(split_file.read_text())
+    content = {split: [entry for entry in entries if entry[1] != 1] for split, entries in content.items()}
+    split_file.write_text(json.dumps(content))
+    with pytest.raises(EmptyClassError, match=r"label\(s\) \[1\]"):
+        load_coop_dataset("sun397", tmp_path)
+
+
+def test_class_absent_from_one_split_is_an_error(tmp_path):
+    make_sun397(str(tmp_path))
+    split_file = tmp_path / "sun397" / "split_zhou_SUN397.json"
+    content = json.loads(split_file.read_text())
+    content["val"] = [entry for entry in content["val"] if entry[1] != 2]
+    split_file.write_text(json.dumps(content))
+    with pytest.raises(EmptyClassError, match="outdoor apartment building.*'val'"):
+        load_coop_dataset("sun397", tmp_path)
+
+
+def test_unknown_wnid_in_imagenet_a_is_an_error(tmp_path):
+    make_imagenet_a(str(tmp_path))
+    os.makedirs(tmp_path / "imagenet-adversarial" / "imagenet-a" / "n99999999")
+    with pytest.raises(coop_datasets.SplitFileError, match="n99999999"):
+        load_coop_dataset("imagenet_a", tmp_path)
