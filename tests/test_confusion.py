@@ -1,0 +1,388 @@
+"""The Confusion Bank, the Semantic and Sample Confusion Miners, the confusion loss, k-means and the metrics."""
+
+import io
+import math
+
+import pytest
+import torch
+
+from modeling_capt.confusion import (
+    CaptConfusionBank,
+    adapter_alpha,
+    break_rate,
+    compute_confusion_matrix,
+    confusion_infonce_loss,
+    confusion_intensity,
+    confusion_pairs,
+    confusion_scores,
+    confusion_statistics,
+    correction_rate,
+    kmeans,
+    pseudo_ground_truth,
+    retrieve_representatives,
+    select_confusion_classes,
+    top_confused_pairs,
+)
+
+
+# M[a, b]: samples of true class a predicted b. Column 0 is empty, so a pseudo-GT of 0 has no statistics.
+MATRIX = torch.tensor(
+    [
+        [0, 2, 1, 0],
+        [0, 0, 0, 1],
+        [0, 4, 0, 2],
+        [0, 0, 5, 0],
+    ]
+)
+PROBS = torch.tensor(
+    [
+        [0.10, 0.60, 0.20, 0.10],  # g = 1
+        [0.25, 0.05, 0.30, 0.40],  # g = 3
+        [0.70, 0.10, 0.15, 0.05],  # g = 0
+    ]
+)
+
+
+def one_hot_probs(preds, num_classes):
+    probs = torch.full((len(preds), num_classes), 0.2 / (num_classes - 1))
+    probs[torch.arange(len(preds)), torch.as_tensor(preds)] = 0.8
+    return probs
+
+
+def small_bank(fallback="class"):
+    """Six samples on three classes, with 2-d embeddings chosen for hand-checkable cosines.
+
+    Class 0: rows 0, 1 misclassified (into 1 and 2), row 2 right. Class 1: rows 3, 4 right (no misclassified sample,
+    so its pool falls back to the whole class). Class 2: row 5, misclassified into 0.
+    """
+    embeds = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8], [1.0, 0.0], [0.8, 0.6], [-1.0, 0.0]])
+    labels = torch.tensor([0, 0, 0, 1, 1, 2])
+    preds = torch.tensor([1, 2, 0, 1, 1, 0])
+    return CaptConfusionBank.from_tensors(
+        torch.arange(6), labels, one_hot_probs(preds, 3), embeds, ["cat", "dog", "fox"], fallback=fallback
+    )
+
+
+def random_bank(num_samples=200, num_classes=7, dim=16, seed=0, fallback="class"):
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.randint(num_classes, (num_samples,), generator=generator)
+    logits = torch.randn(num_samples, num_classes, generator=generator) * 2
+    logits[torch.arange(num_samples), labels] += 1.5
+    embeds = torch.randn(num_samples, dim, generator=generator)
+    indices = torch.randperm(num_samples, generator=generator) * 3 + 10
+    names = [f"class {i}" for i in range(num_classes)]
+    return CaptConfusionBank.from_tensors(
+        indices, labels, logits.softmax(-1), embeds, names, template="a photo of a {}.", base_model="test",
+        fallback=fallback,
+    )
+
+
+# ------------------------------------------------------------------ Semantic Confusion Miner
+def test_confusion_scores_by_hand():
+    g = pseudo_ground_truth(PROBS)
+    assert g.tolist() == [1, 3, 0]
+    assert confusion_statistics(MATRIX, g).tolist() == [[2, 0, 4, 0], [0, 1, 2, 0], [0, 0, 0, 0]]
+    scores = confusion_scores(PROBS, MATRIX, g)
+    # Hand computation of S_i = (1 + n_i / sum n) * C_i:
+    # row 0, g=1, n=[2,0,4,0], sum 6: S = [(1+2/6)*0.1, -inf, (1+4/6)*0.2, 0.1] = [0.133333, -inf, 0.333333, 0.1]
+    # row 1, g=3, n=[0,1,2,0], sum 3: S = [0.25, (1+1/3)*0.05, (1+2/3)*0.3, -inf] = [0.25, 0.066667, 0.5, -inf]
+    # row 2, g=0, n=0 (empty column): S = C = [-inf, 0.1, 0.15, 0.05]
+    inf = float("inf")
+    expected = torch.tensor(
+        [[0.133333, -inf, 0.333333, 0.1], [0.25, 0.066667, 0.5, -inf], [-inf, 0.1, 0.15, 0.05]]
+    )
+    torch.testing.assert_close(scores, expected, atol=1e-6, rtol=0)
+
+
+def test_confusion_scores_symmetric_and_without_statistics():
+    g = torch.tensor([1])
+    # n = M[i,1] + M[1,i] = [2,0,4,0] + [0,0,0,1] = [2,0,4,1], sum 7:
+    # S = [(1+2/7)*0.1, -inf, (1+4/7)*0.2, (1+1/7)*0.1] = [0.128571, -inf, 0.314286, 0.114286]
+    scores = confusion_scores(PROBS[:1], MATRIX, g, symmetric=True)
+    torch.testing.assert_close(scores, torch.tensor([[0.128571, -math.inf, 0.314286, 0.114286]]), atol=1e-6, rtol=0)
+    plain = confusion_scores(PROBS[:1], MATRIX, g, use_statistics=False)
+    torch.testing.assert_close(plain, torch.tensor([[0.10, -math.inf, 0.20, 0.10]]))
+
+
+def test_zero_statistics_fall_back_to_probabilities():
+    empty = torch.zeros(4, 4, dtype=torch.long)
+    g = pseudo_ground_truth(PROBS)
+    scores = confusion_scores(PROBS, empty, g)
+    expected = PROBS.clone()
+    expected[torch.arange(3), g] = -math.inf
+    torch.testing.assert_close(scores, expected)
+
+
+def test_confusion_classes_exclude_own_label():
+    probs = PROBS[:1]  # S = [0.133333, -inf, 0.333333, 0.1], g = 1
+    # Correct sample (y = g = 1): the two largest S over i != 1.
+    assert select_confusion_classes(probs, MATRIX, torch.tensor([1]), k=2).tolist() == [[2, 0]]
+    # Misclassified into 1 (y = 2): g comes first, then the best S over i not in {1, 2}. The paper's plain ranking
+    # would have given [2, 0], repeating the label.
+    assert select_confusion_classes(probs, MATRIX, torch.tensor([2]), k=2).tolist() == [[1, 0]]
+    assert select_confusion_classes(probs, MATRIX, torch.tensor([0]), k=2).tolist() == [[1, 2]]
+    # pseudo_gt=False, y = 2: g = 2, n = M[:, 2] = [1,0,0,5], sum 6:
+    # S = [(1+1/6)*0.1, 0.6, -inf, (1+5/6)*0.1] = [0.116667, 0.6, -inf, 0.183333] -> [1, 3]
+    assert select_confusion_classes(probs, MATRIX, torch.tensor([2]), k=2, pseudo_gt=False).tolist() == [[1, 3]]
+
+
+def test_confusion_statistics_change_the_ranking():
+    probs = torch.tensor([[0.30, 0.10, 0.25, 0.35]])  # g = y = 3, n = [0, 1, 2, 0]
+    # S = [0.3, (1+1/3)*0.1, (1+2/3)*0.25, -inf] = [0.3, 0.133333, 0.416667, -inf]
+    labels = torch.tensor([3])
+    assert select_confusion_classes(probs, MATRIX, labels, k=1).tolist() == [[2]]
+    assert select_confusion_classes(probs, MATRIX, labels, k=1, use_statistics=False).tolist() == [[0]]
+
+
+def test_confusion_classes_are_distinct_and_never_the_label():
+    bank = random_bank()
+    classes = select_confusion_classes(bank.probs, bank.confusion_matrix, bank.labels, k=4)
+    assert classes.shape == (len(bank), 4)
+    assert not (classes == bank.labels.unsqueeze(-1)).any()
+    assert all(len(set(row)) == 4 for row in classes.tolist())
+    wrong = bank.preds != bank.labels
+    assert torch.equal(classes[wrong, 0], bank.preds[wrong])
+
+
+def test_k_larger_than_classes_is_clamped():
+    with pytest.warns(UserWarning, match="k_pairs=5"):
+        classes = select_confusion_classes(PROBS, MATRIX, torch.tensor([1, 3, 0]), k=5)
+    assert classes.shape == (3, 3)
+
+
+def test_confusion_pairs_by_hand():
+    bank = small_bank()
+    # k = 1. Rows 0, 1, 5 are misclassified: their class is the prediction -> pairs (0,1), (0,2), (0,2).
+    # Row 2 (y=g=0): n = M[:, 0] = [0,0,1] -> S = [-inf, 0.1, 0.2] -> class 2 -> (0,2).
+    # Rows 3, 4 (y=g=1): n = M[:, 1] = [1,0,0] -> S = [0.2, -inf, 0.1] -> class 0 -> (0,1).
+    assert confusion_pairs(bank, k_pairs=1, return_counts=True) == [(0, 1, 3), (0, 2, 3)]
+    assert confusion_pairs(bank, k_pairs=1) == [(0, 1), (0, 2)]
+
+
+# ------------------------------------------------------------------ Confusion Bank
+def test_bank_derived_index():
+    bank = small_bank()
+    assert bank.confusion_matrix.tolist() == [[0, 1, 1], [0, 0, 0], [1, 0, 0]]
+    assert bank.num_misclassified == 3
+    assert bank.misclassified_rows(0).tolist() == [0, 1]
+    assert bank.misclassified_rows(1).tolist() == []
+    assert bank.pool_rows(0).tolist() == [0, 1]
+    assert bank.pool_rows(1).tolist() == [3, 4]  # fallback: the whole class
+    assert bank.pool_rows(2).tolist() == [5]
+    assert small_bank(fallback="none").pool_rows(1).tolist() == []
+
+
+def test_build_from_batches_matches_from_tensors():
+    reference = random_bank(num_samples=50)
+    # The same data, shuffled and streamed as dicts and tuples.
+    order = torch.randperm(50, generator=torch.Generator().manual_seed(1))
+    fields = [reference.indices[order], reference.labels[order], reference.probs[order], reference.embeds[order]]
+    batches = []
+    for start in range(0, 50, 16):
+        chunk = [tensor[start : start + 16] for tensor in fields]
+        batches.append(dict(zip(["indices", "labels", "probs", "embeds"], chunk)) if start % 32 else tuple(chunk))
+    bank = CaptConfusionBank.build(iter(batches), reference.class_names, reference.template, reference.base_model)
+    for name in ("indices", "labels", "probs", "preds", "embeds", "confusion_matrix"):
+        torch.testing.assert_close(getattr(bank, name), getattr(reference, name))
+    rows = bank.rows_for(torch.tensor([[reference.indices[7], reference.indices[3]]]))
+    assert rows.tolist() == [[7, 3]]
+    with pytest.raises(KeyError):
+        bank.rows_for(torch.tensor([11]))
+
+
+def test_bank_rejects_bad_inputs():
+    labels, embeds = torch.tensor([0, 1]), torch.randn(2, 3)
+    with pytest.raises(ValueError, match="logits"):
+        CaptConfusionBank.from_tensors(torch.arange(2), labels, torch.randn(2, 2) * 5, embeds, ["a", "b"])
+    with pytest.raises(ValueError, match="unique"):
+        CaptConfusionBank.from_tensors(torch.tensor([1, 1]), labels, torch.eye(2), embeds, ["a", "b"])
+    with pytest.raises(ValueError, match="class names"):
+        CaptConfusionBank.from_tensors(torch.arange(2), labels, torch.eye(2), embeds, ["a", "b", "c"])
+
+
+def test_check_compatible_names_the_first_mismatch():
+    bank = small_bank()
+    bank.check_compatible(["cat", "dog", "fox"], "a photo of a {}.")
+    with pytest.raises(ValueError, match="class 1 is 'dog' in the bank but 'wolf' here"):
+        bank.check_compatible(["cat", "wolf", "fox"])
+    with pytest.raises(ValueError, match="3 classes, the class list 4"):
+        bank.check_compatible(["cat", "dog", "fox", "owl"])
+    with pytest.raises(ValueError, match="template"):
+        bank.check_compatible(["cat", "dog", "fox"], "a drawing of a {}.")
+
+
+def test_state_dict_round_trip():
+    bank = random_bank()
+    bank.semantic_prompts = [{"pair": [0, 1], "commonality": "both are round", "difference": "one is red"}]
+    buffer = io.BytesIO()
+    torch.save(bank.state_dict(), buffer)
+    buffer.seek(0)
+    state = torch.load(buffer, weights_only=True)  # plain tensors and containers: no pickled objects
+
+    restored = CaptConfusionBank()  # empty, as in `accelerator.register_for_checkpointing` then `load_state`
+    restored.load_state_dict(state)
+    for name in ("indices", "labels", "probs", "preds", "embeds", "confusion_matrix"):
+        assert torch.equal(getattr(restored, name), getattr(bank, name))
+    assert restored.class_names == bank.class_names
+    assert (restored.template, restored.base_model) == (bank.template, bank.base_model)
+    assert restored.semantic_prompts == bank.semantic_prompts
+    assert torch.equal(restored.pool_rows(3), bank.pool_rows(3))
+
+    other = CaptConfusionBank(["a", "b"])
+    with pytest.raises(ValueError, match="class 0 is 'a' in the bank"):
+        other.load_state_dict(state)
+
+
+def test_bank_without_misclassified_samples_warns_and_falls_back():
+    probs = one_hot_probs([0, 1, 1], 2)
+    with pytest.warns(UserWarning, match="no misclassified sample"):
+        bank = CaptConfusionBank.from_tensors(
+            torch.arange(3), torch.tensor([0, 1, 1]), probs, torch.eye(3), ["a", "b"]
+        )
+    assert torch.equal(bank.confusion_matrix, torch.zeros(2, 2, dtype=torch.long))
+    assert bank.pool_rows(1).tolist() == [1, 2]
+    classes = select_confusion_classes(bank.probs, bank.confusion_matrix, bank.labels, k=1)
+    assert classes.tolist() == [[1], [0], [0]]
+    rows, _ = retrieve_representatives(bank.embeds[:1], classes[:1], bank)
+    assert rows.tolist() == [[1]]
+
+
+# ------------------------------------------------------------------ Sample Confusion Miner
+def test_retrieval_by_hand():
+    bank = small_bank()
+    query = torch.tensor([[0.6, 0.8]])
+    rows, cosine = retrieve_representatives(query, torch.tensor([[0, 1, 2]]), bank)
+    # Class 0's pool is rows {0, 1} (row 2, cos 1, is right and not a candidate): cos 0.6, 0.8 -> row 1.
+    # Class 1 falls back to rows {3, 4}: cos 0.6, 0.96 -> row 4. Class 2: row 5, cos -0.6.
+    assert rows.tolist() == [[1, 4, 5]]
+    torch.testing.assert_close(cosine, torch.tensor([[0.8, 0.96, -0.6]]))
+    torch.testing.assert_close(confusion_intensity(cosine), torch.tensor([[0.8, 0.96, 0.0]]))
+    # The query is normalised before the cosine.
+    rows_scaled, cosine_scaled = retrieve_representatives(query * 7, torch.tensor([[0, 1, 2]]), bank)
+    assert torch.equal(rows_scaled, rows)
+    torch.testing.assert_close(cosine_scaled, cosine)
+
+
+def test_retrieval_matches_brute_force():
+    bank = random_bank(num_samples=300, num_classes=9, dim=12, seed=3)
+    generator = torch.Generator().manual_seed(4)
+    query = torch.randn(11, 12, generator=generator)
+    labels = torch.randint(9, (11,), generator=generator)
+    probs = torch.randn(11, 9, generator=generator).softmax(-1)
+    classes = select_confusion_classes(probs, bank.confusion_matrix, labels, k=4)
+    rows, cosine = retrieve_representatives(query, classes, bank)
+
+    normalised = torch.nn.functional.normalize(query, dim=-1)
+    for b in range(11):
+        for slot, c in enumerate(classes[b].tolist()):
+            wrong = [u for u in range(len(bank)) if bank.labels[u] == c and bank.preds[u] != c]
+            pool = wrong or [u for u in range(len(bank)) if bank.labels[u] == c]
+            sims = [float(normalised[b] @ bank.embeds[u]) for u in pool]
+            best = max(range(len(pool)), key=lambda i: sims[i])
+            assert rows[b, slot] == pool[best]
+            assert cosine[b, slot] == pytest.approx(sims[best], abs=1e-6)
+
+
+def test_random_retrieval_picks_pool_members_reproducibly():
+    bank = random_bank()
+    classes = torch.tensor([[0, 1, 2], [3, 4, 5]])
+    query = torch.randn(2, 16)
+    def pick():
+        generator = torch.Generator().manual_seed(0)
+        return retrieve_representatives(query, classes, bank, random_samples=True, generator=generator)
+
+    first, again = pick(), pick()
+    assert torch.equal(first[0], again[0])
+    for b in range(2):
+        for slot in range(3):
+            assert first[0][b, slot] in bank.pool_rows(int(classes[b, slot])).tolist()
+    expected = torch.nn.functional.normalize(query, dim=-1).unsqueeze(1) * bank.embeds[first[0]]
+    torch.testing.assert_close(first[1], expected.sum(-1))
+
+
+def test_empty_pool_is_an_error_only_when_needed():
+    bank = small_bank(fallback="none")
+    rows, _ = retrieve_representatives(torch.tensor([[0.6, 0.8]]), torch.tensor([[0, 2]]), bank)
+    assert rows.tolist() == [[1, 5]]
+    with pytest.raises(ValueError, match=r"classes \[1\] \['dog'\].*fallback='none'"):
+        retrieve_representatives(torch.tensor([[0.6, 0.8]]), torch.tensor([[0, 1]]), bank)
+    # A class with no bank sample at all has no pool even with the class fallback.
+    absent = CaptConfusionBank.from_tensors(
+        torch.arange(2), torch.tensor([0, 1]), one_hot_probs([1, 0], 3), torch.eye(2), ["a", "b", "c"]
+    )
+    with pytest.raises(ValueError, match=r"classes \[2\]"):
+        retrieve_representatives(torch.eye(2), torch.tensor([[1], [2]]), absent)
+
+
+def test_adapter_alpha():
+    intensity = torch.tensor([[0.8, 0.96], [0.0, 0.0]])
+    # 5 * mean(0.8, 0.96) ** 0.5 = 5 * 0.88 ** 0.5 = 4.690416
+    torch.testing.assert_close(adapter_alpha(intensity), torch.tensor([4.690416, 0.0]))
+    torch.testing.assert_close(adapter_alpha(intensity, s=2.0, gamma=1.0), torch.tensor([1.76, 0.0]))
+    assert adapter_alpha(torch.zeros(3, 0)).tolist() == [0.0, 0.0, 0.0]
+
+
+# ------------------------------------------------------------------ loss
+def test_infonce_loss_by_hand():
+    image = torch.tensor([[[2.0, 0.0], [0.0, 1.0]]])  # normalised inside: (1, 0), (0, 1)
+    text = torch.tensor([[[1.0, 0.0], [0.6, 0.8]]])
+    # cos: image0-text0 1, image0-text1 0.6, image1-text0 0, image1-text1 0.8; logit scale 1.
+    # image->text: log(1+e^-0.4) + log(1+e^-0.8) = 0.513015 + 0.371101
+    # text->image: log(1+e^-1.0) + log(1+e^-0.2) = 0.313262 + 0.598139
+    # Eq. 3: (1/L) * sum of both = 1.795517 / 2 = 0.897758
+    loss = confusion_infonce_loss(image, text, 1.0)
+    assert loss.item() == pytest.approx(0.897758, abs=1e-5)
+    # Averaged over samples: a batch of copies gives the same value.
+    batched = confusion_infonce_loss(image.repeat(3, 1, 1), text.repeat(3, 1, 1), torch.tensor(1.0))
+    assert batched.item() == pytest.approx(0.897758, abs=1e-5)
+
+
+def test_infonce_loss_gradient_and_shape_check():
+    image = torch.randn(4, 6, 8, requires_grad=True)
+    loss = confusion_infonce_loss(image, torch.randn(4, 6, 8), 100.0)
+    loss.backward()
+    assert torch.isfinite(image.grad).all()
+    with pytest.raises(ValueError, match="shape"):
+        confusion_infonce_loss(torch.randn(4, 6, 8), torch.randn(4, 5, 8), 1.0)
+
+
+# ------------------------------------------------------------------ k-means
+def test_kmeans_recovers_separated_clusters():
+    generator = torch.Generator().manual_seed(0)
+    truth = torch.tensor([[0.0, 0.0], [10.0, 10.0], [-10.0, 10.0]])
+    points = torch.cat([centre + 0.3 * torch.randn(30, 2, generator=generator) for centre in truth])
+    centres = kmeans(points, 3, seed=1)
+    distance = torch.cdist(truth, centres)
+    assert distance.min(-1).values.max() < 0.3
+    assert sorted(distance.argmin(-1).tolist()) == [0, 1, 2]
+    assert torch.equal(centres, kmeans(points, 3, seed=1))
+    assert kmeans(points[:2], 5).shape == (2, 2)
+    assert kmeans(torch.ones(4, 3), 2).shape == (2, 3)  # duplicates: no crash
+
+
+# ------------------------------------------------------------------ metrics
+def test_correction_and_break_rates():
+    labels = torch.tensor([0, 1, 2, 3, 4, 5])
+    base = torch.tensor([0, 1, 0, 0, 4, 1])  # wrong on 2, 3, 5; right on 0, 1, 4
+    new = torch.tensor([0, 2, 2, 0, 4, 5])  # corrects 2 and 5, breaks 1
+    assert correction_rate(base, new, labels) == pytest.approx(2 / 3)
+    assert break_rate(base, new, labels) == pytest.approx(1 / 3)
+    assert math.isnan(correction_rate(labels, new, labels))
+    assert math.isnan(break_rate((labels + 1) % 6, new, labels))
+
+
+def test_confusion_matrix_and_top_pairs():
+    labels = torch.tensor([0, 0, 1, 2, 2, 2])
+    preds = torch.tensor([0, 1, 1, 0, 0, 1])
+    assert compute_confusion_matrix(labels, preds, 3).tolist() == [[0, 1, 0], [0, 0, 0], [2, 1, 0]]
+    with_diagonal = compute_confusion_matrix(labels, preds, 3, include_diagonal=True)
+    assert with_diagonal.tolist() == [[1, 1, 0], [0, 1, 0], [2, 1, 0]]
+    names = ["a", "b", "c", "d"]
+    assert top_confused_pairs(MATRIX, names, k=5) == [
+        ("d", "c", 5),
+        ("c", "b", 4),
+        ("a", "b", 2),
+        ("c", "d", 2),
+        ("a", "c", 1),
+    ]
+    assert top_confused_pairs(torch.eye(2, dtype=torch.long), ["a", "b"]) == []

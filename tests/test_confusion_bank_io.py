@@ -1,0 +1,138 @@
+"""Saving a Confusion Bank as a Parquet dataset, loading it back (locally and from the Hub), and publishing it."""
+
+import json
+
+import datasets
+import pytest
+import torch
+
+from dataset_scripts import confusion_bank as bank_io
+from modeling_capt.confusion import CaptConfusionBank
+
+
+CLASS_NAMES = ["annual crop", "forest", "river", "sea lake"]
+TEMPLATE = "a centered satellite photo of {}."
+PROMPTS = [{"pair": [0, 1], "commonality": "Both are green fields.", "difference": "Forests have canopies."}]
+
+
+@pytest.fixture
+def bank():
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.arange(24) % 4
+    logits = torch.randn(24, 4, generator=generator)
+    logits[torch.arange(24), labels] += 1.0
+    return CaptConfusionBank.from_tensors(
+        torch.randperm(24, generator=generator) * 5,
+        labels,
+        logits.softmax(-1),
+        torch.randn(24, 8, generator=generator),
+        CLASS_NAMES,
+        template=TEMPLATE,
+        base_model="openai/clip-vit-base-patch16 (zero-shot)",
+    )
+
+
+def assert_same_bank(loaded, bank):
+    for name in ("indices", "labels", "probs", "preds", "embeds", "confusion_matrix"):
+        assert torch.equal(getattr(loaded, name), getattr(bank, name)), name
+    assert loaded.class_names == bank.class_names
+    assert (loaded.template, loaded.base_model, loaded.fallback) == (bank.template, bank.base_model, bank.fallback)
+
+
+def test_bank_to_dataset(bank):
+    dataset = bank_io.bank_to_dataset(bank)
+    assert len(dataset) == 24
+    assert dataset.features["label"].names == CLASS_NAMES
+    assert dataset.features["pred"].names == CLASS_NAMES
+    row = dataset[3]
+    assert row["index"] == int(bank.indices[3]) and row["label"] == int(bank.labels[3])
+    assert torch.equal(torch.tensor(row["probs"]), bank.probs[3])
+    assert torch.equal(torch.tensor(row["embed"]), bank.embeds[3])
+
+
+def test_round_trip_through_parquet(bank, tmp_path):
+    folder = bank_io.save_bank(bank, tmp_path / "bank", semantic_prompts=PROMPTS)
+    files = sorted(str(path.relative_to(folder)) for path in folder.rglob("*") if path.is_file())
+    assert files == ["README.md", "bank_metadata.json", "data/train-00000-of-00001.parquet"]
+    metadata = json.loads((folder / "bank_metadata.json").read_text())
+    assert metadata["class_names"] == CLASS_NAMES and metadata["semantic_prompts"] == PROMPTS
+    card = (folder / "README.md").read_text()
+    assert "configs:" in card and "data/train-*" in card and "openai/clip-vit-base-patch16" in card
+    assert f"Misclassified by the base model: {bank.num_misclassified}" in card
+
+    loaded = bank_io.load_bank(folder, class_names=CLASS_NAMES, template=TEMPLATE)
+    assert_same_bank(loaded, bank)
+    assert loaded.semantic_prompts == PROMPTS
+
+
+def test_saved_bank_reads_as_a_plain_dataset(bank, tmp_path):
+    folder = bank_io.save_bank(bank, tmp_path / "bank")
+    dataset = datasets.load_dataset(str(folder), split="train", cache_dir=str(tmp_path / "cache"))
+    assert dataset.features["label"].names == CLASS_NAMES
+    assert dataset["index"] == bank.indices.tolist()
+
+
+def test_load_checks_compatibility(bank, tmp_path):
+    folder = bank_io.save_bank(bank, tmp_path / "bank")
+    with pytest.raises(ValueError, match="class 2 is 'river' in the bank but 'lake' here"):
+        bank_io.load_bank(folder, class_names=["annual crop", "forest", "lake", "sea lake"])
+    with pytest.raises(ValueError, match="template"):
+        bank_io.load_bank(folder, template="a photo of a {}.")
+
+
+def test_save_replaces_a_bank_and_refuses_other_folders(bank, tmp_path):
+    folder = bank_io.save_bank(bank, tmp_path / "bank")
+    bank.base_model = "round 2"
+    bank_io.save_bank(bank, folder)
+    assert bank_io.load_bank(folder).base_model == "round 2"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["bank"]  # no temporary folder left behind
+
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "todo.txt").write_text("keep me")
+    with pytest.raises(ValueError, match="holds no Confusion Bank"):
+        bank_io.save_bank(bank, other)
+    assert (other / "todo.txt").read_text() == "keep me"
+
+
+def test_load_from_hub_goes_through_snapshot_download(bank, tmp_path, monkeypatch):
+    folder = bank_io.save_bank(bank, tmp_path / "bank")
+    calls = []
+
+    def fake_snapshot_download(repo_id, **kwargs):
+        calls.append((repo_id, kwargs))
+        return str(folder)
+
+    monkeypatch.setattr(bank_io, "snapshot_download", fake_snapshot_download)
+    loaded = bank_io.load_bank("someone/capt-bank-eurosat", class_names=CLASS_NAMES, revision="v1")
+    assert_same_bank(loaded, bank)
+    (repo_id, kwargs), = calls
+    assert repo_id == "someone/capt-bank-eurosat"
+    assert kwargs["repo_type"] == "dataset" and kwargs["revision"] == "v1"
+
+
+def test_push_to_hub_creates_the_repo_and_uploads_the_folder(bank, tmp_path, monkeypatch):
+    folder = bank_io.save_bank(bank, tmp_path / "bank")
+    calls = []
+
+    class FakeHfApi:
+        def __init__(self, token=None):
+            calls.append(("init", token))
+
+        def create_repo(self, repo_id, **kwargs):
+            calls.append(("create_repo", repo_id, kwargs))
+
+        def upload_folder(self, **kwargs):
+            calls.append(("upload_folder", kwargs))
+            return "commit-info"
+
+    monkeypatch.setattr(bank_io, "HfApi", FakeHfApi)
+    assert bank_io.push_bank_to_hub(folder, "me/capt-bank", private=True, token="hf_x") == "commit-info"
+    assert calls[0] == ("init", "hf_x")
+    assert calls[1] == ("create_repo", "me/capt-bank", {"repo_type": "dataset", "private": True, "exist_ok": True})
+    upload = calls[2][1]
+    assert upload["repo_id"] == "me/capt-bank" and upload["repo_type"] == "dataset"
+    assert upload["folder_path"] == str(folder)
+
+    with pytest.raises(FileNotFoundError, match="save_bank"):
+        bank_io.push_bank_to_hub(tmp_path, "me/capt-bank")

@@ -1,0 +1,186 @@
+"""MGDE: routing, expert initialisation from CLIP and the prompt centres, train/eval regularisers, checkpoints."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from transformers import CLIPConfig, CLIPModel
+
+from modeling_capt.configuration_capt import CaptAdapterConfig
+from modeling_capt.diff_manner import inject_diff_manner_adapters
+from modeling_capt.mgde import CaptMGDE, CaptSemanticExpert
+
+
+HIDDEN, PROJECTION, CLUSTERS = 32, 16, 4
+
+
+@pytest.fixture(scope="module")
+def clip():
+    torch.manual_seed(0)
+    config = CLIPConfig(
+        text_config=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37),
+        vision_config=dict(
+            hidden_size=HIDDEN, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37, image_size=32,
+            patch_size=4,
+        ),
+        projection_dim=PROJECTION,
+    )
+    model = CLIPModel(config).eval()
+    with torch.no_grad():  # non-trivial LayerNorms, so copying them is visible
+        for norm in (model.vision_model.post_layernorm, model.vision_model.encoder.layers[-1].layer_norm2):
+            norm.weight.uniform_(0.5, 1.5)
+            norm.bias.normal_(std=0.1)
+    return model
+
+
+def centres(seed: int, n: int = CLUSTERS) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.nn.functional.normalize(torch.randn(n, PROJECTION, generator=generator), dim=-1)
+
+
+def features(batch: int = 5, seed: int = 0) -> torch.Tensor:
+    return torch.randn(batch, HIDDEN, generator=torch.Generator().manual_seed(seed)) * 3
+
+
+def make_mgde(clip, **kwargs) -> CaptMGDE:
+    kwargs.setdefault("num_clusters", CLUSTERS)
+    mgde = CaptMGDE.from_configs(clip.config, CaptAdapterConfig(), **kwargs)
+    return mgde.init_from_clip(clip, centres(1), centres(2)).eval()
+
+
+@pytest.mark.parametrize("top_k", [1, 2, 3])
+def test_router_weights_sum_to_one_over_top_k(clip, top_k):
+    mgde = make_mgde(clip, top_k=top_k)
+    for training in (False, True):
+        mgde.train(training)
+        routing = mgde.route(features())
+        torch.testing.assert_close(routing.expert_weights.sum(-1), torch.ones(5))
+        assert ((routing.expert_weights > 0).sum(-1) == top_k).all()
+        chosen = torch.zeros_like(routing.expert_weights, dtype=torch.bool).scatter(-1, routing.expert_indices, True)
+        assert torch.equal(chosen, routing.expert_weights > 0)
+        torch.testing.assert_close(routing.router_probs.sum(-1), torch.ones(5))
+
+
+def test_balance_loss():
+    mgde = CaptMGDE(HIDDEN, PROJECTION, CLUSTERS, intermediate_size=37, router_noise_std=0.0)
+    with torch.no_grad():
+        mgde.router.weight.zero_()  # uniform router probabilities: the balanced value, 1
+    assert mgde.route(features()).balance_loss.item() == pytest.approx(1.0)
+    with torch.no_grad():
+        mgde.router.weight.zero_()
+        mgde.router.weight[0, 0] = 100.0  # everything to the sample expert (features are positive in dim 0)
+    routing = mgde.route(features().abs())
+    assert 1.0 < routing.balance_loss.item() <= 3.0
+    mgde.train()
+    assert mgde(features())[1] is not None
+    mgde.eval()
+    assert mgde(features())[1] is None
+
+
+def test_untrained_mgde_is_the_identity_unless_gated_open(clip):
+    f = features()
+    with torch.no_grad():
+        torch.testing.assert_close(make_mgde(clip)(f)[0], f, atol=0, rtol=0)
+        assert not torch.allclose(make_mgde(clip, gate_init=1.0)(f)[0], f)
+        # shapes other than (B, D) are flattened and restored
+        assert make_mgde(clip, gate_init=1.0)(f.view(5, 1, HIDDEN))[0].shape == (5, 1, HIDDEN)
+
+
+def test_sample_expert_is_clips_last_ffn(clip):
+    layer = clip.vision_model.encoder.layers[-1]
+    f = features()
+    with torch.no_grad():
+        expected = layer.mlp(layer.layer_norm2(f))
+        torch.testing.assert_close(make_mgde(clip).sample_expert(f), expected)
+        # also when the CLIP's layers are already wrapped by Diff-Manner adapters
+        adapted = copy.deepcopy(clip)
+        inject_diff_manner_adapters(adapted.vision_model, CaptAdapterConfig(adapter_num_heads=2))
+        torch.testing.assert_close(make_mgde(adapted).sample_expert(f), expected)
+
+
+def test_semantic_experts_are_anchored_on_the_prompt_centres(clip):
+    mgde = make_mgde(clip)
+    projection = clip.visual_projection.weight  # (P, D)
+    for expert, expected_centres in ((mgde.commonality_expert, centres(1)), (mgde.difference_expert, centres(2))):
+        torch.testing.assert_close(expert.centres, expected_centres)
+        torch.testing.assert_close(expert.w.weight, projection.t())
+        first = expert.first_layer_weight()
+        assert first.shape == (CLUSTERS, HIDDEN)
+        torch.testing.assert_close(first, expected_centres @ projection)  # visual_projection.weight.T on the centres
+        torch.testing.assert_close(expert.fc2.weight, first.t() / CLUSTERS)
+        # the hidden units start as image-prompt similarities: visual_projection(post_layernorm(f)) . centre
+        f = features()
+        with torch.no_grad():
+            hidden = torch.nn.functional.linear(expert.norm(f), first)
+            image = clip.visual_projection(clip.vision_model.post_layernorm(f))
+        torch.testing.assert_close(hidden, image @ expected_centres.t(), atol=1e-5, rtol=1e-5)
+    assert mgde.commonality_expert.w.weight.data_ptr() != mgde.difference_expert.w.weight.data_ptr()
+
+
+def test_first_layer_follows_w_during_training(clip):
+    expert = make_mgde(clip).commonality_expert
+    with torch.no_grad():
+        expert.w.weight.mul_(2)
+    torch.testing.assert_close(expert.first_layer_weight(), 2 * (centres(1) @ clip.visual_projection.weight))
+
+
+def test_regularisers_only_in_training(clip):
+    mgde = make_mgde(clip, gate_init=1.0, router_noise_std=1.0, expert_dropout=0.5)
+    f = features()
+    with torch.no_grad():
+        assert torch.equal(mgde(f)[0], mgde(f)[0])
+        mgde.train()
+        assert not torch.equal(mgde(f)[0], mgde(f)[0])
+        assert not torch.equal(mgde.route(f).router_logits, mgde.route(f).router_logits)
+        quiet = make_mgde(clip, gate_init=1.0, router_noise_std=0.0, expert_dropout=0.0).train()
+        assert torch.equal(quiet(f)[0], quiet(f)[0])
+
+
+def test_state_dict_round_trip_without_prompts(clip):
+    trained = make_mgde(clip, gate_init=0.5)
+    with torch.no_grad():
+        for parameter in trained.parameters():
+            parameter.add_(0.01 * torch.randn_like(parameter))
+    state = trained.state_dict()
+    assert "commonality_expert.centres" in state and "difference_expert.centres" in state
+    fresh = CaptMGDE.from_configs(clip.config, CaptAdapterConfig(mgde_num_clusters=CLUSTERS)).eval()
+    fresh.load_state_dict(state)
+    f = features()
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(f)[0], trained(f)[0], atol=0, rtol=0)
+
+
+def test_gradients_reach_the_mgde(clip):
+    mgde = make_mgde(clip).train()
+    mgde(features())[0].square().sum().backward()
+    assert mgde.expert_gates.grad.abs().sum() > 0  # closed gates still learn to open
+
+    mgde = make_mgde(clip, gate_init=1.0, top_k=3).train()
+    output, balance_loss = mgde(features())
+    (output.square().sum() + balance_loss).backward()
+    for name, parameter in mgde.named_parameters():
+        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+
+
+def test_construction_errors(clip):
+    with pytest.raises(ValueError, match="top_k"):
+        CaptMGDE(HIDDEN, PROJECTION, CLUSTERS, top_k=4)
+    mgde = make_mgde(clip)
+    with pytest.raises(ValueError, match="num_clusters"):
+        mgde.set_centres(centres(1, n=CLUSTERS + 1), centres(2))
+    with pytest.raises(ValueError, match="features of size"):
+        mgde(torch.randn(2, HIDDEN + 1))
+    # separate cluster counts per semantic expert
+    uneven = CaptMGDE(HIDDEN, PROJECTION, (3, 5), intermediate_size=37)
+    uneven.init_from_clip(clip, centres(1, n=3), centres(2, n=5))
+    assert uneven.commonality_expert.fc2.weight.shape == (HIDDEN, 3)
+    assert uneven.difference_expert.fc2.weight.shape == (HIDDEN, 5)
+
+
+def test_semantic_expert_without_centres_outputs_zero():
+    expert = CaptSemanticExpert(HIDDEN, PROJECTION, CLUSTERS)
+    assert expert(features()).abs().max() == 0
+
+

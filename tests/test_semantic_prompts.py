@@ -1,0 +1,431 @@
+"""Tests for the semantic prompt generators of CAPT's Semantic Confusion Miner (trainers/semantic_prompts.py)."""
+
+import json
+import logging
+import re
+
+import pytest
+
+from trainers.semantic_prompts import (
+    JSONPromptGenerator,
+    LMPromptGenerator,
+    SemanticPrompt,
+    SemanticPromptFileError,
+    SemanticPromptGenerator,
+    TemplatePromptGenerator,
+    get_prompt_generator,
+    load_prompts,
+    parse_semantic_answer,
+    save_prompts,
+)
+
+LOGGER = "trainers.semantic_prompts"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Template generator
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_template_generator_writes_both_sentences_from_the_class_names():
+    generator = TemplatePromptGenerator()
+    prompts = generator.generate([("shirt", "t-shirt"), ("wolf", "husky"), ("shirt", "t-shirt")])
+
+    assert isinstance(generator, SemanticPromptGenerator)
+    assert list(prompts) == [("shirt", "t-shirt"), ("wolf", "husky")]  # distinct pairs, first-appearance order
+    assert prompts[("shirt", "t-shirt")] == SemanticPrompt(
+        commonality="a photo of a shirt or a t-shirt, which look alike.",
+        difference="a photo of a shirt, not a t-shirt.",
+        source="template",
+    )
+
+
+def test_template_generator_accepts_custom_templates_and_rejects_unknown_fields():
+    generator = TemplatePromptGenerator("{a} and {b} share a shape.", "{a} differs from {b}.")
+    prompt = generator.generate([["cat", "lynx"]])[("cat", "lynx")]
+    assert (prompt.commonality, prompt.difference) == ("cat and lynx share a shape.", "cat differs from lynx.")
+
+    with pytest.raises(ValueError, match="commonality_template"):
+        TemplatePromptGenerator(commonality_template="a photo of a {classname}.")
+
+
+@pytest.mark.parametrize(
+    "pairs, message",
+    [
+        ([("cat", "cat")], "with itself"),
+        ([("cat",)], "two non-empty class names"),
+        ([("cat", "")], "two non-empty class names"),
+        (["cat"], "tuple"),
+    ],
+)
+def test_pairs_are_validated(pairs, message):
+    with pytest.raises(ValueError, match=message):
+        TemplatePromptGenerator().generate(pairs)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# JSON format: save / load / JSONPromptGenerator
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_save_and_load_round_trip(tmp_path):
+    prompts = {
+        ("shirt", "t-shirt"): SemanticPrompt("both are upper-body garments.", "a shirt has a collar.", "lm"),
+        ("t-shirt", "shirt"): SemanticPrompt("both are tops.", "a t-shirt has no buttons.", "template-fallback"),
+        ("crème brûlée", "flan"): SemanticPrompt("both are custards.", "crème brûlée has burnt sugar on top.", "json"),
+    }
+    path = save_prompts(prompts, tmp_path / "bank" / "semantic_prompts.json", metadata={"generator": "lm"})
+
+    assert load_prompts(path) == prompts
+    assert list(load_prompts(path)) == list(prompts)
+    document = json.loads(path.read_text(encoding="utf-8"))
+    assert document["version"] == 1 and document["metadata"] == {"generator": "lm"}
+    assert document["pairs"][0] == {
+        "classes": ["shirt", "t-shirt"],
+        "commonality": "both are upper-body garments.",
+        "difference": "a shirt has a collar.",
+        "source": "lm",
+    }
+    assert sorted(p.name for p in path.parent.iterdir()) == ["semantic_prompts.json"]  # no temporary file left
+
+
+def test_a_failed_save_keeps_the_previous_file(tmp_path):
+    path = tmp_path / "semantic_prompts.json"
+    first = TemplatePromptGenerator().generate([("wolf", "husky")])
+    save_prompts(first, path)
+
+    with pytest.raises(TypeError):
+        save_prompts(first, path, metadata={"not json": object()})
+    assert load_prompts(path) == first
+    assert [p.name for p in tmp_path.iterdir()] == ["semantic_prompts.json"]
+
+
+def _write(tmp_path, text):
+    path = tmp_path / "prompts.json"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def _entry(**overrides):
+    entry = {"classes": ["shirt", "t-shirt"], "commonality": "both are tops.", "difference": "a shirt has a collar."}
+    entry.update(overrides)
+    return {key: value for key, value in entry.items() if value is not None}
+
+
+@pytest.mark.parametrize(
+    "document, message",
+    [
+        ('{"pairs": [', r"not valid JSON \(.*line 1, column"),
+        ("[]", "the top level must be an object"),
+        ("{}", "missing the 'pairs' list"),
+        ('{"version": 2, "pairs": []}', "unsupported format version 2"),
+        ('{"pairs": [], "pears": []}', r"unknown top-level key\(s\) \['pears'\]"),
+        ({"pairs": {"shirt": "t-shirt"}}, "'pairs' must be a list"),
+        ({"pairs": [_entry(difference=None)]}, r"pairs\[0\] is missing the field\(s\) \['difference'\]"),
+        ({"pairs": [_entry(diference="typo")]}, r"pairs\[0\] has unknown field\(s\) \['diference'\]"),
+        ({"pairs": [_entry(classes=["shirt"])]}, r"pairs\[0\]\.classes must be a list of two"),
+        ({"pairs": [_entry(classes=["shirt", "shirt"])]}, r"pairs\[0\]\.classes pairs 'shirt' with itself"),
+        ({"pairs": [_entry(commonality="  ")]}, r"pairs\[0\]\.commonality must be a non-empty string"),
+        ({"pairs": [_entry(), _entry()]}, r"pairs\[1\] repeats the pair \['shirt', 't-shirt'\]"),
+    ],
+)
+def test_load_errors_name_the_file_and_the_problem(tmp_path, document, message):
+    path = _write(tmp_path, document if isinstance(document, str) else json.dumps(document))
+    with pytest.raises(SemanticPromptFileError, match=re.escape(str(path)) + ": " + message):
+        load_prompts(path)
+    with pytest.raises(SemanticPromptFileError, match=re.escape(str(path))):
+        JSONPromptGenerator(path)  # the generator checks the file when it is built
+
+
+def test_missing_file_is_a_clear_error(tmp_path):
+    with pytest.raises(SemanticPromptFileError, match="no such semantic prompt file"):
+        load_prompts(tmp_path / "absent.json")
+
+
+def test_json_generator_lookup_is_order_insensitive_and_exact_order_wins(tmp_path):
+    path = _write(
+        tmp_path,
+        json.dumps(
+            {
+                "version": 1,
+                "pairs": [
+                    _entry(),
+                    {"classes": ["husky", "wolf"], "commonality": "c1", "difference": "d1", "source": "lm"},
+                    {"classes": ["wolf", "husky"], "commonality": "c2", "difference": "d2"},
+                ],
+            }
+        ),
+    )
+    prompts = JSONPromptGenerator(path).generate([("t-shirt", "shirt"), ("wolf", "husky"), ("husky", "wolf")])
+
+    assert prompts[("t-shirt", "shirt")] == SemanticPrompt("both are tops.", "a shirt has a collar.", "json")
+    assert prompts[("wolf", "husky")] == SemanticPrompt("c2", "d2", "json")
+    assert prompts[("husky", "wolf")] == SemanticPrompt("c1", "d1", "lm")
+
+
+def test_json_generator_absent_pair_is_an_error_or_uses_the_fallback(tmp_path, caplog):
+    path = _write(tmp_path, json.dumps({"pairs": [_entry()]}))
+    with pytest.raises(
+        SemanticPromptFileError, match=re.escape(str(path)) + r".*1 requested pair.*'wolf', 'husky'.*fallback"
+    ):
+        JSONPromptGenerator(path).generate([("shirt", "t-shirt"), ("wolf", "husky")])
+
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        prompts = JSONPromptGenerator(path, fallback="template").generate([("shirt", "t-shirt"), ("wolf", "husky")])
+    assert prompts[("shirt", "t-shirt")].source == "json"
+    assert prompts[("wolf", "husky")] == SemanticPrompt(
+        "a photo of a wolf or a husky, which look alike.", "a photo of a wolf, not a husky.", "template-fallback"
+    )
+    assert "('wolf', 'husky')" in caplog.text
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Factory
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_factory_maps_the_trainer_flags(tmp_path):
+    path = save_prompts(TemplatePromptGenerator().generate([("a", "b")]), tmp_path / "p.json")
+
+    assert isinstance(get_prompt_generator("template", prompt_file=None, prompt_lm=None), TemplatePromptGenerator)
+    generator = get_prompt_generator("json", prompt_file=str(path), prompt_lm=None)
+    assert isinstance(generator, JSONPromptGenerator) and generator.path == str(path)
+    lm = get_prompt_generator("lm", prompt_lm=ScriptedPipeline(), prompt_file=None, max_new_tokens=7)
+    assert isinstance(lm, LMPromptGenerator) and lm.max_new_tokens == 7
+
+    with pytest.raises(ValueError, match="--prompt_file"):
+        get_prompt_generator("json")
+    with pytest.raises(ValueError, match="--prompt_lm"):
+        get_prompt_generator("lm")
+    with pytest.raises(ValueError, match="choose one of"):
+        get_prompt_generator("gpt")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Parsing of LM answers
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("Commonality: both are dogs.\nDifference: a wolf is larger.", ("both are dogs.", "a wolf is larger.")),
+        (
+            "Sure!\n**Commonality:** both are dogs.\n- **Difference**: a wolf is larger.\nHope this helps.",
+            ("both are dogs.", "a wolf is larger."),
+        ),
+        (
+            "1. commonalities: both are dogs.\n2. DIFFERENCES： a wolf is larger.",
+            ("both are dogs.", "a wolf is larger."),
+        ),
+        ('Commonality:\n  both are dogs.\nDifference:\n"a wolf is larger."', ("both are dogs.", "a wolf is larger.")),
+        ("Commonality: both are dogs. Difference: a wolf is larger.", ("both are dogs.", "a wolf is larger.")),
+        ("Difference: a wolf is larger.\nCommonality: both are dogs.", ("both are dogs.", "a wolf is larger.")),
+        (
+            "Commonality: <one sentence>\nCommonality: both are dogs.\nDifference: larger.",
+            ("both are dogs.", "larger."),
+        ),
+        ("Commonality: both are dogs.", None),  # no difference line
+        ("The key difference: size. What they have in common: fur.", None),  # labels mid-sentence
+        ("Commonality: ...\nDifference: a wolf is larger.", None),  # no words
+        ("Commonality: " + "very " * 100 + "alike.\nDifference: size.", None),  # too long
+        ("", None),
+    ],
+)
+def test_parse_semantic_answer(text, expected):
+    assert parse_semantic_answer(text, max_chars=300) == expected
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# LM generator driven by a scripted fake pipeline
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _last_user_turn(inputs):
+    if isinstance(inputs, list):  # chat messages
+        return [m for m in inputs if m["role"] == "user"][-1]["content"]
+    return inputs.rsplit("User: ", 1)[-1]
+
+
+def default_respond(inputs):
+    """A well-behaved LM: answers each step of the chain of thought in the expected format."""
+    turn = _last_user_turn(inputs)
+    if turn.startswith("Describe what a"):
+        name = re.match(r"Describe what a (.+?) looks like", turn).group(1)
+        return f"A {name} is a furry animal."
+    if "reason step by step" in turn:
+        return "They share fur and four legs; size separates them."
+    a, b = re.search(r"tells a (.+?) from a (.+?)(?:>|\.|$)", turn).groups()
+    return f"Commonality: a {a} and a {b} both have fur.\nDifference: a {a} is larger than a {b}.\nUser: more?"
+
+
+class ScriptedPipeline:
+    """Stands in for a text-generation pipeline: records every call and answers with `respond(inputs)`."""
+
+    def __init__(self, respond=default_respond):
+        self.respond = respond
+        self.calls = []
+
+    def __call__(self, inputs, **kwargs):
+        self.calls.append((inputs, kwargs))
+        return [{"generated_text": self.respond(inputs)}]
+
+
+def test_lm_generator_runs_the_chain_of_thought_and_parses_the_answer():
+    pipe = ScriptedPipeline()
+    prompts = LMPromptGenerator(pipe, max_new_tokens=50, answer_max_new_tokens=20).generate([("wolf", "husky")])
+
+    assert prompts == {
+        ("wolf", "husky"): SemanticPrompt(
+            "a wolf and a husky both have fur.", "a wolf is larger than a husky.", source="lm"
+        )
+    }
+    (describe_a, kw_a), (describe_b, _), (reasoning, kw_r), (answer, kw_ans) = pipe.calls
+    assert "Describe what a wolf looks like" in describe_a and "husky" not in describe_a
+    assert "Describe what a husky looks like" in describe_b
+    # The reasoning step sees both descriptions and asks why the pair is confused.
+    assert "A wolf is a furry animal." in reasoning and "A husky is a furry animal." in reasoning
+    assert re.search(
+        r"mistakes a photo of a wolf for a photo of a husky.*why they are confused", _last_user_turn(reasoning)
+    )
+    # The final step sees the reasoning and asks for the two labelled lines.
+    assert "They share fur and four legs" in answer
+    assert "Commonality:" in _last_user_turn(answer) and "Difference:" in _last_user_turn(answer)
+    assert kw_a == {"max_new_tokens": 50, "return_full_text": False, "do_sample": False}  # greedy by default
+    assert kw_r["max_new_tokens"] == 50 and kw_ans["max_new_tokens"] == 20
+
+
+def test_lm_generator_describes_each_class_once_and_reuses_the_reversed_pair():
+    pipe = ScriptedPipeline()
+    prompts = LMPromptGenerator(pipe, show_progress=False).generate(
+        [("wolf", "husky"), ("husky", "wolf"), ("wolf", "fox")]
+    )
+
+    described = [_last_user_turn(inputs) for inputs, _ in pipe.calls if _last_user_turn(inputs).startswith("Describe")]
+    assert len(described) == 3 and len(pipe.calls) == 3 + 2 * 2
+    assert prompts[("husky", "wolf")] == prompts[("wolf", "husky")]
+    assert prompts[("wolf", "fox")].difference == "a wolf is larger than a fox."
+
+
+def test_lm_generator_retries_once_with_a_stricter_prefilled_prompt():
+    def respond(inputs):
+        turn = _last_user_turn(inputs)
+        if turn.startswith("Now summarise"):
+            return "Wolves and huskies are both lovely animals."
+        if turn.startswith("Reply strictly"):
+            assert inputs.endswith("Assistant: Commonality:")  # the answer is prefilled
+            return " both have pointed ears.\nDifference: a husky has blue eyes."
+        return default_respond(inputs)
+
+    pipe = ScriptedPipeline(respond)
+    prompts = LMPromptGenerator(pipe, show_progress=False).generate([("wolf", "husky")])
+
+    assert prompts[("wolf", "husky")] == SemanticPrompt("both have pointed ears.", "a husky has blue eyes.", "lm")
+    assert len(pipe.calls) == 5
+    strict = _last_user_turn(pipe.calls[-1][0])
+    assert "wolf" in strict and "husky" in strict and "at most 300 characters" in strict
+
+
+@pytest.mark.parametrize(
+    "respond",
+    [
+        lambda inputs: "I cannot help with that.",
+        lambda inputs: "",
+        lambda inputs: "Commonality: " + "fur " * 200 + "\nDifference: " + "size " * 200,
+        lambda inputs: (_ for _ in ()).throw(RuntimeError("CUDA out of memory")),
+    ],
+    ids=["no-labels", "empty", "too-long", "pipeline-raises"],
+)
+def test_lm_generator_falls_back_to_templates_without_crashing(respond, caplog):
+    pipe = ScriptedPipeline(respond)
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        prompts = LMPromptGenerator(pipe, show_progress=False).generate([("wolf", "husky"), ("cat", "lynx")])
+
+    assert prompts == {
+        pair: SemanticPrompt(template.commonality, template.difference, "template-fallback")
+        for pair, template in TemplatePromptGenerator().generate([("wolf", "husky"), ("cat", "lynx")]).items()
+    }
+    assert "('wolf', 'husky')" in caplog.text and "('cat', 'lynx')" in caplog.text
+
+
+def test_lm_generator_sends_chat_messages_to_chat_models():
+    def respond(messages):
+        assert isinstance(messages, list) and all(m["role"] in ("user", "assistant") for m in messages)
+        if messages[-1]["role"] == "assistant":  # the stricter retry continues a prefilled answer
+            return " both are cats.\nDifference: a lynx has ear tufts."
+        if _last_user_turn(messages).startswith("Now summarise"):
+            return "no idea"
+        return default_respond(messages)
+
+    pipe = ScriptedPipeline(respond)
+    prompts = LMPromptGenerator(pipe, use_chat_template=True, show_progress=False).generate([("cat", "lynx")])
+
+    assert prompts[("cat", "lynx")] == SemanticPrompt("both are cats.", "a lynx has ear tufts.", "lm")
+    retry_messages, retry_kwargs = pipe.calls[-1]
+    assert retry_messages[-1] == {"role": "assistant", "content": "Commonality:"}
+    assert retry_kwargs["continue_final_message"] is True
+    # The reasoning turn carries both descriptions as earlier assistant turns.
+    reasoning_messages = pipe.calls[2][0]
+    assert [m["role"] for m in reasoning_messages] == ["user", "assistant", "user", "assistant", "user"]
+
+
+def test_plain_lm_answers_are_cut_where_the_lm_invents_the_next_turn():
+    def respond(inputs):
+        if _last_user_turn(inputs).startswith("Describe"):
+            return "A striped cat.\nUser: Describe a dog.\nAssistant: A dog barks."
+        return default_respond(inputs)
+
+    pipe = ScriptedPipeline(respond)
+    LMPromptGenerator(pipe, show_progress=False).generate([("tiger", "cat")])
+    reasoning = pipe.calls[2][0]
+    assert "A striped cat." in reasoning and "A dog barks" not in reasoning
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# LM generator driven by a tiny random causal LM (real transformers pipeline, offline)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _tiny_random_lm():
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    # The vocabulary leaves out "Commonality" and "Difference": the random LM cannot write a parseable answer.
+    words = "a an the of and is are with photo wolf husky cat lynx fur ears tail legs grey large small . , : ! ?"
+    specials = ["[PAD]", "[UNK]", "[EOS]"]
+    vocab = {token: index for index, token in enumerate(specials + words.split())}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, unk_token="[UNK]", eos_token="[EOS]", pad_token="[PAD]"
+    )
+
+    torch.manual_seed(0)
+    config = GPT2Config(
+        vocab_size=len(vocab),
+        n_positions=1024,
+        n_embd=32,
+        n_layer=1,
+        n_head=2,
+        initializer_range=1.0,
+        bos_token_id=2,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
+    return GPT2LMHeadModel(config).eval(), tokenizer
+
+
+def test_tiny_random_lm_exercises_the_fallback(caplog):
+    model, tokenizer = _tiny_random_lm()
+    pairs = [("wolf", "husky"), ("cat", "lynx")]
+    generator = LMPromptGenerator(model, tokenizer, max_new_tokens=6, answer_max_new_tokens=6)
+    assert generator.use_chat_template is False  # no chat template: plain transcript
+
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        prompts = generator.generate(pairs)
+
+    assert {prompt.source for prompt in prompts.values()} == {"template-fallback"}
+    assert prompts[("cat", "lynx")].difference == "a photo of a cat, not a lynx."
+    assert "No usable LM answer for the pair ('wolf', 'husky')" in caplog.text
+    assert generator.generate(pairs) == prompts  # greedy decoding: same answer twice
