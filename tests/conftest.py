@@ -1,0 +1,91 @@
+"""Shared fixtures: a tiny random CLIP (hidden 32, 2 layers), the shipped tokenizer, and generated image data."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import AutoTokenizer, CLIPConfig, CLIPImageProcessor, CLIPModel
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EMBEDDED_MODEL = os.path.join(REPO_ROOT, "embedded", "capt-tiny-fashion")
+CLASS_NAMES = ["cat", "dog", "bird", "fish", "horse", "truck"]
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return AutoTokenizer.from_pretrained(os.environ.get("CAPT_TEST_TOKENIZER", EMBEDDED_MODEL))
+
+
+@pytest.fixture(scope="session")
+def image_processor():
+    return CLIPImageProcessor(
+        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}, do_center_crop=True, do_convert_rgb=True
+    )
+
+
+def make_tiny_clip(tokenizer, seed: int = 0) -> CLIPModel:
+    torch.manual_seed(seed)
+    config = CLIPConfig(
+        text_config=dict(
+            vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+            intermediate_size=37, max_position_embeddings=32, bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        ),
+        vision_config=dict(
+            hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37, image_size=32,
+            patch_size=4,
+        ),
+        projection_dim=16,
+    )
+    return CLIPModel(config).eval()
+
+
+@pytest.fixture
+def tiny_clip(tokenizer):
+    return make_tiny_clip(tokenizer)
+
+
+@pytest.fixture
+def tiny_clip_dir(tmp_path, tokenizer, image_processor):
+    """A tiny random CLIP checkpoint on disk, with tokenizer and image processor, like a Hub folder."""
+    path = tmp_path / "tiny-clip"
+    make_tiny_clip(tokenizer).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    image_processor.save_pretrained(path)
+    return str(path)
+
+
+def random_images(n: int, seed: int = 0, size: int = 32) -> list[Image.Image]:
+    rng = np.random.default_rng(seed)
+    return [Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)) for _ in range(n)]
+
+
+def pixel_batch(image_processor, n: int = 3, seed: int = 0) -> torch.Tensor:
+    return image_processor(images=random_images(n, seed), return_tensors="pt")["pixel_values"]
+
+
+def write_image_dataset(root, class_names=CLASS_NAMES, per_class_train=6, per_class_test=3, seed=0):
+    """Parquet train/test splits of class-coloured noise images with a ClassLabel `label` column."""
+    import datasets
+
+    rng = np.random.default_rng(seed)
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=list(class_names))})
+    paths = {}
+    for split, per_class in (("train", per_class_train), ("test", per_class_test)):
+        images, labels = [], []
+        for label in range(len(class_names)):
+            for _ in range(per_class):
+                base = np.zeros((32, 32, 3), dtype=np.int16)
+                base[..., label % 3] = 60 + 30 * label
+                noise = rng.integers(-40, 40, (32, 32, 3))
+                images.append(Image.fromarray(np.clip(base + noise, 0, 255).astype(np.uint8)))
+                labels.append(label)
+        ds = datasets.Dataset.from_dict({"image": images, "label": labels}, features=features)
+        os.makedirs(os.path.join(root, split), exist_ok=True)
+        paths[split] = os.path.join(root, split, f"{split}.parquet")
+        ds.to_parquet(paths[split])
+    return paths

@@ -1,0 +1,174 @@
+"""The CLIP wrapper: zero-shot equivalence, the class-feature cache, CoOp context, inputs and errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModel, AutoModelForImageClassification, CLIPConfig
+
+from modeling_capt import CaptConfig, CaptForImageClassification, CaptModel
+
+from conftest import CLASS_NAMES, pixel_batch
+
+
+def test_zero_shot_logits_equal_clip(tiny_clip, tokenizer, image_processor):
+    model = CaptForImageClassification.from_clip(tiny_clip, CLASS_NAMES, tokenizer=tokenizer)
+    pixels = pixel_batch(image_processor, 4)
+    texts = [f"a photo of a {name}." for name in CLASS_NAMES]
+    inputs = tokenizer(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        expected = tiny_clip(pixel_values=pixels, **inputs).logits_per_image
+        got = model(pixel_values=pixels).logits
+    assert got.shape == (4, len(CLASS_NAMES))
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+
+
+def test_template_is_used(tiny_clip, tokenizer, image_processor):
+    plain = CaptForImageClassification.from_clip(tiny_clip, CLASS_NAMES, tokenizer=tokenizer)
+    other = CaptForImageClassification.from_clip(tiny_clip, CLASS_NAMES, template="{} texture.", tokenizer=tokenizer)
+    pixels = pixel_batch(image_processor, 2)
+    with torch.no_grad():
+        assert not torch.allclose(plain(pixel_values=pixels).logits, other(pixel_values=pixels).logits)
+
+
+def _count_text_calls(model):
+    calls = []
+    model.clip.text_model.register_forward_hook(lambda *args: calls.append(1))
+    return calls
+
+
+def test_class_text_features_are_cached(tiny_clip, tokenizer, image_processor):
+    model = CaptForImageClassification.from_clip(tiny_clip, CLASS_NAMES, tokenizer=tokenizer)
+    calls = _count_text_calls(model)
+    pixels = pixel_batch(image_processor, 2)
+    with torch.no_grad():
+        model(pixel_values=pixels)
+        model(pixel_values=pixels)
+    assert len(calls) == 1
+    model.set_class_names(["apple", "pear"])
+    with torch.no_grad():
+        logits = model(pixel_values=pixels).logits
+    assert len(calls) == 2
+    assert logits.shape == (2, 2)
+    assert model.config.id2label == {0: "apple", 1: "pear"}
+    # training mode without learnable context still never runs the text encoder again
+    model.train()
+    model(pixel_values=pixels, labels=torch.tensor([0, 1]))
+    model(pixel_values=pixels, labels=torch.tensor([1, 1]))
+    assert len(calls) == 3
+
+
+def test_only_trainable_parts_require_grad(tiny_clip, tokenizer):
+    zs = CaptForImageClassification.from_clip(tiny_clip, CLASS_NAMES, tokenizer=tokenizer)
+    assert zs.trainable_parameter_names() == []
+    coop = CaptForImageClassification.from_clip(tiny_clip, CLASS_NAMES, tokenizer=tokenizer, use_learnable_context=True)
+    assert coop.trainable_parameter_names() == ["prompt_context.ctx"]
+
+
+def test_coop_context_initialised_from_words_matches_template(tiny_clip, tokenizer, image_processor):
+    zs = CaptForImageClassification.from_clip(tiny_clip, CLASS_NAMES, tokenizer=tokenizer)
+    coop = CaptForImageClassification.from_clip(
+        tiny_clip, CLASS_NAMES, tokenizer=tokenizer, use_learnable_context=True, ctx_init="a photo of a", n_ctx=4
+    )
+    pixels = pixel_batch(image_processor, 3)
+    with torch.no_grad():
+        torch.testing.assert_close(coop(pixel_values=pixels).logits, zs(pixel_values=pixels).logits, atol=1e-5, rtol=0)
+
+
+def test_coop_context_trains(tiny_clip, tokenizer, image_processor):
+    coop = CaptForImageClassification.from_clip(tiny_clip, CLASS_NAMES, tokenizer=tokenizer, use_learnable_context=True)
+    coop.train()
+    optimizer = torch.optim.SGD([p for p in coop.parameters() if p.requires_grad], lr=1.0)
+    before = coop.prompt_context.ctx.detach().clone()
+    pixels = pixel_batch(image_processor, 4)
+    loss = coop(pixel_values=pixels, labels=torch.tensor([0, 1, 2, 3])).loss
+    loss.backward()
+    assert coop.prompt_context.ctx.grad is not None and coop.prompt_context.ctx.grad.abs().sum() > 0
+    optimizer.step()
+    assert not torch.equal(before, coop.prompt_context.ctx)
+    clip_grads = [p.grad for p in coop.clip.parameters() if p.grad is not None]
+    assert clip_grads == []
+
+
+def test_coop_ctx_init_length_must_match(tiny_clip, tokenizer):
+    with pytest.raises(ValueError, match="n_ctx"):
+        CaptForImageClassification.from_clip(
+            tiny_clip, CLASS_NAMES, tokenizer=tokenizer, use_learnable_context=True, ctx_init="a photo of a", n_ctx=2
+        )
+
+
+def test_input_ids_score_against_given_texts(tiny_clip, tokenizer, image_processor):
+    model = CaptForImageClassification.from_clip(tiny_clip, CLASS_NAMES, tokenizer=tokenizer)
+    pixels = pixel_batch(image_processor, 2)
+    inputs = tokenizer(["a photo of a zebra.", "a photo of a car."], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        out = model(pixel_values=pixels, **inputs)
+        expected = tiny_clip(pixel_values=pixels, **inputs).logits_per_image
+    assert out.logits_per_image.shape == (2, 2)
+    torch.testing.assert_close(out.logits_per_image, expected, atol=1e-5, rtol=0)
+
+
+def test_loss_and_label_checks(tiny_clip, tokenizer, image_processor):
+    model = CaptForImageClassification.from_clip(tiny_clip, CLASS_NAMES, tokenizer=tokenizer)
+    pixels = pixel_batch(image_processor, 2)
+    out = model(pixel_values=pixels, labels=torch.tensor([0, 5]))
+    expected = torch.nn.functional.cross_entropy(out.logits, torch.tensor([0, 5]))
+    torch.testing.assert_close(out.loss, expected)
+    with pytest.raises(ValueError, match=r"labels must be in \[0, 5\]"):
+        model(pixel_values=pixels, labels=torch.tensor([0, 6]))
+    with pytest.raises(TypeError, match="integer"):
+        model(pixel_values=pixels, labels=torch.tensor([0.0, 1.0]))
+
+
+@pytest.mark.parametrize(
+    "names, error",
+    [([], "empty"), (["cat", "cat"], "duplicates"), (["cat", ""], "non-empty"), ("cat", "list")],
+)
+def test_bad_class_names(tiny_clip, tokenizer, names, error):
+    with pytest.raises((ValueError, TypeError), match=error):
+        CaptForImageClassification.from_clip(tiny_clip, names, tokenizer=tokenizer)
+
+
+@pytest.mark.parametrize(
+    "field, value, error",
+    [
+        ("template", "a photo", "placeholder"),
+        ("n_ctx", "4", "n_ctx"),
+        ("use_learnable_context", "yes", "bool"),
+        ("clip_config", 3, "clip_config"),
+        ("adapter_config", {"adapter_branches": "sideways"}, "adapter_branches"),
+        ("adapter_config", {"alpha_scale": "five"}, "alpha_scale"),
+        ("adapter_config", {"nonsense": 1}, "Unknown"),
+    ],
+)
+def test_config_rejects_bad_fields(field, value, error):
+    with pytest.raises((ValueError, TypeError), match=error):
+        CaptConfig(**{field: value}, id2label={0: "a", 1: "b"})
+
+
+def test_save_and_reload_same_process(tmp_path, tiny_clip, tokenizer, image_processor):
+    model = CaptForImageClassification.from_clip(
+        tiny_clip, CLASS_NAMES, tokenizer=tokenizer, image_processor=image_processor, use_learnable_context=True
+    )
+    with torch.no_grad():
+        model.prompt_context.ctx.add_(0.1)
+    model.clear_text_cache()
+    model.save_pretrained(tmp_path / "ckpt")
+    pixels = pixel_batch(image_processor, 3)
+    with torch.no_grad():
+        expected = model(pixel_values=pixels).logits
+        for cls in (CaptForImageClassification, CaptModel):
+            loaded = cls.from_pretrained(tmp_path / "ckpt").eval()
+            torch.testing.assert_close(loaded(pixel_values=pixels).logits, expected)
+        auto = AutoModelForImageClassification.from_pretrained(tmp_path / "ckpt", trust_remote_code=True).eval()
+        torch.testing.assert_close(auto(pixel_values=pixels).logits, expected)
+        auto = AutoModel.from_pretrained(tmp_path / "ckpt", trust_remote_code=True).eval()
+        torch.testing.assert_close(auto(pixel_values=pixels).logits, expected)
+    for name in ("config.json", "model.safetensors", "configuration_capt.py", "modeling_capt.py",
+                 "preprocessor_config.json", "tokenizer_config.json"):
+        assert (tmp_path / "ckpt" / name).exists(), name
+
+
+def test_model_needs_class_names():
+    with pytest.raises(ValueError, match="id2label"):
+        CaptModel(CaptConfig(clip_config=CLIPConfig(), id2label={}))

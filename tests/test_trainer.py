@@ -1,0 +1,199 @@
+"""The Accelerate trainer: arguments, end-to-end runs, metrics.json, resume, Hub upload, and bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import datasets
+import numpy as np
+import pytest
+import torch
+from accelerate.state import AcceleratorState, GradientState
+from PIL import Image
+
+from modeling_capt import CaptForImageClassification
+from trainers import hub
+from trainers.args import parse_args
+from trainers.metrics import ClassificationMetrics, classification_metrics, confusion_matrix, harmonic_mean
+from trainers.train_capt import main
+
+from conftest import CLASS_NAMES, write_image_dataset
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerator_state():
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
+@pytest.fixture
+def run_args(tmp_path, tiny_clip_dir):
+    paths = write_image_dataset(tmp_path / "data")
+    return [
+        "--model_name_or_path", tiny_clip_dir,
+        "--train_dir", os.path.dirname(paths["train"]), "--test_dir", os.path.dirname(paths["test"]),
+        "--output_dir", str(tmp_path / "out"), "--shots", "4", "--num_train_epochs", "2",
+        "--per_device_eval_batch_size", "16", "--heatmap", "false",
+    ]
+
+
+# --------------------------------------------------------------------------------------------------- arguments
+def test_config_file_then_flags_override(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text("method: coop\nshots: 8\nlearning_rate: 0.01\n")
+    model_args, data_args, _, train_args = parse_args(["--config", str(config), "--shots", "2"])
+    assert model_args.method == "coop"
+    assert data_args.shots == 2
+    assert train_args.learning_rate == 0.01
+    json_config = tmp_path / "run.json"
+    json_config.write_text(json.dumps({"method": "zeroshot"}))
+    assert parse_args(["--config", str(json_config)])[0].method == "zeroshot"
+
+
+@pytest.mark.parametrize(
+    "content, error",
+    [("shots: four\n", "shots must be int"), ("nonsense: 1\n", "unknown"), ("use_sam: 3\n", "use_sam must be bool")],
+)
+def test_config_file_errors(tmp_path, content, error):
+    config = tmp_path / "run.yaml"
+    config.write_text(content)
+    with pytest.raises(ValueError, match=error):
+        parse_args(["--config", str(config)])
+
+
+@pytest.mark.parametrize(
+    "argv, error",
+    [
+        (["--method", "lora"], "--method"),
+        (["--push_to_hub"], "hub_model_id"),
+        (["--train_dir", "x"], "go together"),
+        (["--dataset", "oxford_pets"], "data_dir"),
+        (["--prompt_generator", "json"], "prompt_file"),
+    ],
+)
+def test_bad_flags(argv, error):
+    with pytest.raises(ValueError, match=error):
+        parse_args(argv)
+
+
+# --------------------------------------------------------------------------------------------------- metrics
+def test_metrics_by_hand():
+    matrix = confusion_matrix([0, 0, 1, 2, 2, 2], [0, 1, 1, 2, 0, 2], 3)
+    assert matrix.tolist() == [[1, 1, 0], [0, 1, 0], [1, 0, 2]]
+    metrics = classification_metrics([0, 0, 1, 2, 2, 2], [0, 1, 1, 2, 0, 2], ["a", "b", "c"])
+    assert metrics["accuracy"] == pytest.approx(400 / 6)
+    assert metrics["per_class_accuracy"] == {"a": 50.0, "b": 100.0, "c": pytest.approx(200 / 3)}
+    assert harmonic_mean(80.0, 60.0) == pytest.approx(2 * 80 * 60 / 140)
+    assert harmonic_mean(0.0, 0.0) == 0.0
+    metric = ClassificationMetrics(class_names=["a", "b", "c"])
+    metric.add_batch(predictions=[0, 1], references=[0, 0])
+    metric.add_batch(predictions=[2], references=[2])
+    assert metric.compute()["accuracy"] == pytest.approx(200 / 3)
+    with pytest.raises(ValueError, match="out of range"):
+        confusion_matrix([0, 3], [0, 1], 3)
+
+
+# --------------------------------------------------------------------------------------------------- runs
+@pytest.mark.parametrize("method", ["zeroshot", "coop", "capt"])
+def test_end_to_end_runs(run_args, tmp_path, method):
+    summary = main(run_args + ["--method", method])
+    out = tmp_path / "out"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics == json.loads(json.dumps(summary))
+    assert metrics["method"] == method and metrics["seed"] == 1 and metrics["shots"] == 4
+    for name in {"zeroshot", method}:
+        entry = metrics[name]
+        for key in ("accuracy", "base_accuracy", "novel_accuracy", "hm"):
+            assert 0.0 <= entry[key] <= 100.0
+        assert entry["hm"] == pytest.approx(harmonic_mean(entry["base_accuracy"], entry["novel_accuracy"]))
+        assert np.array(entry["confusion_matrix"]).sum() == 3 * 3  # 3 base classes x 3 test images
+        assert np.array(entry["novel_confusion_matrix"]).sum() == 3 * 3
+    model = CaptForImageClassification.from_pretrained(out / "model")
+    assert model.config.class_names == CLASS_NAMES[:3]
+    if method == "capt":
+        for key in ("correction_rate", "test_correction_rate", "test_break_rate"):
+            assert key in metrics["capt"]
+        assert (out / "confusion_bank" / "README.md").exists()
+        assert model.mgde is not None and model.adapted_layer_names
+    if method != "zeroshot":
+        assert (out / "checkpoints" / "epoch_2" / "capt_progress.json").exists()
+        assert (out / "adapter" / "adapter_config.json").exists()
+
+
+def test_zero_shot_metrics_match_direct_evaluation(run_args, tmp_path, tiny_clip_dir):
+    summary = main(run_args + ["--method", "zeroshot", "--subsample_classes", "all"])
+    model = CaptForImageClassification.from_clip(tiny_clip_dir, CLASS_NAMES)
+    test = datasets.load_dataset("parquet", data_files=str(tmp_path / "data" / "test" / "test.parquet"))["train"]
+    pixels = model.image_processor(images=[im.convert("RGB") for im in test["image"]], return_tensors="pt")
+    with torch.no_grad():
+        preds = model(pixel_values=pixels["pixel_values"]).logits.argmax(-1)
+    expected = 100.0 * (preds == torch.tensor(test["label"])).float().mean().item()
+    assert summary["zeroshot"]["accuracy"] == pytest.approx(expected)
+    assert "novel_accuracy" not in summary["zeroshot"]
+
+
+def test_resume_skips_finished_epochs(run_args, tmp_path, capsys):
+    main(run_args + ["--method", "coop", "--num_train_epochs", "1"])
+    capsys.readouterr()
+    AcceleratorState._reset_state(reset_partial_state=True)
+    main(run_args + ["--method", "coop", "--num_train_epochs", "2", "--resume_from_checkpoint", "latest"])
+    printed = capsys.readouterr().out
+    assert "epoch 1:" not in printed and "epoch 2:" in printed
+    with pytest.raises(FileNotFoundError, match="no checkpoint folder"):
+        AcceleratorState._reset_state(reset_partial_state=True)
+        main(run_args + ["--method", "coop", "--resume_from_checkpoint", str(tmp_path / "missing")])
+
+
+def test_push_to_hub_uploads_the_saved_folder(run_args, monkeypatch):
+    calls = {}
+
+    class FakeApi:
+        def __init__(self, token=None):
+            calls["token"] = token
+
+        def create_repo(self, **kwargs):
+            calls["create_repo"] = kwargs
+
+        def upload_folder(self, **kwargs):
+            calls["upload_folder"] = kwargs
+            calls["files"] = sorted(os.listdir(kwargs["folder_path"]))
+            return "https://hub.example/commit/1"
+
+    monkeypatch.setattr(hub, "HfApi", FakeApi)
+    main(run_args + ["--method", "zeroshot", "--push_to_hub", "--hub_model_id", "org/capt-test"])
+    assert calls["create_repo"]["repo_id"] == "org/capt-test" and calls["create_repo"]["exist_ok"]
+    assert calls["upload_folder"]["repo_id"] == "org/capt-test"
+    for name in ("config.json", "model.safetensors", "modeling_capt.py", "configuration_capt.py",
+                 "preprocessor_config.json", "tokenizer_config.json"):
+        assert name in calls["files"]
+
+
+# --------------------------------------------------------------------------------------------------- bad input
+def _write(path, images, labels, features):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    datasets.Dataset.from_dict({"image": images, "label": labels}, features=features).to_parquet(path)
+
+
+def test_bad_data_fails_before_training(tmp_path, tiny_clip_dir):
+    base = ["--model_name_or_path", tiny_clip_dir, "--output_dir", str(tmp_path / "out"), "--method", "coop",
+            "--shots", "2", "--subsample_classes", "all"]
+    image = Image.new("RGB", (32, 32))
+    good = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b"])})
+    _write(str(tmp_path / "ok" / "test.parquet"), [image] * 2, [0, 1], good)
+
+    plain = datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64")})
+    _write(str(tmp_path / "plain" / "train.parquet"), [image] * 2, [0, 1], plain)
+    with pytest.raises(ValueError, match="ClassLabel"):
+        main(base + ["--train_dir", str(tmp_path / "plain"), "--test_dir", str(tmp_path / "ok")])
+
+    _write(str(tmp_path / "empty" / "train.parquet"), [], [], good)
+    with pytest.raises(ValueError, match="empty"):
+        main(base + ["--train_dir", str(tmp_path / "empty"), "--test_dir", str(tmp_path / "ok")])
+
+    corrupt = datasets.Features({"image": datasets.Image(decode=False), "label": datasets.ClassLabel(names=["a", "b"])})
+    _write(str(tmp_path / "corrupt" / "train.parquet"), [{"bytes": b"not an image", "path": None}] * 2, [0, 1], corrupt)
+    with pytest.raises(ValueError, match="Cannot decode the image of train row"):
+        main(base + ["--train_dir", str(tmp_path / "corrupt"), "--test_dir", str(tmp_path / "ok")])
+    assert not os.path.exists(tmp_path / "out" / "checkpoints")

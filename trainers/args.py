@@ -1,0 +1,214 @@
+"""Command-line arguments of `trainers/train_capt.py`, as dataclasses read by `HfArgumentParser`.
+
+A YAML or JSON file given with `--config FILE` supplies defaults; flags on the command line override it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import typing
+from dataclasses import dataclass, field, fields
+
+import yaml
+from transformers import HfArgumentParser
+
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EMBEDDED_MODEL = os.path.join(REPO_ROOT, "embedded", "capt-tiny-fashion")
+EMBEDDED_DATA = os.path.join(REPO_ROOT, "embedded", "fashion-subset")
+METHODS = ("zeroshot", "coop", "capt")
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str = field(
+        default=EMBEDDED_MODEL,
+        metadata={"help": "CLIP checkpoint (Hub id or path). Default: the embedded capt-tiny-fashion."},
+    )
+    method: str = field(default="capt", metadata={"help": "zeroshot, coop or capt."})
+    template: str | None = field(
+        default=None, metadata={"help": "Prompt template with one {}; default: the dataset's, else 'a photo of a {}.'"}
+    )
+    n_ctx: int = field(default=4, metadata={"help": "CoOp: number of learnable context tokens."})
+    ctx_init: str | None = field(default="a photo of a", metadata={"help": "CoOp: words initialising the context."})
+
+
+@dataclass
+class DataArguments:
+    dataset_name: str | None = field(
+        default=None,
+        metadata={"help": "A `datasets` image-classification dataset: Hub id, or a local folder (Parquet/ImageFolder)."},
+    )
+    dataset_config_name: str | None = field(default=None, metadata={"help": "Config of --dataset_name."})
+    dataset: str | None = field(
+        default=None, metadata={"help": "A CoOp benchmark name (e.g. oxford_pets), read from --data_dir."}
+    )
+    data_dir: str | None = field(default=None, metadata={"help": "Root of the CoOp dataset folders."})
+    train_dir: str | None = field(default=None, metadata={"help": "Training images: Parquet file/folder or ImageFolder."})
+    test_dir: str | None = field(default=None, metadata={"help": "Test images: Parquet file/folder or ImageFolder."})
+    image_column: str = field(default="image", metadata={"help": "Column holding the images."})
+    label_column: str = field(default="label", metadata={"help": "ClassLabel column holding the labels."})
+    shots: int = field(default=16, metadata={"help": "Training images per class (0 or negative: all)."})
+    subsample_classes: str = field(
+        default="base", metadata={"help": "base (train on base, evaluate base and novel), or all."}
+    )
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Cap each test split (for quick runs)."})
+    fewshot_cache_dir: str | None = field(default=None, metadata={"help": "Where few-shot indices are cached (JSON)."})
+
+
+@dataclass
+class CaptArguments:
+    bank_path: str | None = field(default=None, metadata={"help": "Load a confusion bank (folder or Hub dataset id)."})
+    bank_base_model: str | None = field(
+        default=None, metadata={"help": "Checkpoint the bank is built from (default: zero-shot CLIP)."}
+    )
+    k_pairs: int = field(default=5, metadata={"help": "Confusion classes per sample."})
+    use_sem: bool = field(default=True, metadata={"help": "Semantic Confusion Miner (scores + semantic prompts)."})
+    use_sam: bool = field(default=True, metadata={"help": "Sample Confusion Miner (representative samples)."})
+    use_mgde: bool = field(default=True, metadata={"help": "Multi-Granularity Discrepancy Expert."})
+    confusion_statistics: bool = field(default=True, metadata={"help": "Weight scores by bank statistics (Eq. 7)."})
+    symmetric_statistics: bool = field(default=False, metadata={"help": "n_i = M[i,g] + M[g,i]."})
+    pseudo_gt: bool = field(default=True, metadata={"help": "Use the base model's prediction as GT for mining."})
+    random_samples: bool = field(default=False, metadata={"help": "Random instead of representative samples."})
+    adapter_branches: str = field(default="both", metadata={"help": "global, local or both."})
+    layers_to_transform: str = field(default="-2,-1", metadata={"help": "Vision layers to adapt (comma list)."})
+    alpha_scale: float = field(default=5.0, metadata={"help": "s in alpha = s * c ** gamma."})
+    alpha_gamma: float = field(default=0.5, metadata={"help": "gamma in alpha = s * c ** gamma."})
+    lambda_confuse: float = field(default=1.0, metadata={"help": "Weight of the confusion InfoNCE loss."})
+    load_balance_coef: float = field(default=0.0, metadata={"help": "Weight of MGDE's load-balancing loss."})
+    mgde_num_clusters: int = field(default=8, metadata={"help": "K-means centres per semantic expert."})
+    mgde_top_k: int = field(default=2, metadata={"help": "Experts routed per sample."})
+    prompt_generator: str = field(default="template", metadata={"help": "template, json or lm."})
+    prompt_file: str | None = field(default=None, metadata={"help": "JSON prompts for --prompt_generator json."})
+    prompt_lm: str | None = field(default=None, metadata={"help": "Causal LM for --prompt_generator lm."})
+
+
+@dataclass
+class CaptTrainingArguments:
+    output_dir: str = field(default="outputs/capt-tiny-fashion", metadata={"help": "Where everything is written."})
+    seed: int = field(default=1, metadata={"help": "Seed of few-shot sampling and training."})
+    num_train_epochs: int = field(default=10, metadata={"help": "Training epochs (the last one is kept)."})
+    per_device_train_batch_size: int = field(default=4, metadata={"help": "Training batch per process."})
+    per_device_eval_batch_size: int = field(default=128, metadata={"help": "Evaluation batch per process."})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Steps accumulated per update."})
+    optimizer: str = field(default="sgd", metadata={"help": "sgd or adamw."})
+    learning_rate: float = field(default=0.002, metadata={"help": "Peak learning rate."})
+    weight_decay: float = field(default=5e-4, metadata={"help": "Weight decay."})
+    warmup_epochs: int = field(default=1, metadata={"help": "Constant-lr warmup epochs at 1e-5 (CoOp)."})
+    mixed_precision: str = field(default="no", metadata={"help": "no, fp16 or bf16 (through Accelerate)."})
+    report_to: str = field(default="none", metadata={"help": "Trackers for Accelerate (e.g. tensorboard), or none."})
+    save_every_epochs: int = field(default=1, metadata={"help": "Checkpoint (save_state) every N epochs; 0: never."})
+    resume_from_checkpoint: str | None = field(default=None, metadata={"help": "A checkpoint folder, or 'latest'."})
+    push_to_hub: bool = field(default=False, metadata={"help": "Upload the final model to the Hub."})
+    hub_model_id: str | None = field(default=None, metadata={"help": "Hub repo for --push_to_hub."})
+    hub_private: bool = field(default=False, metadata={"help": "Create the Hub repo private."})
+    num_workers: int = field(default=0, metadata={"help": "DataLoader workers."})
+    heatmap: bool = field(default=True, metadata={"help": "Write the before/after confusion heatmap PNG."})
+
+
+ALL_ARGUMENTS = (ModelArguments, DataArguments, CaptArguments, CaptTrainingArguments)
+
+
+def _read_config_file(path: str) -> dict:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--config file not found: {path}")
+    with open(path, encoding="utf-8") as handle:
+        data = json.load(handle) if path.endswith(".json") else yaml.safe_load(handle)
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ValueError(f"--config {path} must hold a mapping of argument names to values")
+    known = {f.name for cls in ALL_ARGUMENTS for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"--config {path} has unknown arguments: {unknown}")
+    return data
+
+
+def _check_types(config: dict, path: str) -> None:
+    """Fail early on a config value of the wrong type (YAML would otherwise pass it through silently)."""
+    hints = {}
+    for cls in ALL_ARGUMENTS:
+        hints.update(typing.get_type_hints(cls))
+    for key, value in config.items():
+        options = typing.get_args(hints[key]) or (hints[key],)
+        if value is None:
+            if type(None) not in options:
+                raise ValueError(f"--config {path}: {key} cannot be null")
+            continue
+        kind = next(option for option in options if option is not type(None))
+        if kind is bool:
+            ok = isinstance(value, bool)
+        elif kind is int:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif kind is float:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        else:
+            ok = isinstance(value, kind)
+        if not ok:
+            raise ValueError(f"--config {path}: {key} must be {kind.__name__}, got {type(value).__name__} {value!r}")
+
+
+def parse_args(argv: list[str] | None = None):
+    """Parse `--config FILE` (YAML/JSON defaults) plus flags into the four argument dataclasses, validated."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    config = {}
+    if "--config" in argv:
+        position = argv.index("--config")
+        if position + 1 >= len(argv):
+            raise ValueError("--config needs a file path")
+        path = argv[position + 1]
+        del argv[position : position + 2]
+        config = _read_config_file(path)
+        _check_types(config, path)
+    parser = HfArgumentParser(ALL_ARGUMENTS)
+    parser.set_defaults(**config)
+    model_args, data_args, capt_args, train_args = parser.parse_args_into_dataclasses(args=argv)
+    validate(model_args, data_args, capt_args, train_args)
+    return model_args, data_args, capt_args, train_args
+
+
+def validate(model_args, data_args, capt_args, train_args) -> None:
+    if model_args.method not in METHODS:
+        raise ValueError(f"--method must be one of {METHODS}, got {model_args.method!r}")
+    if model_args.template is not None and model_args.template.count("{}") != 1:
+        raise ValueError(f"--template must contain exactly one '{{}}', got {model_args.template!r}")
+    if data_args.subsample_classes not in ("base", "all"):
+        raise ValueError(f"--subsample_classes must be base or all, got {data_args.subsample_classes!r}")
+    if capt_args.adapter_branches not in ("global", "local", "both"):
+        raise ValueError(f"--adapter_branches must be global, local or both, got {capt_args.adapter_branches!r}")
+    if capt_args.prompt_generator not in ("template", "json", "lm"):
+        raise ValueError(f"--prompt_generator must be template, json or lm, got {capt_args.prompt_generator!r}")
+    if capt_args.prompt_generator == "json" and not capt_args.prompt_file:
+        raise ValueError("--prompt_generator json needs --prompt_file")
+    if capt_args.prompt_generator == "lm" and not capt_args.prompt_lm:
+        raise ValueError("--prompt_generator lm needs --prompt_lm (a local causal LM)")
+    if capt_args.k_pairs < 1:
+        raise ValueError(f"--k_pairs must be at least 1, got {capt_args.k_pairs}")
+    layers_to_transform(capt_args)  # parses
+    if train_args.optimizer not in ("sgd", "adamw"):
+        raise ValueError(f"--optimizer must be sgd or adamw, got {train_args.optimizer!r}")
+    if train_args.mixed_precision not in ("no", "fp16", "bf16"):
+        raise ValueError(f"--mixed_precision must be no, fp16 or bf16, got {train_args.mixed_precision!r}")
+    for name in ("num_train_epochs", "per_device_train_batch_size", "per_device_eval_batch_size",
+                 "gradient_accumulation_steps"):
+        if getattr(train_args, name) < 1:
+            raise ValueError(f"--{name} must be at least 1, got {getattr(train_args, name)}")
+    if train_args.push_to_hub and not train_args.hub_model_id:
+        raise ValueError("--push_to_hub needs --hub_model_id (e.g. org/capt-oxfordpets)")
+    sources = [bool(data_args.dataset_name), bool(data_args.dataset), bool(data_args.train_dir or data_args.test_dir)]
+    if sum(sources) > 1:
+        raise ValueError("Give one data source: --dataset_name, --dataset/--data_dir, or --train_dir/--test_dir")
+    if data_args.dataset and not data_args.data_dir:
+        raise ValueError("--dataset needs --data_dir (the root of the CoOp dataset folders)")
+    if bool(data_args.train_dir) != bool(data_args.test_dir):
+        raise ValueError("--train_dir and --test_dir go together")
+
+
+def layers_to_transform(capt_args) -> list[int]:
+    try:
+        return [int(part) for part in str(capt_args.layers_to_transform).split(",") if part.strip()]
+    except ValueError:
+        raise ValueError(f"--layers_to_transform must be a comma list of integers, got {capt_args.layers_to_transform!r}")

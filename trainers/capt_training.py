@@ -1,0 +1,271 @@
+"""CAPT's training-time machinery: the Confusion Bank, the semantic prompts, and one training step.
+
+The math lives in `modeling_capt/confusion.py` (pure torch, shipped with the model); this module wires it to the
+data, the trainer's flags and Accelerate.
+
+Ablations (paper Tables 5-8) and how each flag is read here:
+
+- `--use_sem`: confusion classes ranked by the score `S_i` (Eq. 7) with the pseudo-GT, and semantic prompts for the
+  MGDE experts. Off: the confusion classes are the base model's most probable wrong classes (no statistics, true
+  label), and the semantic experts start from the class-prompt features instead of generated prompts.
+- `--use_sam`: representative confusing samples pass through the adapted encoder and enter the confusion InfoNCE;
+  the adapter weight is the per-sample `alpha = s * c ** gamma`. Off: no extra images; the confusion loss is a
+  cross-entropy of the sample over its own class and its confusion classes' texts, and alpha is `s`.
+- `--use_mgde`: the MGDE layer on the pooled feature.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from dataset_scripts.confusion_bank import load_bank, save_bank
+from modeling_capt import CaptForImageClassification
+from modeling_capt.confusion import (
+    CaptConfusionBank,
+    adapter_alpha,
+    break_rate,
+    confusion_infonce_loss,
+    confusion_intensity,
+    confusion_pairs,
+    correction_rate,
+    kmeans,
+    retrieve_representatives,
+    select_confusion_classes,
+)
+from trainers.semantic_prompts import SemanticPrompt, get_prompt_generator
+
+
+logger = logging.getLogger(__name__)
+
+# Above this many bytes the processed training images are not kept in memory (they are re-read when retrieved).
+PIXEL_CACHE_LIMIT_BYTES = 2 * 1024**3
+
+
+@dataclass
+class SemanticState:
+    prompts: dict
+    commonality_centres: torch.Tensor
+    difference_centres: torch.Tensor
+
+    @property
+    def num_clusters(self) -> int:
+        return int(self.commonality_centres.shape[0])
+
+
+@torch.inference_mode()
+def build_bank(base_model, train_rows, image_processor, batch_size, class_names, template, base_model_id, make_loader):
+    """Run the base model over the training set, batch by batch, and keep what CAPT mines from."""
+    base_model.eval()
+    loader = make_loader(train_rows.dataset, image_processor, batch_size, False, 0, "train")
+    device = next(base_model.parameters()).device
+
+    def batches():
+        for batch in tqdm(loader, desc="confusion bank", leave=False):
+            out = base_model(pixel_values=batch["pixel_values"].to(device))
+            yield {
+                "indices": batch["indices"],
+                "labels": batch["labels"],
+                "probs": out.logits.float().softmax(-1),
+                "embeds": out.image_embeds.float(),
+            }
+
+    return CaptConfusionBank.build(batches(), class_names, template=template, base_model=base_model_id)
+
+
+def _text_features(model, tokenizer, texts, batch_size=256) -> torch.Tensor:
+    device = next(model.parameters()).device
+    features = []
+    with torch.inference_mode():
+        for start in range(0, len(texts), batch_size):
+            encoded = tokenizer(
+                texts[start : start + batch_size], padding="max_length", truncation=True,
+                max_length=model.config.text_length, return_tensors="pt",
+            ).to(device)
+            features.append(F.normalize(model.encode_text(encoded["input_ids"], encoded["attention_mask"]), dim=-1))
+    return torch.cat(features).float().cpu()
+
+
+def _prompts_to_data(prompts: dict) -> list[dict]:
+    return [
+        {"classes": list(pair), "commonality": p.commonality, "difference": p.difference, "source": p.source}
+        for pair, p in prompts.items()
+    ]
+
+
+def _prompts_from_data(data) -> dict:
+    return {
+        tuple(item["classes"]): SemanticPrompt(item["commonality"], item["difference"], item.get("source", "bank"))
+        for item in data or []
+    }
+
+
+def prepare_bank_and_prompts(accelerator, capt_args, train_args, zeroshot, train_rows, image_processor, tokenizer,
+                             class_names, template, model_args, make_loader):
+    """Build (or load) the Confusion Bank, mine the semantic confusion pairs and embed their prompts.
+
+    Returns `(bank, SemanticState)`. The bank (with its prompts) is saved to `OUTPUT_DIR/confusion_bank`.
+    """
+    if capt_args.bank_path:
+        bank = load_bank(capt_args.bank_path, class_names=class_names, template=template)
+        logger.info("loaded the confusion bank from %s (%d samples)", capt_args.bank_path, len(bank))
+    else:
+        base_model, base_id = zeroshot, f"zero-shot {model_args.model_name_or_path}"
+        if capt_args.bank_base_model:
+            base_model = CaptForImageClassification.from_pretrained(capt_args.bank_base_model).to(accelerator.device)
+            if base_model.config.class_names != list(class_names):
+                raise ValueError(
+                    f"--bank_base_model {capt_args.bank_base_model} classifies {base_model.config.class_names[:5]}..., "
+                    f"not this run's classes {list(class_names)[:5]}..."
+                )
+            base_id = capt_args.bank_base_model
+        bank = build_bank(base_model, train_rows, image_processor, train_args.per_device_eval_batch_size,
+                          class_names, template, base_id, make_loader)
+    if len(bank) != len(train_rows):
+        raise ValueError(f"The confusion bank holds {len(bank)} samples but the training set has {len(train_rows)}")
+    if bank.num_misclassified == 0:
+        logger.warning("The base model misclassifies no training sample: SAM falls back to each class's samples")
+    k = min(capt_args.k_pairs, len(class_names) - 1)
+    if k < capt_args.k_pairs:
+        logger.warning("k_pairs=%d is more than the %d other classes: using %d", capt_args.k_pairs, len(class_names) - 1, k)
+    if k < 1:
+        raise ValueError("CAPT needs at least two training classes")
+
+    prompts = _prompts_from_data(bank.semantic_prompts)
+    if capt_args.use_sem:
+        pairs = confusion_pairs(bank, k, pseudo_gt=capt_args.pseudo_gt, use_statistics=capt_args.confusion_statistics,
+                                symmetric=capt_args.symmetric_statistics)
+        named = [(class_names[a], class_names[b]) for a, b in pairs]
+        missing = [pair for pair in named if pair not in prompts]
+        if missing:
+            generator = get_prompt_generator(
+                capt_args.prompt_generator, prompt_file=capt_args.prompt_file, prompt_lm=capt_args.prompt_lm
+            )
+            prompts.update(generator.generate(missing))
+        prompts = {pair: prompts[pair] for pair in named}
+        commonality = _text_features(zeroshot, tokenizer, [p.commonality for p in prompts.values()])
+        difference = _text_features(zeroshot, tokenizer, [p.difference for p in prompts.values()])
+    else:  # no semantic prompts: the semantic experts start from the class prompts
+        commonality = difference = F.normalize(zeroshot.get_class_text_features().detach().float().cpu(), dim=-1)
+    bank.semantic_prompts = _prompts_to_data(prompts)
+    clusters = max(1, min(capt_args.mgde_num_clusters, commonality.shape[0], difference.shape[0]))
+    state = SemanticState(
+        prompts=prompts,
+        commonality_centres=kmeans(commonality, clusters, seed=train_args.seed),
+        difference_centres=kmeans(difference, clusters, seed=train_args.seed),
+    )
+    if accelerator.is_main_process:
+        save_bank(bank, os.path.join(train_args.output_dir, "confusion_bank"))
+    logger.info(
+        "confusion bank: %d samples, %d misclassified; %d semantic pairs; %d clusters per semantic expert",
+        len(bank), bank.num_misclassified, len(prompts), clusters,
+    )
+    return bank, state
+
+
+class CaptStep:
+    """One CAPT training step: mine confusion classes, retrieve representatives, forward, and the losses."""
+
+    def __init__(self, model, bank: CaptConfusionBank, capt_args, train_rows, image_processor, accelerator, seed=0):
+        self.model = model
+        self.bank = bank
+        self.args = capt_args
+        self.train_rows = train_rows
+        self.image_processor = image_processor
+        self.accelerator = accelerator
+        self.k = min(capt_args.k_pairs, bank.num_classes - 1)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.pixel_cache = None
+        first = train_rows.pixel_values([0], image_processor)
+        if first.numel() * first.element_size() * len(train_rows) <= PIXEL_CACHE_LIMIT_BYTES:
+            self.pixel_cache = train_rows.pixel_values(range(len(train_rows)), image_processor)
+
+    def _pixels(self, dataset_indices: torch.Tensor) -> torch.Tensor:
+        if self.pixel_cache is not None:
+            return self.pixel_cache[dataset_indices.cpu()]
+        return self.train_rows.pixel_values(dataset_indices.tolist(), self.image_processor)
+
+    def __call__(self, batch) -> tuple[torch.Tensor, dict]:
+        args, bank = self.args, self.bank
+        pixel_values, labels = batch["pixel_values"], batch["labels"]
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        bank = bank.to(labels.device)
+        rows = bank.rows_for(batch["indices"])
+        probs = bank.probs[rows]
+        if args.use_sem:
+            classes = select_confusion_classes(probs, bank.confusion_matrix, labels, self.k, pseudo_gt=args.pseudo_gt,
+                                               use_statistics=args.confusion_statistics,
+                                               symmetric=args.symmetric_statistics)
+        else:
+            classes = select_confusion_classes(probs, bank.confusion_matrix, labels, self.k, pseudo_gt=False,
+                                               use_statistics=False)
+        text = unwrapped.get_class_text_features()
+        logit_scale = unwrapped.clip.logit_scale.exp()
+        batch_size = labels.shape[0]
+        logs = {}
+        if args.use_sam:
+            reps, cosine = retrieve_representatives(bank.embeds[rows], classes, bank,
+                                                    random_samples=args.random_samples, generator=self.generator)
+            alpha = adapter_alpha(confusion_intensity(cosine), s=args.alpha_scale, gamma=args.alpha_gamma)
+            rep_pixels = self._pixels(bank.indices[reps.flatten()]).to(pixel_values.device, pixel_values.dtype)
+            out = self.model(pixel_values=torch.cat([pixel_values, rep_pixels]),
+                             alpha=torch.cat([alpha, alpha.repeat_interleave(self.k)]))
+            image = out.image_embeds
+            image_feats = torch.cat([image[:batch_size, None], image[batch_size:].view(batch_size, self.k, -1)], dim=1)
+            text_feats = text[torch.cat([labels[:, None], classes], dim=1)]
+            confuse = confusion_infonce_loss(image_feats, text_feats, logit_scale)
+            logs["train/alpha"] = float(alpha.mean())
+        else:
+            alpha = torch.full((batch_size,), float(args.alpha_scale), device=labels.device)
+            out = self.model(pixel_values=pixel_values, alpha=alpha)
+            candidates = torch.cat([labels[:, None], classes], dim=1)
+            hard_logits = logit_scale * torch.einsum("bp,bkp->bk", out.image_embeds[:batch_size], text[candidates])
+            confuse = F.cross_entropy(hard_logits, torch.zeros_like(labels))
+        logits = out.logits[:batch_size]
+        ce = F.cross_entropy(logits, labels)
+        loss = ce + args.lambda_confuse * confuse
+        if args.load_balance_coef and out.aux_loss is not None:
+            loss = loss + args.load_balance_coef * out.aux_loss
+        if unwrapped.training:
+            unwrapped.update_running_alpha(alpha.detach())
+        logs.update({"train/ce": ce.item(), "train/confuse": confuse.item()})
+        return loss, logs
+
+
+def _aligned(pred_a: dict, pred_b: dict):
+    order_a, order_b = torch.argsort(pred_a["indices"]), torch.argsort(pred_b["indices"])
+    if not torch.equal(pred_a["indices"][order_a], pred_b["indices"][order_b]):
+        raise RuntimeError("The two evaluations saw different samples")
+    return pred_a["preds"][order_a], pred_b["preds"][order_b], pred_a["labels"][order_a]
+
+
+def _percent(value: float) -> float | None:
+    return None if value is None or math.isnan(value) else 100.0 * value
+
+
+def correction_metrics(model, bank, train_rows, image_processor, accelerator, zs_pred, tr_pred, zs_novel, tr_novel,
+                       make_loader, batch_size) -> dict:
+    """Correction rate on the bank's misclassified training samples, and test correction / break rates (in %)."""
+    from trainers.train_capt import predict  # local: train_capt imports this module
+
+    loader = make_loader(train_rows.dataset, image_processor, batch_size, False, 0, "train")
+    train_pred = predict(model, loader, accelerator, "correction rate")
+    rows = bank.rows_for(train_pred["indices"]).cpu()
+    result = {
+        "correction_rate": _percent(correction_rate(bank.preds.cpu()[rows], train_pred["preds"], bank.labels.cpu()[rows])),
+        "bank_misclassified": int(bank.num_misclassified),
+    }
+    base, new, labels = _aligned(zs_pred, tr_pred)
+    result["test_correction_rate"] = _percent(correction_rate(base, new, labels))
+    result["test_break_rate"] = _percent(break_rate(base, new, labels))
+    if zs_novel is not None and tr_novel is not None:
+        base, new, labels = _aligned(zs_novel, tr_novel)
+        result["novel_test_correction_rate"] = _percent(correction_rate(base, new, labels))
+        result["novel_test_break_rate"] = _percent(break_rate(base, new, labels))
+    return result

@@ -1,0 +1,99 @@
+"""Classification metrics, computed locally (no Hub download).
+
+`evaluate.load("accuracy")` fetches its script from the Hub, which these machines cannot reach, so the metrics
+are defined here: plain functions on label/prediction arrays, and the same wrapped as an `evaluate.Metric`
+(`ClassificationMetrics`) for code that wants the `evaluate` API (`add_batch` / `compute`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import datasets
+import evaluate
+import torch
+
+
+def confusion_matrix(labels: Sequence[int] | torch.Tensor, preds: Sequence[int] | torch.Tensor, num_classes: int):
+    """`M[a, b]` = number of samples of true class `a` predicted as `b`, as a `(num_classes, num_classes)` long tensor."""
+    labels = torch.as_tensor(labels, dtype=torch.long).flatten()
+    preds = torch.as_tensor(preds, dtype=torch.long).flatten()
+    if labels.shape != preds.shape:
+        raise ValueError(f"labels and preds differ in length: {labels.numel()} vs {preds.numel()}")
+    for name, values in (("labels", labels), ("preds", preds)):
+        if values.numel() and (int(values.min()) < 0 or int(values.max()) >= num_classes):
+            raise ValueError(f"{name} out of range [0, {num_classes - 1}]: {int(values.min())}..{int(values.max())}")
+    flat = labels * num_classes + preds
+    return torch.bincount(flat, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def classification_metrics(labels, preds, class_names: Sequence[str]) -> dict:
+    """Accuracy (in %), per-class accuracy (in %, `None` for a class with no test sample) and the confusion matrix."""
+    matrix = confusion_matrix(labels, preds, len(class_names))
+    total = int(matrix.sum())
+    if total == 0:
+        raise ValueError("No samples were evaluated")
+    per_class_total = matrix.sum(dim=1)
+    per_class = {
+        name: (100.0 * int(matrix[i, i]) / int(per_class_total[i]) if int(per_class_total[i]) else None)
+        for i, name in enumerate(class_names)
+    }
+    return {
+        "accuracy": 100.0 * int(matrix.diagonal().sum()) / total,
+        "num_samples": total,
+        "per_class_accuracy": per_class,
+        "confusion_matrix": matrix.tolist(),
+    }
+
+
+def harmonic_mean(base: float, novel: float) -> float:
+    """`HM = 2BN / (B + N)`; 0 when both are 0."""
+    return 0.0 if base + novel == 0 else 2.0 * base * novel / (base + novel)
+
+
+def top_confused_pairs(matrix, class_names: Sequence[str], k: int = 5) -> list[dict]:
+    """The `k` largest off-diagonal cells of a confusion matrix, as `{"true", "predicted", "count"}` records."""
+    matrix = torch.as_tensor(matrix).clone()
+    matrix.fill_diagonal_(0)
+    values, flat = matrix.flatten().topk(min(k, matrix.numel()))
+    size = matrix.shape[1]
+    return [
+        {"true": class_names[int(i) // size], "predicted": class_names[int(i) % size], "count": int(v)}
+        for v, i in zip(values, flat)
+        if int(v) > 0
+    ]
+
+
+class ClassificationMetrics(evaluate.Metric):
+    """Accuracy, per-class accuracy and confusion matrix as an offline `evaluate.Metric`.
+
+    Example:
+
+    ```python
+    >>> metric = ClassificationMetrics(class_names=["cat", "dog"])
+    >>> metric.add_batch(predictions=[0, 1, 1], references=[0, 1, 0])
+    >>> round(metric.compute()["accuracy"], 2)
+    66.67
+    ```
+    """
+
+    def __init__(self, class_names: Sequence[str], **kwargs):
+        super().__init__(**kwargs)
+        self.class_names = list(class_names)
+
+    def _info(self):
+        return evaluate.MetricInfo(
+            description="Top-1 accuracy, per-class accuracy and confusion matrix (computed locally).",
+            citation="",
+            inputs_description="predictions and references: integer class indices.",
+            features=datasets.Features({"predictions": datasets.Value("int64"), "references": datasets.Value("int64")}),
+        )
+
+    def _compute(self, predictions, references):
+        return classification_metrics(references, predictions, self.class_names)
+
+
+def finite_or_none(value: float | None) -> float | None:
+    """JSON-friendly: NaN and infinities become `None`."""
+    return None if value is None or not math.isfinite(value) else value

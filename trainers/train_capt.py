@@ -1,0 +1,371 @@
+#!/usr/bin/env python
+"""Train and evaluate zero-shot CLIP, CoOp or CAPT with Accelerate.
+
+    accelerate launch trainers/train_capt.py                      # the main job on the embedded default
+    accelerate launch trainers/train_capt.py --config run.yaml --method coop --shots 4
+
+With no argument it runs the whole CAPT pipeline on the embedded `capt-tiny-fashion` model and the shipped
+Fashion-MNIST subset: zero-shot evaluation, 16-shot base-to-novel training, evaluation, `metrics.json`, the saved
+checkpoint and a before/after confusion heatmap.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+import time
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from tqdm.auto import tqdm
+from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
+
+if __package__ in (None, ""):  # `accelerate launch trainers/train_capt.py` runs this file as a script
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from dataset_scripts.coop_datasets import get_dataset_info  # noqa: E402
+from modeling_capt import CaptAdapterConfig, CaptForImageClassification  # noqa: E402
+from trainers import capt_training  # noqa: E402
+from trainers.args import layers_to_transform, parse_args  # noqa: E402
+from trainers.data import ImageClassificationCollator, IndexedImageDataset, prepare_splits  # noqa: E402
+from trainers.heatmap import save_confusion_heatmaps  # noqa: E402
+from trainers.hub import push_folder_to_hub  # noqa: E402
+from trainers.metrics import classification_metrics, harmonic_mean, top_confused_pairs  # noqa: E402
+
+
+logger = logging.getLogger("capt")
+
+
+PROGRESS_FILE = "capt_progress.json"
+
+
+def resolve_template(model_args, data_args) -> str:
+    if model_args.template:
+        return model_args.template
+    if data_args.dataset:
+        return get_dataset_info(data_args.dataset).template
+    return "a photo of a {}."
+
+
+@torch.inference_mode()
+def predict(model, loader, accelerator, desc: str) -> dict:
+    """Predictions, labels, row indices and normalised image embeddings over a loader, gathered without duplicates."""
+    model = accelerator.unwrap_model(model)  # evaluation needs no DDP wrapper (and may change the class list)
+    model.eval()
+    outputs = {"preds": [], "labels": [], "indices": [], "probs": [], "embeds": []}
+    for batch in tqdm(loader, desc=desc, disable=not accelerator.is_local_main_process, leave=False):
+        out = model(pixel_values=batch["pixel_values"])
+        gathered = accelerator.gather_for_metrics(
+            (out.logits.argmax(-1), batch["labels"], batch["indices"], out.logits.float().softmax(-1), out.image_embeds.float())
+        )
+        for key, value in zip(outputs, gathered):
+            outputs[key].append(value.cpu())
+    return {key: torch.cat(values) for key, values in outputs.items()}
+
+
+def evaluate_split(model, loader, accelerator, class_names, desc) -> tuple[dict, dict]:
+    result = predict(model, loader, accelerator, desc)
+    metrics = classification_metrics(result["labels"], result["preds"], class_names)
+    return metrics, result
+
+
+def make_loader(dataset, image_processor, batch_size, shuffle, num_workers, split_name, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.utils.data.DataLoader(
+        IndexedImageDataset(dataset, split_name),
+        batch_size=batch_size,
+        shuffle=shuffle,
+        num_workers=num_workers,
+        collate_fn=ImageClassificationCollator(image_processor, split_name),
+        generator=generator if shuffle else None,
+    )
+
+
+def build_optimizer(model, train_args, steps_per_epoch):
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("The model has no trainable parameters")
+    if train_args.optimizer == "sgd":
+        optimizer = torch.optim.SGD(params, lr=train_args.learning_rate, momentum=0.9, weight_decay=train_args.weight_decay)
+    else:
+        optimizer = torch.optim.AdamW(params, lr=train_args.learning_rate, weight_decay=train_args.weight_decay)
+    total = max(1, train_args.num_train_epochs * steps_per_epoch)
+    warmup = min(train_args.warmup_epochs * steps_per_epoch, total - 1)
+
+    def lr_lambda(step):  # CoOp: constant 1e-5 warmup, then cosine from the peak
+        if step < warmup:
+            return 1e-5 / train_args.learning_rate
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1 + math.cos(math.pi * progress))
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
+
+
+def _atomic_save_state(accelerator, directory, epoch):
+    """`save_state` into a temporary folder, then rename: a crash never leaves a half-written checkpoint.
+
+    The finished epoch goes to a JSON file beside Accelerate's files (not `register_for_checkpointing`, whose
+    pickled custom states Accelerate reloads with `weights_only=False`). The confusion bank needs no checkpoint:
+    it is saved as Parquet in `OUTPUT_DIR/confusion_bank` and rebuilt identically on resume.
+    """
+    tmp = directory + ".tmp"
+    if accelerator.is_main_process and os.path.exists(tmp):
+        shutil.rmtree(tmp)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(tmp, safe_serialization=True)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        _write_json_atomic(os.path.join(tmp, PROGRESS_FILE), {"epoch": epoch})
+        if os.path.exists(directory):
+            shutil.rmtree(directory)
+        os.replace(tmp, directory)
+    accelerator.wait_for_everyone()
+
+
+def _latest_checkpoint(output_dir):
+    root = os.path.join(output_dir, "checkpoints")
+    if not os.path.isdir(root):
+        return None
+    done = [d for d in os.listdir(root) if d.startswith("epoch_") and os.path.isfile(os.path.join(root, d, PROGRESS_FILE))]
+    if not done:
+        return None
+    return os.path.join(root, max(done, key=lambda d: int(d.split("_")[1])))
+
+
+def _write_json_atomic(path, data):
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as handle:
+        json.dump(data, handle, indent=2)
+    os.replace(tmp, path)
+
+
+def main(argv=None):
+    model_args, data_args, capt_args, train_args = parse_args(argv)
+    accelerator = Accelerator(
+        gradient_accumulation_steps=train_args.gradient_accumulation_steps,
+        mixed_precision=train_args.mixed_precision,
+        log_with=None if train_args.report_to == "none" else train_args.report_to,
+        project_dir=train_args.output_dir,
+    )
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    logging.getLogger("accelerate").setLevel(logging.WARNING)
+    if not accelerator.is_local_main_process:
+        logging.getLogger().setLevel(logging.WARNING)
+    set_seed(train_args.seed)
+    os.makedirs(train_args.output_dir, exist_ok=True)
+    started = time.time()
+
+    # ---------------------------------------------------------------- data and the frozen zero-shot model
+    splits = prepare_splits(data_args, train_args.seed)
+    template = resolve_template(model_args, data_args)
+    tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path)
+    image_processor = AutoImageProcessor.from_pretrained(model_args.model_name_or_path)
+    clip = CLIPModel.from_pretrained(model_args.model_name_or_path)
+    train_names = splits["train_names"]
+    logger.info(
+        "data: %d training images (%d classes, %s shots), %d test images%s",
+        len(splits["train"]), len(train_names), data_args.shots, len(splits["test"]),
+        f", {len(splits['test_novel'])} novel test images" if "test_novel" in splits else "",
+    )
+    train_rows = IndexedImageDataset(splits["train"], "train")
+    train_rows.verify()  # a corrupt training image fails here, before any training time is spent
+
+    eval_bs = train_args.per_device_eval_batch_size
+    test_loader = accelerator.prepare(make_loader(splits["test"], image_processor, eval_bs, False, train_args.num_workers, "test"))
+    novel_loader = None
+    if "test_novel" in splits:
+        novel_loader = accelerator.prepare(
+            make_loader(splits["test_novel"], image_processor, eval_bs, False, train_args.num_workers, "test_novel")
+        )
+
+    def build(**overrides):
+        return CaptForImageClassification.from_clip(
+            clip, train_names, template=template, tokenizer=tokenizer, image_processor=image_processor,
+            base_model_name_or_path=model_args.model_name_or_path, **overrides,
+        )
+
+    zeroshot = build().to(accelerator.device)  # frozen: no optimizer, no DDP wrapper
+    results = {"zeroshot": {}}
+    zs_metrics, zs_pred = evaluate_split(zeroshot, test_loader, accelerator, train_names, "zero-shot test")
+    results["zeroshot"]["base"] = zs_metrics
+    zs_novel = None
+    if novel_loader is not None:
+        zeroshot.set_class_names(splits["novel_names"], tokenizer)
+        results["zeroshot"]["novel"], zs_novel = evaluate_split(
+            zeroshot, novel_loader, accelerator, splits["novel_names"], "zero-shot novel"
+        )
+        zeroshot.set_class_names(train_names, tokenizer)
+
+    # ---------------------------------------------------------------- the trained model
+    method = model_args.method
+    bank = None
+    model = zeroshot
+    if method != "zeroshot":
+        overrides = {}
+        if method == "coop":
+            overrides.update(use_learnable_context=True, n_ctx=model_args.n_ctx, ctx_init=model_args.ctx_init)
+        if method == "capt":
+            bank, semantic = capt_training.prepare_bank_and_prompts(
+                accelerator, capt_args, train_args, zeroshot, train_rows, image_processor, tokenizer, train_names,
+                template, model_args, make_loader,
+            )
+            overrides["adapter_config"] = CaptAdapterConfig(
+                layers_to_transform=layers_to_transform(capt_args),
+                adapter_branches=capt_args.adapter_branches,
+                alpha_scale=capt_args.alpha_scale,
+                alpha_gamma=capt_args.alpha_gamma,
+                use_mgde=capt_args.use_mgde,
+                mgde_top_k=capt_args.mgde_top_k,
+                mgde_num_clusters=semantic.num_clusters if capt_args.use_mgde else capt_args.mgde_num_clusters,
+            )
+        model = build(**overrides)
+        if method == "capt" and model.mgde is not None:
+            model.init_semantic_experts(semantic.commonality_centres, semantic.difference_centres)
+        model.train()
+        train_loader = make_loader(
+            splits["train"], image_processor, train_args.per_device_train_batch_size, True, train_args.num_workers,
+            "train", seed=train_args.seed,
+        )
+        steps_per_epoch = math.ceil(len(train_loader) / (accelerator.num_processes * train_args.gradient_accumulation_steps))
+        optimizer, scheduler = build_optimizer(model, train_args, steps_per_epoch)
+        model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
+        start_epoch = 0
+        if train_args.report_to != "none":
+            accelerator.init_trackers("capt", config={"method": method, "seed": train_args.seed, "shots": data_args.shots})
+        resume = train_args.resume_from_checkpoint
+        if resume == "latest":
+            resume = _latest_checkpoint(train_args.output_dir)
+        if resume:
+            if not os.path.isdir(resume):
+                raise FileNotFoundError(f"--resume_from_checkpoint: no checkpoint folder at {resume}")
+            progress_file = os.path.join(resume, PROGRESS_FILE)
+            if not os.path.isfile(progress_file):
+                raise FileNotFoundError(f"{resume} is not a finished checkpoint of this trainer (no {PROGRESS_FILE})")
+            accelerator.load_state(resume)
+            with open(progress_file, encoding="utf-8") as handle:
+                start_epoch = int(json.load(handle)["epoch"])
+            logger.info("resumed from %s after epoch %d", resume, start_epoch)
+
+        step_fn = None
+        if method == "capt":
+            step_fn = capt_training.CaptStep(model, bank, capt_args, train_rows, image_processor, accelerator,
+                                             seed=train_args.seed)
+        global_step = start_epoch * len(train_loader)
+        for epoch in range(start_epoch, train_args.num_train_epochs):
+            model.train()
+            bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{train_args.num_train_epochs}",
+                       disable=not accelerator.is_local_main_process, leave=False)
+            running = 0.0
+            for batch in bar:
+                with accelerator.accumulate(model):
+                    if step_fn is not None:
+                        loss, logs = step_fn(batch)
+                    else:
+                        loss = model(pixel_values=batch["pixel_values"], labels=batch["labels"]).loss
+                        logs = {}
+                    accelerator.backward(loss)
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad()
+                running += loss.item()
+                global_step += 1
+                bar.set_postfix(loss=f"{loss.item():.4f}")
+                if train_args.report_to != "none":
+                    accelerator.log({"train/loss": loss.item(), **logs}, step=global_step)
+            done = epoch + 1
+            accelerator.print(f"epoch {done}: mean loss {running / max(1, len(train_loader)):.4f}")
+            if train_args.save_every_epochs and done % train_args.save_every_epochs == 0:
+                _atomic_save_state(accelerator, os.path.join(train_args.output_dir, "checkpoints", f"epoch_{done}"), done)
+
+    # ---------------------------------------------------------------- evaluation of the trained model
+    results[method] = dict(results.get(method, {}))
+    tr_metrics, tr_pred = evaluate_split(model, test_loader, accelerator, train_names, f"{method} test")
+    results[method]["base"] = tr_metrics
+    tr_novel = None
+    if novel_loader is not None:
+        unwrapped = accelerator.unwrap_model(model)
+        unwrapped.set_class_names(splits["novel_names"], tokenizer)
+        results[method]["novel"], tr_novel = evaluate_split(model, novel_loader, accelerator, splits["novel_names"], f"{method} novel")
+        unwrapped.set_class_names(train_names, tokenizer)
+
+    summary = {
+        "dataset": data_args.dataset or data_args.dataset_name or data_args.train_dir or "embedded/fashion-subset",
+        "model": model_args.model_name_or_path,
+        "method": method,
+        "seed": train_args.seed,
+        "shots": data_args.shots,
+        "subsample_classes": data_args.subsample_classes,
+        "template": template,
+        "num_train_images": len(splits["train"]),
+    }
+    for name in dict.fromkeys(["zeroshot", method]):
+        entry = {"accuracy": results[name]["base"]["accuracy"]}
+        if "novel" in results[name]:
+            base, novel = results[name]["base"]["accuracy"], results[name]["novel"]["accuracy"]
+            entry.update(base_accuracy=base, novel_accuracy=novel, hm=harmonic_mean(base, novel))
+        entry["top_confused_pairs"] = top_confused_pairs(results[name]["base"]["confusion_matrix"], train_names)
+        entry["per_class_accuracy"] = results[name]["base"]["per_class_accuracy"]
+        entry["confusion_matrix"] = results[name]["base"]["confusion_matrix"]
+        if "novel" in results[name]:
+            entry["novel_confusion_matrix"] = results[name]["novel"]["confusion_matrix"]
+        summary[name] = entry
+    if method == "capt":
+        summary[method].update(
+            capt_training.correction_metrics(accelerator.unwrap_model(model), bank, train_rows, image_processor,
+                                             accelerator, zs_pred, tr_pred, zs_novel, tr_novel, make_loader, eval_bs)
+        )
+    summary["wall_time_s"] = round(time.time() - started, 1)
+
+    if accelerator.is_main_process:
+        final_dir = os.path.join(train_args.output_dir, "model")
+        unwrapped = accelerator.unwrap_model(model)
+        unwrapped.save_pretrained(final_dir, is_main_process=True, save_function=accelerator.save)
+        if method != "zeroshot":
+            unwrapped.save_adapter(os.path.join(train_args.output_dir, "adapter"))
+        _write_json_atomic(os.path.join(train_args.output_dir, "metrics.json"), summary)
+        if train_args.heatmap:
+            save_confusion_heatmaps(
+                os.path.join(train_args.output_dir, "confusion_heatmap.png"),
+                [summary["zeroshot"]["confusion_matrix"], summary[method]["confusion_matrix"]],
+                train_names,
+                ["zero-shot CLIP", method.upper() if method != "zeroshot" else "zero-shot"],
+            )
+        print_table(summary, method)
+        if train_args.push_to_hub:
+            push_folder_to_hub(final_dir, train_args.hub_model_id, private=train_args.hub_private)
+    accelerator.wait_for_everyone()
+    if train_args.report_to != "none":
+        accelerator.end_training()
+    return summary
+
+
+def print_table(summary: dict, method: str) -> None:
+    rows = [("zero-shot", summary["zeroshot"])]
+    if method != "zeroshot":
+        rows.append((method, summary[method]))
+    novel = "novel_accuracy" in summary["zeroshot"]
+    header = f"{'model':<10} {'base':>7} {'novel':>7} {'HM':>7}" if novel else f"{'model':<10} {'accuracy':>8}"
+    print(f"\n{summary['dataset']} | {summary['shots']} shots | seed {summary['seed']}")
+    print(header)
+    for name, entry in rows:
+        if novel:
+            print(f"{name:<10} {entry['base_accuracy']:>7.2f} {entry['novel_accuracy']:>7.2f} {entry['hm']:>7.2f}")
+        else:
+            print(f"{name:<10} {entry['accuracy']:>8.2f}")
+    if method == "capt":
+        entry = summary["capt"]
+        for key in ("correction_rate", "test_correction_rate", "test_break_rate"):
+            value = entry.get(key)
+            print(f"{key}: {'n/a' if value is None else f'{value:.2f}'}")
+    for name, entry in rows:
+        pairs = ", ".join(f"{p['true']}->{p['predicted']} ({p['count']})" for p in entry["top_confused_pairs"][:3])
+        print(f"top confusions, {name}: {pairs}")
+
+
+if __name__ == "__main__":
+    main()
