@@ -197,6 +197,20 @@ class CaptModel(CaptPreTrainedModel):
             model._init_context_from_words(tokenizer)
         return model.eval()
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """Load a saved CAPT checkpoint; its tokenizer and image processor are attached when the folder has them, so
+        `set_class_names` and `save_pretrained` work without passing them again."""
+        model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        hub_kwargs = {k: kwargs[k] for k in ("revision", "token", "cache_dir", "local_files_only") if k in kwargs}
+        for attribute, loader in (("tokenizer", AutoTokenizer), ("image_processor", AutoImageProcessor)):
+            try:  # the checkpoint's own auto_map names only model classes: no remote code is needed here
+                setattr(model, attribute, loader.from_pretrained(
+                    pretrained_model_name_or_path, trust_remote_code=False, **hub_kwargs))
+            except (OSError, ValueError, TypeError, KeyError) as err:
+                logger.info(f"No {attribute} attached from {pretrained_model_name_or_path}: {err}")
+        return model
+
     @torch.no_grad()
     def load_clip_weights(self, clip_state: dict[str, torch.Tensor]) -> None:
         """Copy a plain `CLIPModel` state dict into the wrapped CLIP, whose adapted layers sit under `base_layer`."""

@@ -197,3 +197,19 @@ def test_bad_data_fails_before_training(tmp_path, tiny_clip_dir):
     with pytest.raises(ValueError, match="Cannot decode the image of train row"):
         main(base + ["--train_dir", str(tmp_path / "corrupt"), "--test_dir", str(tmp_path / "ok")])
     assert not os.path.exists(tmp_path / "out" / "checkpoints")
+
+
+def test_bank_script_builds_a_bank_the_trainer_loads(run_args, tmp_path, tiny_clip_dir):
+    from dataset_scripts.build_confusion_bank import main as build_bank_main
+    from dataset_scripts.confusion_bank import load_bank
+
+    data = tmp_path / "data"
+    bank = build_bank_main(["--model", tiny_clip_dir, "--train_dir", str(data / "train"), "--test_dir",
+                            str(data / "test"), "--shots", "4", "--output_dir", str(tmp_path / "bank")])
+    assert len(bank) == 3 * 4  # 3 base classes x 4 shots
+    loaded = load_bank(str(tmp_path / "bank"), class_names=CLASS_NAMES[:3], template="a photo of a {}.")
+    assert torch.equal(loaded.probs, bank.probs) and torch.equal(loaded.indices, bank.indices)
+    with pytest.raises(ValueError, match="dog|class"):
+        load_bank(str(tmp_path / "bank"), class_names=["cat", "wolf", "bird"])
+    summary = main(run_args + ["--method", "capt", "--bank_path", str(tmp_path / "bank"), "--num_train_epochs", "1"])
+    assert summary["capt"]["bank_misclassified"] == int(bank.num_misclassified)

@@ -1,0 +1,100 @@
+#!/usr/bin/env python
+"""Build a CAPT Confusion Bank from a base model over a training set, save it as a Parquet dataset, optionally push it.
+
+    python dataset_scripts/build_confusion_bank.py --output_dir banks/fashion            # embedded default, zero-shot
+    python dataset_scripts/build_confusion_bank.py --model outputs/coop/model --dataset oxford_pets \
+        --data_dir $DATA --shots 16 --seed 1 --output_dir banks/pets-coop --push_to_hub org/capt-bank-pets
+
+`--model` is a CLIP checkpoint (the bank is then built from zero-shot CLIP with `--template`) or a checkpoint of
+this package (CoOp, CAPT: its own class prompts are used and must name the same classes). The training set is
+chosen exactly as the trainer chooses it (same few-shot sampling and base/novel split for the same flags), so the
+trainer can load the bank with `--bank_path`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+import torch
+from transformers import AutoImageProcessor, AutoTokenizer
+
+if __package__ in (None, ""):
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from dataset_scripts.confusion_bank import push_bank_to_hub, save_bank  # noqa: E402
+from modeling_capt import CaptForImageClassification  # noqa: E402
+from trainers.args import EMBEDDED_MODEL, DataArguments  # noqa: E402
+from trainers.capt_training import build_bank  # noqa: E402
+from trainers.data import IndexedImageDataset, prepare_splits  # noqa: E402
+from trainers.metrics import top_confused_pairs  # noqa: E402
+from trainers.train_capt import make_loader, resolve_template  # noqa: E402
+
+
+logger = logging.getLogger("capt.bank")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=EMBEDDED_MODEL, help="CLIP checkpoint or a checkpoint of this package")
+    parser.add_argument("--template", default=None, help="Prompt template (zero-shot base model only)")
+    parser.add_argument("--dataset_name", default=None, help="datasets Hub id or local Parquet/ImageFolder folder")
+    parser.add_argument("--dataset", default=None, help="CoOp benchmark name, read from --data_dir")
+    parser.add_argument("--data_dir", default=None)
+    parser.add_argument("--train_dir", default=None)
+    parser.add_argument("--test_dir", default=None)
+    parser.add_argument("--shots", type=int, default=16, help="Training images per class (0: all)")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--subsample_classes", default="base", choices=["base", "all"])
+    parser.add_argument("--batch_size", type=int, default=128)
+    parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--push_to_hub", default=None, metavar="ORG/NAME", help="Upload the bank as a Hub dataset")
+    parser.add_argument("--private", action="store_true")
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    data_args = DataArguments(
+        dataset_name=args.dataset_name, dataset=args.dataset, data_dir=args.data_dir, train_dir=args.train_dir,
+        test_dir=args.test_dir, shots=args.shots, subsample_classes=args.subsample_classes,
+    )
+    if args.dataset and not args.data_dir:
+        raise ValueError("--dataset needs --data_dir")
+    splits = prepare_splits(data_args, args.seed)
+    class_names = splits["train_names"]
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+    config_path = os.path.join(args.model, "config.json") if os.path.isdir(args.model) else None
+    is_capt = bool(config_path) and json.load(open(config_path, encoding="utf-8")).get("model_type") == "capt"
+    if is_capt:
+        model = CaptForImageClassification.from_pretrained(args.model)
+        if model.config.class_names != class_names:
+            raise ValueError(f"{args.model} classifies {model.config.class_names}, not this training set's {class_names}")
+        template, base_id = model.config.template, args.model
+    else:
+        template = args.template or resolve_template(argparse.Namespace(template=None), data_args)
+        model = CaptForImageClassification.from_clip(args.model, class_names, template=template)
+        base_id = f"zero-shot {args.model}"
+    image_processor = AutoImageProcessor.from_pretrained(args.model, trust_remote_code=False)
+    AutoTokenizer.from_pretrained(args.model, trust_remote_code=False)  # fail early if there is no tokenizer
+    model.to(device).eval()
+
+    rows = IndexedImageDataset(splits["train"], "train")
+    bank = build_bank(model, rows, image_processor, args.batch_size, class_names, template, base_id, make_loader)
+    path = save_bank(bank, args.output_dir)
+    print(f"confusion bank: {len(bank)} samples, {bank.num_misclassified} misclassified by {base_id}")
+    for pair in top_confused_pairs(bank.confusion_matrix.cpu(), class_names):
+        print(f"  {pair['true']} -> {pair['predicted']}: {pair['count']}")
+    print(f"saved to {path}")
+    if args.push_to_hub:
+        push_bank_to_hub(args.output_dir, args.push_to_hub, private=args.private)
+    return bank
+
+
+if __name__ == "__main__":
+    main()
