@@ -288,7 +288,8 @@ class CaptModel(CaptPreTrainedModel):
         self._text_cache = None
 
     def train(self, mode: bool = True):
-        self.clear_text_cache()
+        if mode != self.training:  # a trainer calls train() every epoch: keep the class features across epochs
+            self.clear_text_cache()
         return super().train(mode)
 
     def _apply(self, fn, *args, **kwargs):
@@ -344,11 +345,13 @@ class CaptModel(CaptPreTrainedModel):
         alpha: torch.Tensor | None = None,
         hidden_states: torch.Tensor | None = None,
         start_layer: int = 0,
+        end_layer: int | None = None,
     ) -> torch.Tensor:
         """Run the vision tower up to the last encoder layer; returns hidden states `(batch, 1 + patches, D)`.
 
         `hidden_states` with `start_layer > 0` resumes from cached activations of the frozen layers below
-        `start_layer` (the frozen-prefix cache).
+        `start_layer` (the frozen-prefix cache); `start_layer == len(layers)` runs no layer. `end_layer` stops before
+        that layer (the frozen-prefix cache computes its entries with `end_layer=start_layer`).
         """
         vision = self.clip.vision_model
         if hidden_states is None:
@@ -356,7 +359,7 @@ class CaptModel(CaptPreTrainedModel):
                 raise ValueError("encode_image_hidden needs pixel_values or hidden_states")
             hidden_states = vision.pre_layrnorm(vision.embeddings(pixel_values))
             start_layer = 0
-        for layer in self._vision_layers()[start_layer:]:
+        for layer in self._vision_layers()[start_layer:end_layer]:
             if isinstance(layer, CaptAdaptedLayer):
                 hidden_states = layer(hidden_states, None, alpha=alpha)
             else:

@@ -100,12 +100,22 @@ class CaptTrainingArguments:
     mixed_precision: str = field(default="no", metadata={"help": "no, fp16 or bf16 (through Accelerate)."})
     report_to: str = field(default="none", metadata={"help": "Trackers for Accelerate (e.g. tensorboard), or none."})
     save_every_epochs: int = field(default=1, metadata={"help": "Checkpoint (save_state) every N epochs; 0: never."})
+    save_total_limit: int = field(default=1, metadata={"help": "Epoch checkpoints kept (the newest); 0: keep all."})
     resume_from_checkpoint: str | None = field(default=None, metadata={"help": "A checkpoint folder, or 'latest'."})
     push_to_hub: bool = field(default=False, metadata={"help": "Upload the final model to the Hub."})
     hub_model_id: str | None = field(default=None, metadata={"help": "Hub repo for --push_to_hub."})
     hub_private: bool = field(default=False, metadata={"help": "Create the Hub repo private."})
     num_workers: int = field(default=0, metadata={"help": "DataLoader workers."})
     heatmap: bool = field(default=True, metadata={"help": "Write the before/after confusion heatmap PNG."})
+    prefix_cache: str = field(
+        default="auto",
+        metadata={"help": "Frozen-prefix cache of the training images: auto (memory if small, else disk), memory, "
+                          "disk or off."},
+    )
+    prefix_cache_dir: str | None = field(
+        default=None, metadata={"help": "Folder of the disk frozen-prefix cache (default: OUTPUT_DIR/prefix_cache)."}
+    )
+    torch_compile: bool = field(default=False, metadata={"help": "Compile the vision layers with torch.compile."})
 
 
 ALL_ARGUMENTS = (ModelArguments, DataArguments, CaptArguments, CaptTrainingArguments)
@@ -192,6 +202,8 @@ def validate(model_args, data_args, capt_args, train_args) -> None:
         raise ValueError(f"--optimizer must be sgd or adamw, got {train_args.optimizer!r}")
     if train_args.mixed_precision not in ("no", "fp16", "bf16"):
         raise ValueError(f"--mixed_precision must be no, fp16 or bf16, got {train_args.mixed_precision!r}")
+    if train_args.prefix_cache not in ("auto", "memory", "disk", "off"):
+        raise ValueError(f"--prefix_cache must be auto, memory, disk or off, got {train_args.prefix_cache!r}")
     for name in ("num_train_epochs", "per_device_train_batch_size", "per_device_eval_batch_size",
                  "gradient_accumulation_steps"):
         if getattr(train_args, name) < 1:

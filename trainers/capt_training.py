@@ -172,7 +172,8 @@ def prepare_bank_and_prompts(accelerator, capt_args, train_args, zeroshot, train
 class CaptStep:
     """One CAPT training step: mine confusion classes, retrieve representatives, forward, and the losses."""
 
-    def __init__(self, model, bank: CaptConfusionBank, capt_args, train_rows, image_processor, accelerator, seed=0):
+    def __init__(self, model, bank: CaptConfusionBank, capt_args, train_rows, image_processor, accelerator, seed=0,
+                 prefix_cache=None):
         self.model = model
         self.bank = bank
         self.args = capt_args
@@ -181,19 +182,34 @@ class CaptStep:
         self.accelerator = accelerator
         self.k = min(capt_args.k_pairs, bank.num_classes - 1)
         self.generator = torch.Generator().manual_seed(seed)
+        self.prefix_cache = prefix_cache  # a `FrozenPrefixCache`: batches then carry no pixels
         self.pixel_cache = None
-        first = train_rows.pixel_values([0], image_processor)
-        if first.numel() * first.element_size() * len(train_rows) <= PIXEL_CACHE_LIMIT_BYTES:
-            self.pixel_cache = train_rows.pixel_values(range(len(train_rows)), image_processor)
+        if prefix_cache is None:
+            first = train_rows.pixel_values([0], image_processor)
+            if first.numel() * first.element_size() * len(train_rows) <= PIXEL_CACHE_LIMIT_BYTES:
+                self.pixel_cache = train_rows.pixel_values(range(len(train_rows)), image_processor)
 
     def _pixels(self, dataset_indices: torch.Tensor) -> torch.Tensor:
         if self.pixel_cache is not None:
             return self.pixel_cache[dataset_indices.cpu()]
         return self.train_rows.pixel_values(dataset_indices.tolist(), self.image_processor)
 
+    def _image_inputs(self, batch, extra_indices: torch.Tensor | None = None) -> dict:
+        """Model inputs for the batch's images followed by the training rows `extra_indices` (representatives):
+        their pixels, or their cached frozen-prefix hidden states."""
+        device = batch["labels"].device
+        if self.prefix_cache is not None:
+            indices = batch["indices"] if extra_indices is None else torch.cat([batch["indices"], extra_indices.to(device)])
+            return self.prefix_cache.model_inputs(indices, device)
+        pixel_values = batch["pixel_values"]
+        if extra_indices is not None:
+            extra = self._pixels(extra_indices).to(pixel_values.device, pixel_values.dtype)
+            pixel_values = torch.cat([pixel_values, extra])
+        return {"pixel_values": pixel_values}
+
     def __call__(self, batch) -> tuple[torch.Tensor, dict]:
         args, bank = self.args, self.bank
-        pixel_values, labels = batch["pixel_values"], batch["labels"]
+        labels = batch["labels"]
         unwrapped = self.accelerator.unwrap_model(self.model)
         bank = bank.to(labels.device)
         rows = bank.rows_for(batch["indices"])
@@ -213,8 +229,7 @@ class CaptStep:
             reps, cosine = retrieve_representatives(bank.embeds[rows], classes, bank,
                                                     random_samples=args.random_samples, generator=self.generator)
             alpha = adapter_alpha(confusion_intensity(cosine), s=args.alpha_scale, gamma=args.alpha_gamma)
-            rep_pixels = self._pixels(bank.indices[reps.flatten()]).to(pixel_values.device, pixel_values.dtype)
-            out = self.model(pixel_values=torch.cat([pixel_values, rep_pixels]),
+            out = self.model(**self._image_inputs(batch, bank.indices[reps.flatten()]),
                              alpha=torch.cat([alpha, alpha.repeat_interleave(self.k)]))
             image = out.image_embeds
             image_feats = torch.cat([image[:batch_size, None], image[batch_size:].view(batch_size, self.k, -1)], dim=1)
@@ -223,7 +238,7 @@ class CaptStep:
             logs["train/alpha"] = float(alpha.mean())
         else:
             alpha = torch.full((batch_size,), float(args.alpha_scale), device=labels.device)
-            out = self.model(pixel_values=pixel_values, alpha=alpha)
+            out = self.model(**self._image_inputs(batch), alpha=alpha)
             candidates = torch.cat([labels[:, None], classes], dim=1)
             hard_logits = logit_scale * torch.einsum("bp,bkp->bk", out.image_embeds[:batch_size], text[candidates])
             confuse = F.cross_entropy(hard_logits, torch.zeros_like(labels))

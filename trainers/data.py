@@ -26,7 +26,7 @@ from .args import EMBEDDED_DATA
 logger = logging.getLogger(__name__)
 
 
-def _load_local(path: str, split: str | None = None):
+def load_local_dataset(path: str, split: str | None = None):
     """A Parquet file, a folder of Parquet files, a `datasets` folder with a card, or an ImageFolder tree."""
     try:
         return _load_local_unchecked(path, split)
@@ -59,16 +59,16 @@ def load_source(data_args) -> DatasetDict:
         raw = load_coop_dataset(data_args.dataset, data_args.data_dir)
     elif data_args.train_dir:
         raw = DatasetDict(
-            train=_load_local(data_args.train_dir, "train")["train"],
-            test=_pick_split(_load_local(data_args.test_dir, "test"), ("test", "train"), data_args.test_dir),
+            train=load_local_dataset(data_args.train_dir, "train")["train"],
+            test=_pick_split(load_local_dataset(data_args.test_dir, "test"), ("test", "train"), data_args.test_dir),
         )
     elif data_args.dataset_name:
         if os.path.exists(data_args.dataset_name):
-            raw = _load_local(data_args.dataset_name)
+            raw = load_local_dataset(data_args.dataset_name)
         else:
             raw = datasets.load_dataset(data_args.dataset_name, data_args.dataset_config_name)
     else:
-        raw = _load_local(EMBEDDED_DATA)
+        raw = load_local_dataset(EMBEDDED_DATA)
     if not isinstance(raw, DatasetDict):
         raise ValueError("The data source must provide named splits (train and test)")
     if "train" not in raw:
@@ -105,6 +105,11 @@ def check_dataset(dataset, image_column: str, label_column: str, split: str) -> 
     return list(feature.names)
 
 
+def prompt_class_names(names) -> list[str]:
+    """Class names as they enter prompts: CoOp's split files write `american_bulldog`; prompts say `american bulldog`."""
+    return [name.replace("_", " ") for name in names]
+
+
 def prepare_splits(data_args, seed: int) -> dict:
     """Load, check, few-shot sample and split the data.
 
@@ -133,14 +138,14 @@ def prepare_splits(data_args, seed: int) -> dict:
     if data_args.max_eval_samples:
         test = test.shuffle(seed=0).select(range(min(data_args.max_eval_samples, len(test))))
 
-    result = {"all_names": names}
+    result = {"all_names": prompt_class_names(names)}
     if data_args.subsample_classes == "base":
         base = subsample_classes(DatasetDict(train=train, test=test), "base")
         novel = subsample_classes(DatasetDict(test=test), "novel")
         train, test = base["train"], base["test"]
         result["test_novel"] = novel["test"]
-        result["novel_names"] = list(novel["test"].features["label"].names)
-    result.update(train=train, test=test, train_names=list(train.features["label"].names))
+        result["novel_names"] = prompt_class_names(novel["test"].features["label"].names)
+    result.update(train=train, test=test, train_names=prompt_class_names(train.features["label"].names))
     return result
 
 

@@ -14,6 +14,8 @@ import datasets
 import evaluate
 import torch
 
+from modeling_capt import confusion
+
 
 def confusion_matrix(labels: Sequence[int] | torch.Tensor, preds: Sequence[int] | torch.Tensor, num_classes: int):
     """`M[a, b]` = number of samples of true class `a` predicted as `b`, as a `(num_classes, num_classes)` long tensor."""
@@ -54,15 +56,8 @@ def harmonic_mean(base: float, novel: float) -> float:
 
 def top_confused_pairs(matrix, class_names: Sequence[str], k: int = 5) -> list[dict]:
     """The `k` largest off-diagonal cells of a confusion matrix, as `{"true", "predicted", "count"}` records."""
-    matrix = torch.as_tensor(matrix).clone()
-    matrix.fill_diagonal_(0)
-    values, flat = matrix.flatten().topk(min(k, matrix.numel()))
-    size = matrix.shape[1]
-    return [
-        {"true": class_names[int(i) // size], "predicted": class_names[int(i) % size], "count": int(v)}
-        for v, i in zip(values, flat)
-        if int(v) > 0
-    ]
+    pairs = confusion.top_confused_pairs(torch.as_tensor(matrix), class_names, k)
+    return [{"true": true, "predicted": predicted, "count": count} for true, predicted, count in pairs]
 
 
 class ClassificationMetrics(evaluate.Metric):

@@ -36,6 +36,7 @@ from trainers.data import ImageClassificationCollator, IndexedImageDataset, prep
 from trainers.heatmap import save_confusion_heatmaps  # noqa: E402
 from trainers.hub import push_folder_to_hub  # noqa: E402
 from trainers.metrics import classification_metrics, harmonic_mean, top_confused_pairs  # noqa: E402
+from trainers.prefix_cache import FrozenPrefixCache, rows_loader  # noqa: E402
 
 
 logger = logging.getLogger("capt")
@@ -86,6 +87,14 @@ def make_loader(dataset, image_processor, batch_size, shuffle, num_workers, spli
     )
 
 
+def compile_vision(model) -> None:
+    """`torch.compile` each vision encoder layer and MGDE in place (state-dict keys and saving are unchanged)."""
+    for layer in model.clip.vision_model.encoder.layers:
+        layer.compile()
+    if model.mgde is not None:
+        model.mgde.compile()
+
+
 def build_optimizer(model, train_args, steps_per_epoch):
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
@@ -106,6 +115,16 @@ def build_optimizer(model, train_args, steps_per_epoch):
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
 
 
+def _prune_checkpoints(root, keep):
+    """Delete all but the newest `keep` finished epoch checkpoints under `root` (0 keeps all)."""
+    if keep <= 0 or not os.path.isdir(root):
+        return
+    done = sorted((d for d in os.listdir(root) if d.startswith("epoch_") and not d.endswith(".tmp")),
+                  key=lambda d: int(d.split("_")[1]))
+    for old in done[:-keep]:
+        shutil.rmtree(os.path.join(root, old), ignore_errors=True)
+
+
 def _atomic_save_state(accelerator, directory, epoch):
     """`save_state` into a temporary folder, then rename: a crash never leaves a half-written checkpoint.
 
@@ -120,7 +139,7 @@ def _atomic_save_state(accelerator, directory, epoch):
     accelerator.save_state(tmp, safe_serialization=True)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        _write_json_atomic(os.path.join(tmp, PROGRESS_FILE), {"epoch": epoch})
+        write_json_atomic(os.path.join(tmp, PROGRESS_FILE), {"epoch": epoch})
         if os.path.exists(directory):
             shutil.rmtree(directory)
         os.replace(tmp, directory)
@@ -137,7 +156,7 @@ def _latest_checkpoint(output_dir):
     return os.path.join(root, max(done, key=lambda d: int(d.split("_")[1])))
 
 
-def _write_json_atomic(path, data):
+def write_json_atomic(path, data):
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as handle:
         json.dump(data, handle, indent=2)
@@ -227,10 +246,21 @@ def main(argv=None):
         if method == "capt" and model.mgde is not None:
             model.init_semantic_experts(semantic.commonality_centres, semantic.difference_centres)
         model.train()
-        train_loader = make_loader(
-            splits["train"], image_processor, train_args.per_device_train_batch_size, True, train_args.num_workers,
-            "train", seed=train_args.seed,
+        prefix_cache = FrozenPrefixCache.build(
+            model.to(accelerator.device), splits["train"], image_processor, mode=train_args.prefix_cache,
+            cache_dir=train_args.prefix_cache_dir or os.path.join(train_args.output_dir, "prefix_cache"),
+            batch_size=eval_bs, accelerator=accelerator, augment=getattr(train_args, "augment", False),
         )
+        if train_args.torch_compile:
+            compile_vision(model)
+        if prefix_cache is not None:  # the same rows in the same order, without decoding the images
+            train_loader = rows_loader(splits["train"], train_args.per_device_train_batch_size, True,
+                                       seed=train_args.seed, num_workers=train_args.num_workers)
+        else:
+            train_loader = make_loader(
+                splits["train"], image_processor, train_args.per_device_train_batch_size, True, train_args.num_workers,
+                "train", seed=train_args.seed,
+            )
         steps_per_epoch = math.ceil(len(train_loader) / (accelerator.num_processes * train_args.gradient_accumulation_steps))
         optimizer, scheduler = build_optimizer(model, train_args, steps_per_epoch)
         model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
@@ -254,7 +284,7 @@ def main(argv=None):
         step_fn = None
         if method == "capt":
             step_fn = capt_training.CaptStep(model, bank, capt_args, train_rows, image_processor, accelerator,
-                                             seed=train_args.seed)
+                                             seed=train_args.seed, prefix_cache=prefix_cache)
         global_step = start_epoch * len(train_loader)
         for epoch in range(start_epoch, train_args.num_train_epochs):
             model.train()
@@ -266,7 +296,11 @@ def main(argv=None):
                     if step_fn is not None:
                         loss, logs = step_fn(batch)
                     else:
-                        loss = model(pixel_values=batch["pixel_values"], labels=batch["labels"]).loss
+                        if prefix_cache is not None:
+                            images = prefix_cache.model_inputs(batch["indices"], batch["labels"].device)
+                        else:
+                            images = {"pixel_values": batch["pixel_values"]}
+                        loss = model(**images, labels=batch["labels"]).loss
                         logs = {}
                     accelerator.backward(loss)
                     optimizer.step()
@@ -280,7 +314,10 @@ def main(argv=None):
             done = epoch + 1
             accelerator.print(f"epoch {done}: mean loss {running / max(1, len(train_loader)):.4f}")
             if train_args.save_every_epochs and done % train_args.save_every_epochs == 0:
-                _atomic_save_state(accelerator, os.path.join(train_args.output_dir, "checkpoints", f"epoch_{done}"), done)
+                checkpoint_root = os.path.join(train_args.output_dir, "checkpoints")
+                _atomic_save_state(accelerator, os.path.join(checkpoint_root, f"epoch_{done}"), done)
+                if accelerator.is_main_process:
+                    _prune_checkpoints(checkpoint_root, train_args.save_total_limit)
 
     # ---------------------------------------------------------------- evaluation of the trained model
     results[method] = dict(results.get(method, {}))
@@ -302,6 +339,7 @@ def main(argv=None):
         "subsample_classes": data_args.subsample_classes,
         "template": template,
         "num_train_images": len(splits["train"]),
+        "num_processes": accelerator.num_processes,
     }
     for name in dict.fromkeys(["zeroshot", method]):
         entry = {"accuracy": results[name]["base"]["accuracy"]}
@@ -327,7 +365,7 @@ def main(argv=None):
         unwrapped.save_pretrained(final_dir, is_main_process=True, save_function=accelerator.save)
         if method != "zeroshot":
             unwrapped.save_adapter(os.path.join(train_args.output_dir, "adapter"))
-        _write_json_atomic(os.path.join(train_args.output_dir, "metrics.json"), summary)
+        write_json_atomic(os.path.join(train_args.output_dir, "metrics.json"), summary)
         if train_args.heatmap:
             save_confusion_heatmaps(
                 os.path.join(train_args.output_dir, "confusion_heatmap.png"),

@@ -1,0 +1,192 @@
+"""Shared pieces of the benchmark scripts: flags, the two model shapes, synthetic data and interleaved timing.
+
+Every script compares two things measured side by side in one run (alternating, median of the repeats), so the
+ratio it prints holds on a busy machine where absolute times do not. Random weights run exactly as fast as trained
+ones, so no checkpoint is downloaded: `--model vit-b16` is a randomly initialised CLIP with the shape of
+openai/clip-vit-base-patch16, `--model embedded` is the shipped `embedded/capt-tiny-fashion` (its random-weight twin
+when the folder has not been built).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO_ROOT not in sys.path:  # `python benchmarks/bench_x.py` from anywhere
+    sys.path.insert(0, REPO_ROOT)
+
+from transformers import CLIPConfig, CLIPModel, PreTrainedTokenizerFast  # noqa: E402
+
+from modeling_capt import CaptAdapterConfig, CaptForImageClassification  # noqa: E402
+from trainers.args import EMBEDDED_MODEL  # noqa: E402
+
+
+# openai/clip-vit-base-patch16 (text tower: 12 x 512, vision tower: 12 x 768 on 224 px, 16 px patches)
+VIT_B16 = dict(
+    text_config=dict(vocab_size=49408, hidden_size=512, intermediate_size=2048, num_hidden_layers=12,
+                     num_attention_heads=8, max_position_embeddings=77, hidden_act="quick_gelu"),
+    vision_config=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                       image_size=224, patch_size=16, hidden_act="quick_gelu"),
+    projection_dim=512,
+)
+# The shape of embedded/capt-tiny-fashion, used only when that folder is missing.
+EMBEDDED_SHAPE = dict(
+    text_config=dict(vocab_size=616, hidden_size=64, intermediate_size=256, num_hidden_layers=2,
+                     num_attention_heads=2, max_position_embeddings=77, hidden_act="quick_gelu"),
+    vision_config=dict(hidden_size=128, intermediate_size=512, num_hidden_layers=3, num_attention_heads=4,
+                       image_size=28, patch_size=4, hidden_act="quick_gelu"),
+    projection_dim=64,
+)
+TEXT_LENGTH = 16  # class prompts are short; the text features are computed once and cached in every benchmark
+BOS, EOS, UNK = "<|startoftext|>", "<|endoftext|>", "<|unk|>"
+
+
+def parse_args(description: str, argv=None, add_arguments=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--quick", action="store_true", help="A short run (minutes on 2 CPU cores).")
+    parser.add_argument("--model", choices=("vit-b16", "embedded"), default="vit-b16", help="Model shape.")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: cuda when present.")
+    parser.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32",
+                        help="Inference dtype, or the mixed-precision type of training steps.")
+    parser.add_argument("--seed", type=int, default=0)
+    if add_arguments is not None:
+        add_arguments(parser)
+    args = parser.parse_args(argv)
+    args.device = resolve_device(args.device)
+    return args
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is available")
+    return torch.device(name)
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# ------------------------------------------------------------------------------------------------ models
+def class_names(num_classes: int) -> list[str]:
+    return [f"class{i}" for i in range(num_classes)]
+
+
+def word_tokenizer(words: list[str]) -> PreTrainedTokenizerFast:
+    """A whitespace word-level tokenizer over `words` (for random-weight models, which have no vocabulary)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+
+    vocab = {BOS: 0, EOS: 1, UNK: 2}
+    for word in ["a", "photo", "of", "."] + list(words):
+        vocab.setdefault(word, len(vocab))
+    backend = Tokenizer(models.WordLevel(vocab, unk_token=UNK))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    backend.post_processor = processors.TemplateProcessing(
+        single=f"{BOS} $A {EOS}", special_tokens=[(BOS, vocab[BOS]), (EOS, vocab[EOS])]
+    )
+    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token=BOS, eos_token=EOS, unk_token=UNK,
+                                   pad_token=EOS)
+
+
+def build_clip(kind: str, num_classes: int, seed: int = 0):
+    """`(CLIPModel, tokenizer, description)` for `--model vit-b16|embedded`."""
+    torch.manual_seed(seed)
+    if kind == "embedded" and os.path.isfile(os.path.join(EMBEDDED_MODEL, "config.json")):
+        from transformers import AutoTokenizer
+
+        clip = CLIPModel.from_pretrained(EMBEDDED_MODEL)
+        return clip.eval(), AutoTokenizer.from_pretrained(EMBEDDED_MODEL), "embedded capt-tiny-fashion"
+    shape = VIT_B16 if kind == "vit-b16" else EMBEDDED_SHAPE
+    tokenizer = word_tokenizer(class_names(num_classes))
+    text = dict(shape["text_config"], bos_token_id=0, eos_token_id=1, pad_token_id=1)
+    text["vocab_size"] = max(text["vocab_size"], len(tokenizer))
+    config = CLIPConfig(text_config=text, vision_config=shape["vision_config"], projection_dim=shape["projection_dim"])
+    description = "ViT-B/16-shaped CLIP (random weights)" if kind == "vit-b16" else (
+        "capt-tiny-fashion-shaped CLIP (random weights: embedded/capt-tiny-fashion is not built)")
+    return CLIPModel(config).eval(), tokenizer, description
+
+
+def vision_description(clip: CLIPModel) -> str:
+    vision = clip.config.vision_config
+    return (f"{vision.num_hidden_layers} layers x {vision.hidden_size}, {vision.image_size} px / {vision.patch_size} px "
+            f"patches")
+
+
+def capt_model(clip, tokenizer, names, layers=(-2, -1), use_mgde=True, num_clusters=8, seed=0):
+    """A CAPT classifier around `clip`: Diff-Manner adapters on `layers`, MGDE with random semantic centres."""
+    adapter = CaptAdapterConfig(layers_to_transform=list(layers), use_mgde=use_mgde, mgde_num_clusters=num_clusters)
+    model = CaptForImageClassification.from_clip(clip, names, tokenizer=tokenizer, adapter_config=adapter,
+                                                 max_text_length=TEXT_LENGTH)
+    if use_mgde:
+        generator = torch.Generator().manual_seed(seed)
+        centres = torch.nn.functional.normalize(
+            torch.randn(2, num_clusters, clip.config.projection_dim, generator=generator), dim=-1)
+        model.init_semantic_experts(centres[0], centres[1])
+    return model
+
+
+def zero_shot_model(clip, tokenizer, names):
+    """CaptModel without adapters: zero-shot CLIP with cached class text features."""
+    return CaptForImageClassification.from_clip(clip, names, tokenizer=tokenizer, max_text_length=TEXT_LENGTH)
+
+
+def random_pixels(clip: CLIPModel, batch_size: int, seed: int = 0) -> torch.Tensor:
+    size = clip.config.vision_config.image_size
+    return torch.randn(batch_size, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+# ------------------------------------------------------------------------------------------------ timing
+def interleaved(functions: dict, repeats: int, device: torch.device, warmup: int = 1) -> dict[str, list[float]]:
+    """Run each function `warmup` times, then `repeats` rounds alternating their order; seconds per call."""
+    for function in functions.values():
+        for _ in range(warmup):
+            function()
+    synchronize(device)
+    times = {name: [] for name in functions}
+    names = list(functions)
+    for round_index in range(repeats):
+        for name in names if round_index % 2 == 0 else reversed(names):
+            synchronize(device)
+            start = time.perf_counter()
+            functions[name]()
+            synchronize(device)
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def median(values) -> float:
+    return statistics.median(values)
+
+
+def print_table(headers: list[str], rows: list[list]) -> None:
+    cells = [[str(h) for h in headers]] + [[_format(v) for v in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    for index, row in enumerate(cells):
+        print("  ".join(cell.rjust(width) if i else cell.ljust(width) for i, (cell, width) in enumerate(zip(row, widths))))
+        if index == 0:
+            print("  ".join("-" * width for width in widths))
+
+
+def _format(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def describe_run(args, clip, description: str) -> None:
+    threads = torch.get_num_threads() if args.device.type == "cpu" else None
+    where = f"cpu ({threads} threads)" if threads else torch.cuda.get_device_name(args.device)
+    print(f"model: {description}; vision {vision_description(clip)}")
+    print(f"device: {where}; dtype {args.dtype}; torch {torch.__version__}{'; quick' if args.quick else ''}")

@@ -1,0 +1,75 @@
+"""Multi-process training through Accelerate's DDP on the CPU (gloo): evaluation counts every test sample once.
+
+`accelerate launch --num_processes 2 --cpu` starts ONE process (accelerate's simple launcher; multi-CPU through
+`accelerate launch` otherwise needs mpirun: huggingface/accelerate#2741), so two CPU processes are launched as
+`ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2`, which goes through torchrun and makes every
+process an `Accelerator` of type MULTI_CPU with the gloo backend. The single-process reference is the same command
+with `--num_processes 1 --cpu`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import REPO_ROOT, write_image_dataset
+
+
+ACCELERATE = shutil.which("accelerate", path=os.path.dirname(sys.executable)) or shutil.which("accelerate")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _launch(launcher_args, script_args, tmp_path):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1",
+               HF_HOME=str(tmp_path / "hf-home"))  # no user accelerate config file
+    env.pop("ACCELERATE_USE_CPU", None)
+    if "--multi_gpu" in launcher_args:
+        env["ACCELERATE_USE_CPU"] = "1"
+    command = [ACCELERATE, "launch", *launcher_args, "--main_process_port", str(_free_port()),
+               os.path.join(REPO_ROOT, "trainers", "train_capt.py"), *script_args]
+    result = subprocess.run(command, env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
+
+
+@pytest.mark.skipif(ACCELERATE is None, reason="the accelerate command-line tool is not installed")
+def test_two_cpu_processes_evaluate_every_sample_once(tmp_path, tiny_clip_dir):
+    # 3 base classes x 3 test images = 9 base and 9 novel test samples: odd, and batches of 4 leave a padded last
+    # batch on one process, so a duplicate kept by the gather would change the counts.
+    paths = write_image_dataset(tmp_path / "data", per_class_train=4, per_class_test=3)
+    script = [
+        "--model_name_or_path", tiny_clip_dir, "--method", "capt",
+        "--train_dir", os.path.dirname(paths["train"]), "--test_dir", os.path.dirname(paths["test"]),
+        "--shots", "4", "--num_train_epochs", "1", "--per_device_train_batch_size", "2",
+        "--per_device_eval_batch_size", "4", "--heatmap", "false", "--save_every_epochs", "0",
+    ]
+    runs = {}
+    for processes, launcher in ((1, ["--num_processes", "1", "--cpu"]), (2, ["--multi_gpu", "--num_processes", "2"])):
+        out = tmp_path / f"out-{processes}"
+        _launch(launcher, script + ["--output_dir", str(out)], tmp_path)
+        runs[processes] = json.loads((out / "metrics.json").read_text())
+        assert runs[processes]["num_processes"] == processes
+
+    single, double = runs[1], runs[2]
+    for metrics in (single, double):
+        for name in ("zeroshot", "capt"):
+            assert np.array(metrics[name]["confusion_matrix"]).sum() == 9
+            assert np.array(metrics[name]["novel_confusion_matrix"]).sum() == 9
+            assert 0.0 <= metrics[name]["hm"] <= 100.0
+    # The zero-shot model is not trained: its evaluation must not depend on the number of processes. (The trained
+    # model may: each process trains on half of every epoch's batches.)
+    for key in ("accuracy", "base_accuracy", "novel_accuracy", "hm", "confusion_matrix", "novel_confusion_matrix",
+                "per_class_accuracy"):
+        assert double["zeroshot"][key] == single["zeroshot"][key], key
+    assert "correction_rate" in double["capt"]

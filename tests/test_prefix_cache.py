@@ -1,0 +1,186 @@
+"""The frozen-prefix cache: same training with and without it, the disk round trip, and invalidation."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+from accelerate.state import AcceleratorState, GradientState
+from safetensors.torch import load_file
+
+from modeling_capt import CaptAdapterConfig, CaptForImageClassification
+from trainers.data import IndexedImageDataset
+from trainers.prefix_cache import CACHE_INFO_NAME, FrozenPrefixCache, compute_prefix, prefix_start_layer
+from trainers.train_capt import main
+
+from conftest import CLASS_NAMES, make_tiny_clip, write_image_dataset
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerator_state():
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
+@pytest.fixture
+def train_rows(tmp_path):
+    import datasets
+
+    paths = write_image_dataset(tmp_path / "data", per_class_train=3, per_class_test=1)
+    return datasets.load_dataset("parquet", data_files=paths["train"])["train"]
+
+
+def _capt_model(tiny_clip, tokenizer, image_processor, layers=(1,)):
+    adapter = CaptAdapterConfig(layers_to_transform=list(layers), use_mgde=True, mgde_num_clusters=2)
+    return CaptForImageClassification.from_clip(
+        tiny_clip, CLASS_NAMES, tokenizer=tokenizer, image_processor=image_processor, adapter_config=adapter
+    )
+
+
+# --------------------------------------------------------------------------------------------------- training
+@pytest.mark.parametrize("method", ["capt", "coop"])
+def test_training_is_identical_with_and_without_the_cache(tmp_path, tiny_clip_dir, method):
+    paths = write_image_dataset(tmp_path / "data")
+    common = [
+        "--model_name_or_path", tiny_clip_dir, "--method", method,
+        "--train_dir", os.path.dirname(paths["train"]), "--test_dir", os.path.dirname(paths["test"]),
+        "--shots", "4", "--num_train_epochs", "2", "--per_device_eval_batch_size", "5", "--heatmap", "false",
+        "--save_every_epochs", "0", "--layers_to_transform", "1", "--warmup_epochs", "0", "--learning_rate", "0.05",
+    ]
+    runs = {}
+    for mode in ("off", "memory", "disk") if method == "capt" else ("off", "memory"):
+        out = tmp_path / f"out-{mode}"
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+        main(common + ["--output_dir", str(out), "--prefix_cache", mode])
+        runs[mode] = (load_file(out / "adapter" / "adapter_model.safetensors"),
+                      json.loads((out / "metrics.json").read_text()))
+    assert not os.path.exists(tmp_path / "out-off" / "prefix_cache")
+    weights_off, metrics_off = runs.pop("off")
+    for mode, (weights, metrics) in runs.items():
+        assert weights.keys() == weights_off.keys()
+        for key in weights_off:
+            torch.testing.assert_close(weights[key], weights_off[key], rtol=0, atol=1e-6, msg=f"{mode}: {key}")
+        for name in ("zeroshot", method):
+            for key in ("accuracy", "base_accuracy", "novel_accuracy", "confusion_matrix"):
+                assert metrics[name][key] == metrics_off[name][key], (mode, name, key)
+    if method == "capt":
+        assert os.path.isfile(tmp_path / "out-disk" / "prefix_cache" / CACHE_INFO_NAME)
+
+
+# --------------------------------------------------------------------------------------------------- the cache
+def test_cached_prefix_resumes_to_the_same_logits(tiny_clip, tokenizer, image_processor, train_rows):
+    model = _capt_model(tiny_clip, tokenizer, image_processor)
+    assert prefix_start_layer(model) == 1
+    cache = FrozenPrefixCache.build(model, train_rows, image_processor, mode="memory", batch_size=4)
+    assert len(cache) == len(train_rows) and not cache.on_disk
+    indices = torch.tensor([5, 0, 11, 5])
+    pixel_values = IndexedImageDataset(train_rows, "train").pixel_values(indices.tolist(), image_processor)
+    with torch.no_grad():
+        expected = model(pixel_values=pixel_values).logits
+        resumed = model(**cache.model_inputs(indices)).logits
+    torch.testing.assert_close(resumed, expected, rtol=0, atol=1e-6)
+
+
+def test_coop_caches_only_the_final_cls_token(tiny_clip, tokenizer, image_processor, train_rows):
+    model = CaptForImageClassification.from_clip(
+        tiny_clip, CLASS_NAMES, tokenizer=tokenizer, image_processor=image_processor, use_learnable_context=True,
+        n_ctx=4,
+    )
+    num_layers = len(model.clip.vision_model.encoder.layers)
+    assert prefix_start_layer(model) == num_layers
+    cache = FrozenPrefixCache.build(model, train_rows, image_processor, mode="memory")
+    assert cache.fetch(torch.tensor([0, 1])).shape == (2, 1, model.config.clip_config.vision_config.hidden_size)
+    pixel_values = IndexedImageDataset(train_rows, "train").pixel_values([0, 1], image_processor)
+    with torch.no_grad():
+        torch.testing.assert_close(model(**cache.model_inputs(torch.tensor([0, 1]))).logits,
+                                   model(pixel_values=pixel_values).logits, rtol=0, atol=1e-6)
+
+
+def test_disk_cache_round_trip_and_reuse(tmp_path, tiny_clip, tokenizer, image_processor, train_rows, caplog):
+    model = _capt_model(tiny_clip, tokenizer, image_processor)
+    memory = FrozenPrefixCache.build(model, train_rows, image_processor, mode="memory")
+    cache_dir = str(tmp_path / "cache")
+    disk = FrozenPrefixCache.build(model, train_rows, image_processor, mode="disk", cache_dir=cache_dir,
+                                   shard_bytes=5 * 1024)  # several shards
+    info = json.loads(open(os.path.join(cache_dir, CACHE_INFO_NAME)).read())
+    assert disk.on_disk and info["num_shards"] > 1 and info["fingerprint"] == memory.fingerprint
+    everything = torch.arange(len(train_rows)).flip(0)
+    assert torch.equal(disk.fetch(everything), memory.fetch(everything))
+    stamp = os.path.getmtime(os.path.join(cache_dir, "prefix-00000.safetensors"))
+    with caplog.at_level("INFO", logger="trainers.prefix_cache"):
+        again = FrozenPrefixCache.build(model, train_rows, image_processor, mode="disk", cache_dir=cache_dir)
+    assert "reusing" in caplog.text
+    assert os.path.getmtime(os.path.join(cache_dir, "prefix-00000.safetensors")) == stamp
+    assert torch.equal(again.fetch(everything), memory.fetch(everything))
+
+
+def test_auto_goes_to_disk_above_the_memory_limit(tmp_path, tiny_clip, tokenizer, image_processor, train_rows):
+    model = _capt_model(tiny_clip, tokenizer, image_processor)
+    small = FrozenPrefixCache.build(model, train_rows, image_processor, mode="auto", cache_dir=str(tmp_path / "c"))
+    large = FrozenPrefixCache.build(model, train_rows, image_processor, mode="auto", cache_dir=str(tmp_path / "c"),
+                                    memory_limit_bytes=1)
+    assert not small.on_disk and large.on_disk
+    with pytest.raises(ValueError, match="prefix_cache_dir"):
+        FrozenPrefixCache.build(model, train_rows, image_processor, mode="disk")
+
+
+def _rebuilt(cache_dir, model, rows, image_processor, caplog) -> bool:
+    caplog.clear()
+    with caplog.at_level("INFO", logger="trainers.prefix_cache"):
+        FrozenPrefixCache.build(model, rows, image_processor, mode="disk", cache_dir=cache_dir)
+    return "stale" in caplog.text
+
+
+def test_disk_cache_is_invalidated_by_what_it_depends_on(tmp_path, tiny_clip, tokenizer, image_processor, train_rows,
+                                                         caplog):
+    cache_dir = str(tmp_path / "cache")
+    model = _capt_model(tiny_clip, tokenizer, image_processor)
+    FrozenPrefixCache.build(model, train_rows, image_processor, mode="disk", cache_dir=cache_dir)
+    assert not _rebuilt(cache_dir, model, train_rows, image_processor, caplog)
+
+    # another backbone: a changed weight below the first adapted layer
+    other = _capt_model(make_tiny_clip(tokenizer, seed=1), tokenizer, image_processor)
+    assert _rebuilt(cache_dir, other, train_rows, image_processor, caplog)
+    fresh = FrozenPrefixCache.build(other, train_rows, image_processor, mode="memory")
+    stored = FrozenPrefixCache.build(other, train_rows, image_processor, mode="disk", cache_dir=cache_dir)
+    assert torch.equal(stored.fetch(torch.arange(len(train_rows))), fresh.fetch(torch.arange(len(train_rows))))
+
+    # another image processor
+    processor = type(image_processor).from_dict({**image_processor.to_dict(), "image_mean": [0.5, 0.5, 0.5]})
+    assert _rebuilt(cache_dir, other, train_rows, processor, caplog)
+    # other adapted layers (the prefix ends elsewhere)
+    moved = _capt_model(make_tiny_clip(tokenizer, seed=1), tokenizer, processor, layers=(0, 1))
+    assert prefix_start_layer(moved) == 0
+    assert _rebuilt(cache_dir, moved, train_rows, processor, caplog)
+    # another training set
+    assert _rebuilt(cache_dir, moved, train_rows.select(range(5)), processor, caplog)
+    # a weight above the prefix (an adapted layer) does not matter
+    FrozenPrefixCache.build(other, train_rows, image_processor, mode="disk", cache_dir=cache_dir)
+    with torch.no_grad():
+        other.clip.vision_model.encoder.layers[1].base_layer.mlp.fc1.weight.add_(1.0)
+    assert not _rebuilt(cache_dir, other, train_rows, image_processor, caplog)
+
+
+def test_cache_refuses_augmentation_and_trainable_prefixes(tiny_clip, tokenizer, image_processor, train_rows):
+    model = _capt_model(tiny_clip, tokenizer, image_processor)
+    assert FrozenPrefixCache.build(model, train_rows, image_processor, mode="auto", augment=True) is None
+    with pytest.raises(ValueError, match="augmentation"):
+        FrozenPrefixCache.build(model, train_rows, image_processor, mode="memory", augment=True)
+    assert FrozenPrefixCache.build(model, train_rows, image_processor, mode="off") is None
+    model.clip.vision_model.embeddings.patch_embedding.weight.requires_grad_(True)
+    with pytest.raises(ValueError, match="frozen prefix"):
+        prefix_start_layer(model)
+
+
+def test_compute_prefix_matches_the_uncached_tower(tiny_clip, tokenizer, image_processor, train_rows):
+    model = _capt_model(tiny_clip, tokenizer, image_processor)
+    pixel_values = IndexedImageDataset(train_rows, "train").pixel_values([0, 1, 2], image_processor)
+    with torch.no_grad():
+        prefix = compute_prefix(model, pixel_values, 1)
+        full = model.encode_image_hidden(pixel_values)
+        resumed = model.encode_image_hidden(hidden_states=prefix, start_layer=1)
+    assert torch.equal(resumed, full)
