@@ -166,8 +166,10 @@ def test_push_to_hub_uploads_the_saved_folder(run_args, monkeypatch):
     assert calls["create_repo"]["repo_id"] == "org/capt-test" and calls["create_repo"]["exist_ok"]
     assert calls["upload_folder"]["repo_id"] == "org/capt-test"
     for name in ("config.json", "model.safetensors", "modeling_capt.py", "configuration_capt.py",
-                 "preprocessor_config.json", "tokenizer_config.json"):
+                 "preprocessor_config.json", "tokenizer_config.json", "README.md"):
         assert name in calls["files"]
+    card = open(os.path.join(calls["upload_folder"]["folder_path"], "README.md")).read()
+    assert "org/capt-test" in card and "zero-shot CLIP" in card and "| zeroshot |" in card
 
 
 # --------------------------------------------------------------------------------------------------- bad input

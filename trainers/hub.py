@@ -31,3 +31,52 @@ def push_folder_to_hub(folder: str, repo_id: str, private: bool = False, repo_ty
         repo_type=repo_type,
         commit_message=commit_message or f"Upload {os.path.basename(os.path.normpath(folder))} with capt",
     )
+
+
+CARD_TEMPLATE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "hub_cards",
+                             "capt_model_card.md")
+
+
+def _results_table(summary: dict) -> str:
+    rows = [name for name in dict.fromkeys(["zeroshot", summary["method"]]) if name in summary]
+    novel = "novel_accuracy" in summary[rows[0]]
+    lines = ["| model | base | novel | HM |", "|---|---|---|---|"] if novel else ["| model | accuracy |", "|---|---|"]
+    for name in rows:
+        entry = summary[name]
+        if novel:
+            lines.append(f"| {name} | {entry['base_accuracy']:.2f} | {entry['novel_accuracy']:.2f} | {entry['hm']:.2f} |")
+        else:
+            lines.append(f"| {name} | {entry['accuracy']:.2f} |")
+    for key in ("correction_rate", "test_correction_rate", "test_break_rate"):
+        value = summary.get(summary["method"], {}).get(key)
+        if value is not None:
+            lines.append(f"\n{key.replace('_', ' ')}: {value:.2f} %")
+    return "\n".join(lines)
+
+
+def write_model_card(folder: str, summary: dict, class_names, repo_id: str | None = None) -> str | None:
+    """Fill `hub_cards/capt_model_card.md` with a run's summary and write it as `folder/README.md`."""
+    if not os.path.isfile(CARD_TEMPLATE):
+        logger.warning("No model card template at %s: README.md not written", CARD_TEMPLATE)
+        return None
+    method = summary["method"]
+    trained = {
+        "zeroshot": "Nothing is trained: this is zero-shot CLIP over the class prompts.",
+        "coop": "Only the CoOp context vectors (learnable prompt tokens) are trained.",
+        "capt": "The Diff-Manner adapters and the MGDE layer are trained (CAPT), from a Confusion Bank of the base "
+                "model's own mistakes.",
+    }[method]
+    names = ", ".join(class_names[:20]) + (", ..." if len(class_names) > 20 else "")
+    text = open(CARD_TEMPLATE, encoding="utf-8").read().format(
+        method=method, method_title={"zeroshot": "zero-shot CLIP", "coop": "CoOp", "capt": "CAPT"}[method],
+        base_model=summary["model"], dataset=summary["dataset"], model_name=repo_id or f"capt-{method}",
+        repo_id=repo_id or "path/to/this/folder", shots=summary["shots"], seed=summary["seed"],
+        subsample_classes=summary["subsample_classes"], template=summary["template"], num_classes=len(class_names),
+        class_names=names, results_table=_results_table(summary), trained_parts=trained,
+    )
+    path = os.path.join(folder, "README.md")
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
+    return path

@@ -34,7 +34,7 @@ from trainers import capt_training  # noqa: E402
 from trainers.args import layers_to_transform, parse_args  # noqa: E402
 from trainers.data import ImageClassificationCollator, IndexedImageDataset, prepare_splits  # noqa: E402
 from trainers.heatmap import save_confusion_heatmaps  # noqa: E402
-from trainers.hub import push_folder_to_hub  # noqa: E402
+from trainers.hub import push_folder_to_hub, write_model_card  # noqa: E402
 from trainers.metrics import classification_metrics, harmonic_mean, top_confused_pairs  # noqa: E402
 from trainers.prefix_cache import FrozenPrefixCache, rows_loader  # noqa: E402
 
@@ -366,6 +366,7 @@ def main(argv=None):
         if method != "zeroshot":
             unwrapped.save_adapter(os.path.join(train_args.output_dir, "adapter"))
         write_json_atomic(os.path.join(train_args.output_dir, "metrics.json"), summary)
+        write_model_card(final_dir, summary, train_names, repo_id=train_args.hub_model_id)
         if train_args.heatmap:
             save_confusion_heatmaps(
                 os.path.join(train_args.output_dir, "confusion_heatmap.png"),
