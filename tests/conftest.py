@@ -18,6 +18,20 @@ CLASS_NAMES = ["cat", "dog", "bird", "fish", "horse", "truck"]
 torch.set_num_threads(1)
 
 
+def reset_accelerate() -> None:
+    """Accelerate keeps process-wide singletons; reset them between in-process trainer runs."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerator_state():
+    yield
+    reset_accelerate()
+
+
 @pytest.fixture(scope="session")
 def tokenizer():
     return AutoTokenizer.from_pretrained(EMBEDDED_MODEL)

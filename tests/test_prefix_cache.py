@@ -7,7 +7,6 @@ import os
 
 import pytest
 import torch
-from accelerate.state import AcceleratorState, GradientState
 from safetensors.torch import load_file
 
 from modeling_capt import CaptAdapterConfig, CaptForImageClassification
@@ -15,14 +14,7 @@ from trainers.data import IndexedImageDataset
 from trainers.prefix_cache import CACHE_INFO_NAME, FrozenPrefixCache, compute_prefix, prefix_start_layer
 from trainers.train_capt import main
 
-from conftest import CLASS_NAMES, make_tiny_clip, write_image_dataset
-
-
-@pytest.fixture(autouse=True)
-def fresh_accelerator_state():
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
+from conftest import CLASS_NAMES, make_tiny_clip, write_image_dataset, reset_accelerate
 
 
 @pytest.fixture
@@ -53,8 +45,7 @@ def test_training_is_identical_with_and_without_the_cache(tmp_path, tiny_clip_di
     runs = {}
     for mode in ("off", "memory", "disk") if method == "capt" else ("off", "memory"):
         out = tmp_path / f"out-{mode}"
-        AcceleratorState._reset_state(reset_partial_state=True)
-        GradientState._reset_state()
+        reset_accelerate()
         main(common + ["--output_dir", str(out), "--prefix_cache", mode])
         runs[mode] = (load_file(out / "adapter" / "adapter_model.safetensors"),
                       json.loads((out / "metrics.json").read_text()))

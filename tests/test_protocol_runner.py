@@ -10,7 +10,6 @@ from unittest import mock
 
 import pytest
 import torch
-from accelerate.state import AcceleratorState, GradientState
 from fixtures_coop import make_dtd, make_eurosat, make_imagenet, make_imagenet_a, make_oxford_pets
 
 from trainers import evaluate_capt, paper_results, run_protocol, train_capt
@@ -27,13 +26,6 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-@pytest.fixture(autouse=True)
-def fresh_accelerator_state():
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ import datasets
 import numpy as np
 import pytest
 import torch
-from accelerate.state import AcceleratorState, GradientState
 from PIL import Image
 
 from modeling_capt import CaptForImageClassification
@@ -18,14 +17,7 @@ from trainers.args import parse_args
 from trainers.metrics import ClassificationMetrics, classification_metrics, confusion_matrix, harmonic_mean
 from trainers.train_capt import main
 
-from conftest import CLASS_NAMES, write_image_dataset
-
-
-@pytest.fixture(autouse=True)
-def fresh_accelerator_state():
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
+from conftest import CLASS_NAMES, write_image_dataset, reset_accelerate
 
 
 @pytest.fixture
@@ -137,12 +129,12 @@ def test_zero_shot_metrics_match_direct_evaluation(run_args, tmp_path, tiny_clip
 def test_resume_skips_finished_epochs(run_args, tmp_path, capsys):
     main(run_args + ["--method", "coop", "--num_train_epochs", "1"])
     capsys.readouterr()
-    AcceleratorState._reset_state(reset_partial_state=True)
+    reset_accelerate()
     main(run_args + ["--method", "coop", "--num_train_epochs", "2", "--resume_from_checkpoint", "latest"])
     printed = capsys.readouterr().out
     assert "epoch 1:" not in printed and "epoch 2:" in printed
     with pytest.raises(FileNotFoundError, match="no checkpoint folder"):
-        AcceleratorState._reset_state(reset_partial_state=True)
+        reset_accelerate()
         main(run_args + ["--method", "coop", "--resume_from_checkpoint", str(tmp_path / "missing")])
 
 
