@@ -172,3 +172,33 @@ def test_save_and_reload_same_process(tmp_path, tiny_clip, tokenizer, image_proc
 def test_model_needs_class_names():
     with pytest.raises(ValueError, match="id2label"):
         CaptModel(CaptConfig(clip_config=CLIPConfig(), id2label={}))
+
+
+@pytest.mark.parametrize("kind", ["capt", "coop"])
+def test_adapter_export_loads_onto_plain_clip(tmp_path, tiny_clip_dir, image_processor, kind):
+    from modeling_capt import CaptAdapterConfig
+
+    overrides = (
+        {"adapter_config": CaptAdapterConfig(mgde_num_clusters=2)} if kind == "capt" else {"use_learnable_context": True}
+    )
+    model = CaptForImageClassification.from_clip(tiny_clip_dir, CLASS_NAMES, **overrides)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.requires_grad:
+                param.add_(0.05 * torch.randn_like(param))
+        if kind == "capt":
+            model.mgde.expert_gates.fill_(0.3)
+            model.update_running_alpha(torch.tensor([2.0, 3.0]))
+    model.clear_text_cache()
+    model.save_adapter(tmp_path / "adapter")
+    assert sorted(p.name for p in (tmp_path / "adapter").iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+    loaded = CaptForImageClassification.from_adapter(tmp_path / "adapter")  # base model id read from the config
+    pixels = pixel_batch(image_processor, 3)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(pixel_values=pixels).logits, model(pixel_values=pixels).logits, atol=0, rtol=0)
+    assert loaded.config.class_names == CLASS_NAMES
+    # the export holds only the trained parts, not CLIP
+    from safetensors.torch import load_file
+
+    keys = load_file(tmp_path / "adapter" / "adapter_model.safetensors").keys()
+    assert keys and all(not k.startswith("clip.") or ".adapter." in k for k in keys)
