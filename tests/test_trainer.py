@@ -207,3 +207,19 @@ def test_bank_script_builds_a_bank_the_trainer_loads(run_args, tmp_path, tiny_cl
         load_bank(str(tmp_path / "bank"), class_names=["cat", "wolf", "bird"])
     summary = main(run_args + ["--method", "capt", "--bank_path", str(tmp_path / "bank"), "--num_train_epochs", "1"])
     assert summary["capt"]["bank_misclassified"] == int(bank.num_misclassified)
+
+
+def test_capt_end_to_end_on_the_embedded_default(tmp_path):
+    """The main job's pipeline on the shipped model and data, shortened (2 shots, 1 epoch, 200 test images)."""
+    summary = main(["--output_dir", str(tmp_path / "out"), "--shots", "2", "--num_train_epochs", "1",
+                    "--max_eval_samples", "200", "--save_every_epochs", "0"])
+    assert summary["method"] == "capt" and summary["model"].endswith("capt-tiny-fashion")
+    assert summary["capt"]["bank_misclassified"] >= 0
+    zero_shot = summary["zeroshot"]
+    assert sum(map(sum, zero_shot["confusion_matrix"])) + sum(map(sum, zero_shot["novel_confusion_matrix"])) == 200
+    # the shipped zero-shot model is far above chance on its base classes (5 classes: chance is 20 %)
+    assert zero_shot["base_accuracy"] > 40.0
+    assert os.path.exists(tmp_path / "out" / "confusion_heatmap.png")
+    reloaded = CaptForImageClassification.from_pretrained(tmp_path / "out" / "model")
+    assert reloaded.config.class_names == ["t-shirt", "trouser", "pullover", "dress", "coat"]
+    assert reloaded.adapted_layer_names and reloaded.mgde is not None
