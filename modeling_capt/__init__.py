@@ -8,3 +8,14 @@ from .modeling_capt import (
     CaptModel,
     CaptPreTrainedModel,
 )
+
+__all__ = [
+    "DEFAULT_TEMPLATE",
+    "CaptAdapterConfig",
+    "CaptConfig",
+    "CaptForImageClassification",
+    "CaptForZeroShotImageClassification",
+    "CaptImageClassifierOutput",
+    "CaptModel",
+    "CaptPreTrainedModel",
+]

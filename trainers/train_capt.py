@@ -163,6 +163,121 @@ def write_json_atomic(path, data):
     os.replace(tmp, path)
 
 
+def evaluate_base_and_novel(model, loaders, splits, tokenizer, accelerator, name) -> dict:
+    """Metrics and predictions of `model` on the test split of the training classes and, when the run has one, on
+    the novel classes' test split (the class list is switched for it, then restored)."""
+    train_names = splits["train_names"]
+    result = {}
+    result["base"], result["base_predictions"] = evaluate_split(
+        model, loaders["test"], accelerator, train_names, f"{name} test")
+    if "test_novel" in loaders:
+        unwrapped = accelerator.unwrap_model(model)
+        unwrapped.set_class_names(splits["novel_names"], tokenizer)
+        result["novel"], result["novel_predictions"] = evaluate_split(
+            model, loaders["test_novel"], accelerator, splits["novel_names"], f"{name} novel")
+        unwrapped.set_class_names(train_names, tokenizer)
+    return result
+
+
+def summarize_results(result: dict, class_names) -> dict:
+    """The `metrics.json` entry of one model: accuracy (base, novel, HM), per-class accuracy, confusion matrices."""
+    base = result["base"]
+    entry = {"accuracy": base["accuracy"]}
+    if "novel" in result:
+        novel = result["novel"]["accuracy"]
+        entry.update(base_accuracy=base["accuracy"], novel_accuracy=novel, hm=harmonic_mean(base["accuracy"], novel))
+    entry["top_confused_pairs"] = top_confused_pairs(base["confusion_matrix"], class_names)
+    entry["per_class_accuracy"] = base["per_class_accuracy"]
+    entry["confusion_matrix"] = base["confusion_matrix"]
+    if "novel" in result:
+        entry["novel_confusion_matrix"] = result["novel"]["confusion_matrix"]
+    return entry
+
+
+def train_model(model, bank, splits, train_rows, image_processor, accelerator, method, data_args, capt_args,
+                train_args):
+    """Train the trainable parts of `model` (CoOp context, or CAPT's adapters and MGDE) with Accelerate.
+
+    One `prepare`, `accumulate` for gradient accumulation, atomic `save_state` checkpoints every
+    `--save_every_epochs`, and `--resume_from_checkpoint` that skips the finished epochs. Returns the prepared model.
+    """
+    eval_bs = train_args.per_device_eval_batch_size
+    model.train()
+    prefix_cache = FrozenPrefixCache.build(
+        model.to(accelerator.device), splits["train"], image_processor, mode=train_args.prefix_cache,
+        cache_dir=train_args.prefix_cache_dir or os.path.join(train_args.output_dir, "prefix_cache"),
+        batch_size=eval_bs, accelerator=accelerator, augment=getattr(train_args, "augment", False),
+    )
+    if train_args.torch_compile:
+        compile_vision(model)
+    if prefix_cache is not None:  # the same rows in the same order, without decoding the images
+        train_loader = rows_loader(splits["train"], train_args.per_device_train_batch_size, True,
+                                   seed=train_args.seed, num_workers=train_args.num_workers)
+    else:
+        train_loader = make_loader(
+            splits["train"], image_processor, train_args.per_device_train_batch_size, True, train_args.num_workers,
+            "train", seed=train_args.seed,
+        )
+    steps_per_epoch = math.ceil(len(train_loader) / (accelerator.num_processes * train_args.gradient_accumulation_steps))
+    optimizer, scheduler = build_optimizer(model, train_args, steps_per_epoch)
+    model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
+    start_epoch = 0
+    if train_args.report_to != "none":
+        accelerator.init_trackers("capt", config={"method": method, "seed": train_args.seed, "shots": data_args.shots})
+    resume = train_args.resume_from_checkpoint
+    if resume == "latest":
+        resume = _latest_checkpoint(train_args.output_dir)
+    if resume:
+        if not os.path.isdir(resume):
+            raise FileNotFoundError(f"--resume_from_checkpoint: no checkpoint folder at {resume}")
+        progress_file = os.path.join(resume, PROGRESS_FILE)
+        if not os.path.isfile(progress_file):
+            raise FileNotFoundError(f"{resume} is not a finished checkpoint of this trainer (no {PROGRESS_FILE})")
+        accelerator.load_state(resume)
+        with open(progress_file, encoding="utf-8") as handle:
+            start_epoch = int(json.load(handle)["epoch"])
+        logger.info("resumed from %s after epoch %d", resume, start_epoch)
+
+    step_fn = None
+    if method == "capt":
+        step_fn = capt_training.CaptStep(model, bank, capt_args, train_rows, image_processor, accelerator,
+                                         seed=train_args.seed, prefix_cache=prefix_cache)
+    global_step = start_epoch * len(train_loader)
+    for epoch in range(start_epoch, train_args.num_train_epochs):
+        model.train()
+        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{train_args.num_train_epochs}",
+                   disable=not accelerator.is_local_main_process, leave=False)
+        running = 0.0
+        for batch in bar:
+            with accelerator.accumulate(model):
+                if step_fn is not None:
+                    loss, logs = step_fn(batch)
+                else:
+                    if prefix_cache is not None:
+                        images = prefix_cache.model_inputs(batch["indices"], batch["labels"].device)
+                    else:
+                        images = {"pixel_values": batch["pixel_values"]}
+                    loss = model(**images, labels=batch["labels"]).loss
+                    logs = {}
+                accelerator.backward(loss)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+            running += loss.item()
+            global_step += 1
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+            if train_args.report_to != "none":
+                accelerator.log({"train/loss": loss.item(), **logs}, step=global_step)
+        done = epoch + 1
+        accelerator.print(f"epoch {done}: mean loss {running / max(1, len(train_loader)):.4f}")
+        if train_args.save_every_epochs and done % train_args.save_every_epochs == 0:
+            checkpoint_root = os.path.join(train_args.output_dir, "checkpoints")
+            _atomic_save_state(accelerator, os.path.join(checkpoint_root, f"epoch_{done}"), done)
+            if accelerator.is_main_process:
+                _prune_checkpoints(checkpoint_root, train_args.save_total_limit)
+    return model
+
+
 def main(argv=None):
     model_args, data_args, capt_args, train_args = parse_args(argv)
     accelerator = Accelerator(
@@ -195,12 +310,11 @@ def main(argv=None):
     train_rows.verify()  # a corrupt training image fails here, before any training time is spent
 
     eval_bs = train_args.per_device_eval_batch_size
-    test_loader = accelerator.prepare(make_loader(splits["test"], image_processor, eval_bs, False, train_args.num_workers, "test"))
-    novel_loader = None
-    if "test_novel" in splits:
-        novel_loader = accelerator.prepare(
-            make_loader(splits["test_novel"], image_processor, eval_bs, False, train_args.num_workers, "test_novel")
-        )
+    loaders = {
+        split: accelerator.prepare(make_loader(splits[split], image_processor, eval_bs, False, train_args.num_workers, split))
+        for split in ("test", "test_novel")
+        if split in splits
+    }
 
     def build(**overrides):
         return CaptForImageClassification.from_clip(
@@ -209,16 +323,7 @@ def main(argv=None):
         )
 
     zeroshot = build().to(accelerator.device)  # frozen: no optimizer, no DDP wrapper
-    results = {"zeroshot": {}}
-    zs_metrics, zs_pred = evaluate_split(zeroshot, test_loader, accelerator, train_names, "zero-shot test")
-    results["zeroshot"]["base"] = zs_metrics
-    zs_novel = None
-    if novel_loader is not None:
-        zeroshot.set_class_names(splits["novel_names"], tokenizer)
-        results["zeroshot"]["novel"], zs_novel = evaluate_split(
-            zeroshot, novel_loader, accelerator, splits["novel_names"], "zero-shot novel"
-        )
-        zeroshot.set_class_names(train_names, tokenizer)
+    results = {"zeroshot": evaluate_base_and_novel(zeroshot, loaders, splits, tokenizer, accelerator, "zero-shot")}
 
     # ---------------------------------------------------------------- the trained model
     method = model_args.method
@@ -245,90 +350,11 @@ def main(argv=None):
         model = build(**overrides)
         if method == "capt" and model.mgde is not None:
             model.init_semantic_experts(semantic.commonality_centres, semantic.difference_centres)
-        model.train()
-        prefix_cache = FrozenPrefixCache.build(
-            model.to(accelerator.device), splits["train"], image_processor, mode=train_args.prefix_cache,
-            cache_dir=train_args.prefix_cache_dir or os.path.join(train_args.output_dir, "prefix_cache"),
-            batch_size=eval_bs, accelerator=accelerator, augment=getattr(train_args, "augment", False),
-        )
-        if train_args.torch_compile:
-            compile_vision(model)
-        if prefix_cache is not None:  # the same rows in the same order, without decoding the images
-            train_loader = rows_loader(splits["train"], train_args.per_device_train_batch_size, True,
-                                       seed=train_args.seed, num_workers=train_args.num_workers)
-        else:
-            train_loader = make_loader(
-                splits["train"], image_processor, train_args.per_device_train_batch_size, True, train_args.num_workers,
-                "train", seed=train_args.seed,
-            )
-        steps_per_epoch = math.ceil(len(train_loader) / (accelerator.num_processes * train_args.gradient_accumulation_steps))
-        optimizer, scheduler = build_optimizer(model, train_args, steps_per_epoch)
-        model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
-        start_epoch = 0
-        if train_args.report_to != "none":
-            accelerator.init_trackers("capt", config={"method": method, "seed": train_args.seed, "shots": data_args.shots})
-        resume = train_args.resume_from_checkpoint
-        if resume == "latest":
-            resume = _latest_checkpoint(train_args.output_dir)
-        if resume:
-            if not os.path.isdir(resume):
-                raise FileNotFoundError(f"--resume_from_checkpoint: no checkpoint folder at {resume}")
-            progress_file = os.path.join(resume, PROGRESS_FILE)
-            if not os.path.isfile(progress_file):
-                raise FileNotFoundError(f"{resume} is not a finished checkpoint of this trainer (no {PROGRESS_FILE})")
-            accelerator.load_state(resume)
-            with open(progress_file, encoding="utf-8") as handle:
-                start_epoch = int(json.load(handle)["epoch"])
-            logger.info("resumed from %s after epoch %d", resume, start_epoch)
-
-        step_fn = None
-        if method == "capt":
-            step_fn = capt_training.CaptStep(model, bank, capt_args, train_rows, image_processor, accelerator,
-                                             seed=train_args.seed, prefix_cache=prefix_cache)
-        global_step = start_epoch * len(train_loader)
-        for epoch in range(start_epoch, train_args.num_train_epochs):
-            model.train()
-            bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{train_args.num_train_epochs}",
-                       disable=not accelerator.is_local_main_process, leave=False)
-            running = 0.0
-            for batch in bar:
-                with accelerator.accumulate(model):
-                    if step_fn is not None:
-                        loss, logs = step_fn(batch)
-                    else:
-                        if prefix_cache is not None:
-                            images = prefix_cache.model_inputs(batch["indices"], batch["labels"].device)
-                        else:
-                            images = {"pixel_values": batch["pixel_values"]}
-                        loss = model(**images, labels=batch["labels"]).loss
-                        logs = {}
-                    accelerator.backward(loss)
-                    optimizer.step()
-                    scheduler.step()
-                    optimizer.zero_grad()
-                running += loss.item()
-                global_step += 1
-                bar.set_postfix(loss=f"{loss.item():.4f}")
-                if train_args.report_to != "none":
-                    accelerator.log({"train/loss": loss.item(), **logs}, step=global_step)
-            done = epoch + 1
-            accelerator.print(f"epoch {done}: mean loss {running / max(1, len(train_loader)):.4f}")
-            if train_args.save_every_epochs and done % train_args.save_every_epochs == 0:
-                checkpoint_root = os.path.join(train_args.output_dir, "checkpoints")
-                _atomic_save_state(accelerator, os.path.join(checkpoint_root, f"epoch_{done}"), done)
-                if accelerator.is_main_process:
-                    _prune_checkpoints(checkpoint_root, train_args.save_total_limit)
+        model = train_model(model, bank, splits, train_rows, image_processor, accelerator, method, data_args,
+                            capt_args, train_args)
 
     # ---------------------------------------------------------------- evaluation of the trained model
-    results[method] = dict(results.get(method, {}))
-    tr_metrics, tr_pred = evaluate_split(model, test_loader, accelerator, train_names, f"{method} test")
-    results[method]["base"] = tr_metrics
-    tr_novel = None
-    if novel_loader is not None:
-        unwrapped = accelerator.unwrap_model(model)
-        unwrapped.set_class_names(splits["novel_names"], tokenizer)
-        results[method]["novel"], tr_novel = evaluate_split(model, novel_loader, accelerator, splits["novel_names"], f"{method} novel")
-        unwrapped.set_class_names(train_names, tokenizer)
+    results[method] = evaluate_base_and_novel(model, loaders, splits, tokenizer, accelerator, method)
 
     summary = {
         "dataset": data_args.dataset or data_args.dataset_name or data_args.train_dir or "embedded/fashion-subset",
@@ -342,20 +368,15 @@ def main(argv=None):
         "num_processes": accelerator.num_processes,
     }
     for name in dict.fromkeys(["zeroshot", method]):
-        entry = {"accuracy": results[name]["base"]["accuracy"]}
-        if "novel" in results[name]:
-            base, novel = results[name]["base"]["accuracy"], results[name]["novel"]["accuracy"]
-            entry.update(base_accuracy=base, novel_accuracy=novel, hm=harmonic_mean(base, novel))
-        entry["top_confused_pairs"] = top_confused_pairs(results[name]["base"]["confusion_matrix"], train_names)
-        entry["per_class_accuracy"] = results[name]["base"]["per_class_accuracy"]
-        entry["confusion_matrix"] = results[name]["base"]["confusion_matrix"]
-        if "novel" in results[name]:
-            entry["novel_confusion_matrix"] = results[name]["novel"]["confusion_matrix"]
-        summary[name] = entry
+        summary[name] = summarize_results(results[name], train_names)
     if method == "capt":
+        zs, tr = results["zeroshot"], results[method]
         summary[method].update(
-            capt_training.correction_metrics(accelerator.unwrap_model(model), bank, train_rows, image_processor,
-                                             accelerator, zs_pred, tr_pred, zs_novel, tr_novel, make_loader, eval_bs)
+            capt_training.correction_metrics(
+                accelerator.unwrap_model(model), bank, train_rows, image_processor, accelerator,
+                zs["base_predictions"], tr["base_predictions"], zs.get("novel_predictions"),
+                tr.get("novel_predictions"), make_loader, eval_bs,
+            )
         )
     summary["wall_time_s"] = round(time.time() - started, 1)
 
