@@ -15,9 +15,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from torch.utils.flop_counter import FlopCounterMode
+
 from benchmark_utils import (
-    build_clip, capt_model, class_names, describe_run, interleaved, median, parse_args, print_table, random_pixels,
-    torch_dtype,
+    build_clip, capt_model, class_names, clock_for, describe_run, interleaved, median, paired_ratio, parse_args,
+    print_table, random_pixels, torch_dtype,
 )
 
 
@@ -50,16 +52,22 @@ def main(argv=None):
         def capt_forward():
             return capt(pixel_values=pixel_values).logits.argmax(-1)
 
-        times = interleaved({"clip": plain_clip, "capt": capt_forward}, repeats, args.device)
+        times = interleaved({"clip": plain_clip, "capt": capt_forward}, repeats, args.device, clock_for(args)[1])
+        flops = {}
+        for name, function in (("clip", plain_clip), ("capt", capt_forward)):
+            with FlopCounterMode(display=False) as counter:
+                function()
+            flops[name] = counter.get_total_flops()
 
     describe_run(args, clip, description)
     print(f"batch {batch_size}, {args.num_classes} classes, {repeats} interleaved rounds (median)")
     rows = []
     for name, label in (("clip", "CLIP zero-shot"), ("capt", "CAPT (adapters in last 2 layers + MGDE)")):
         seconds = median(times[name])
-        rows.append([label, seconds * 1000, batch_size / seconds])
-    print_table(["model", "ms / batch", "images / s"], rows)
-    ratio = median(times["clip"]) / median(times["capt"])
+        rows.append([label, seconds * 1000, batch_size / seconds, flops[name] / batch_size / 1e9])
+    print_table(["model", "ms / batch", "images / s", "GFLOP / image"], rows)
+    print(f"FLOP ratio CLIP/CAPT (the bound on the measured ratio): {flops['clip'] / flops['capt']:.3f}")
+    ratio = paired_ratio(times["clip"], times["capt"])  # CAPT throughput / CLIP throughput
     print(f"inference_ratio={ratio:.3f}")
     return ratio
 

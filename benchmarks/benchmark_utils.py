@@ -55,10 +55,15 @@ def parse_args(description: str, argv=None, add_arguments=None) -> argparse.Name
     parser.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32",
                         help="Inference dtype, or the mixed-precision type of training steps.")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--clock", choices=("auto", "wall", "cpu"), default="auto",
+                        help="auto: process CPU time on the CPU, wall time on a GPU.")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice).")
     if add_arguments is not None:
         add_arguments(parser)
     args = parser.parse_args(argv)
     args.device = resolve_device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     return args
 
 
@@ -142,14 +147,54 @@ def zero_shot_model(clip, tokenizer, names):
     return CaptForImageClassification.from_clip(clip, names, tokenizer=tokenizer, max_text_length=TEXT_LENGTH)
 
 
+def image_processor_for(kind: str, clip: CLIPModel):
+    """The checkpoint's image processor, or a CLIP one at the model's resolution for random-weight models."""
+    from transformers import AutoImageProcessor, CLIPImageProcessor
+
+    if kind == "embedded" and os.path.isfile(os.path.join(EMBEDDED_MODEL, "preprocessor_config.json")):
+        return AutoImageProcessor.from_pretrained(EMBEDDED_MODEL)
+    size = clip.config.vision_config.image_size
+    return CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+
+
+def synthetic_image_dataset(num_classes: int, per_class: int, image_size: int, seed: int = 0):
+    """A `datasets.Dataset` of random RGB images with a `ClassLabel` column, `per_class` rows per class."""
+    import datasets
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    labels = [label for label in range(num_classes) for _ in range(per_class)]
+    images = [Image.fromarray(rng.integers(0, 255, (image_size, image_size, 3), dtype=np.uint8)) for _ in labels]
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=class_names(num_classes))})
+    return datasets.Dataset.from_dict({"image": images, "label": labels}, features=features)
+
+
+def accelerator_for(args):
+    from accelerate import Accelerator
+
+    mixed_precision = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[args.dtype]
+    return Accelerator(cpu=args.device.type == "cpu", mixed_precision=mixed_precision)
+
+
 def random_pixels(clip: CLIPModel, batch_size: int, seed: int = 0) -> torch.Tensor:
     size = clip.config.vision_config.image_size
     return torch.randn(batch_size, 3, size, size, generator=torch.Generator().manual_seed(seed))
 
 
 # ------------------------------------------------------------------------------------------------ timing
-def interleaved(functions: dict, repeats: int, device: torch.device, warmup: int = 1) -> dict[str, list[float]]:
-    """Run each function `warmup` times, then `repeats` rounds alternating their order; seconds per call."""
+def clock_for(args):
+    """The clock of `--clock`: on the CPU (`auto`) the process's CPU time, which other jobs on a shared machine
+    disturb far less than wall time; on a GPU wall time (after synchronising)."""
+    name = args.clock if args.clock != "auto" else ("cpu" if args.device.type == "cpu" else "wall")
+    return name, (time.process_time if name == "cpu" else time.perf_counter)
+
+
+def interleaved(functions: dict, repeats: int, device: torch.device, clock=time.perf_counter,
+                warmup: int = 1) -> dict[str, list[float]]:
+    """Run each function `warmup` times, then `repeats` rounds alternating their order; seconds per call.
+
+    Round `i` of every function ran back to back, so `paired_ratio` compares them round by round."""
     for function in functions.values():
         for _ in range(warmup):
             function()
@@ -159,11 +204,16 @@ def interleaved(functions: dict, repeats: int, device: torch.device, warmup: int
     for round_index in range(repeats):
         for name in names if round_index % 2 == 0 else reversed(names):
             synchronize(device)
-            start = time.perf_counter()
+            start = clock()
             functions[name]()
             synchronize(device)
-            times[name].append(time.perf_counter() - start)
+            times[name].append(clock() - start)
     return times
+
+
+def paired_ratio(numerator: list[float], denominator: list[float]) -> float:
+    """Median over the rounds of `numerator[i] / denominator[i]` (robust to load that drifts between rounds)."""
+    return statistics.median(a / b for a, b in zip(numerator, denominator))
 
 
 def median(values) -> float:
@@ -181,7 +231,7 @@ def print_table(headers: list[str], rows: list[list]) -> None:
 
 def _format(value) -> str:
     if isinstance(value, float):
-        return f"{value:.4g}"
+        return f"{value:.0f}" if abs(value) >= 1000 else f"{value:.4g}"
     return str(value)
 
 
@@ -189,4 +239,6 @@ def describe_run(args, clip, description: str) -> None:
     threads = torch.get_num_threads() if args.device.type == "cpu" else None
     where = f"cpu ({threads} threads)" if threads else torch.cuda.get_device_name(args.device)
     print(f"model: {description}; vision {vision_description(clip)}")
-    print(f"device: {where}; dtype {args.dtype}; torch {torch.__version__}{'; quick' if args.quick else ''}")
+    clock = clock_for(args)[0]
+    print(f"device: {where}; dtype {args.dtype}; torch {torch.__version__}; clock {clock}"
+          f"{' (process CPU seconds)' if clock == 'cpu' else ''}{'; quick' if args.quick else ''}")

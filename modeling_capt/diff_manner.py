@@ -16,6 +16,7 @@ import math
 from collections.abc import Iterator
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .configuration_capt import CaptAdapterConfig
@@ -196,13 +197,48 @@ class CaptDiffMannerAdapter(nn.Module):
             )
         return side
 
-    def forward(self, hidden_states: torch.Tensor, alpha: torch.Tensor | float | None = None) -> torch.Tensor:
+    def cls_attention(self, normed_cls: torch.Tensor, normed_patches: torch.Tensor) -> torch.Tensor:
+        r"""`MultiHead(q=LN(cls), k=LN(X), v=LN(X))` for the single CLS query, without projecting every patch.
+
+        With one query the key and value projections can be moved onto the query side: per head `h`,
+        `q_h . (W_k,h x + b_k,h) = (W_k,h^T q_h) . x + const` (the constant cancels in the softmax) and
+        `sum_n p_n (W_v,h x_n + b_v,h) = W_v,h (sum_n p_n x_n) + b_v,h`. The cost drops from `O(N D^2)` to
+        `O(H N D)` and the result equals `self.attention(...)` (same parameters, up to float rounding).
+
+        Args:
+            normed_cls (`torch.Tensor` of shape `(batch_size, 1, hidden_size)`), normed_patches (`torch.Tensor` of
+            shape `(batch_size, N, hidden_size)`).
+
+        Returns:
+            `torch.Tensor` of shape `(batch_size, 1, hidden_size)`.
+        """
+        attention = self.attention
+        batch_size, _, hidden_size = normed_cls.shape
+        heads, head_dim = attention.num_heads, hidden_size // attention.num_heads
+        w_q, w_k, w_v = attention.in_proj_weight.chunk(3)
+        b_q, _, b_v = attention.in_proj_bias.chunk(3) if attention.in_proj_bias is not None else (None, None, None)
+        query = F.linear(normed_cls[:, 0], w_q, b_q).view(batch_size, heads, head_dim)  # [B, H, d]
+        key_side = torch.einsum("bhd,hdk->bhk", query, w_k.view(heads, head_dim, hidden_size))  # [B, H, D]
+        scores = torch.einsum("bhk,bnk->bhn", key_side, normed_patches) * head_dim**-0.5  # [B, H, N]
+        pooled = torch.einsum("bhn,bnk->bhk", scores.softmax(dim=-1), normed_patches)  # [B, H, D]
+        values = torch.einsum("bhk,hdk->bhd", pooled, w_v.view(heads, head_dim, hidden_size))  # [B, H, d]
+        if b_v is not None:
+            values = values + b_v.view(heads, head_dim)
+        return attention.out_proj(values.reshape(batch_size, 1, hidden_size))
+
+    def forward(
+        self, hidden_states: torch.Tensor, alpha: torch.Tensor | float | None = None, update_patches: bool = True
+    ) -> torch.Tensor:
         r"""
         Args:
             hidden_states (`torch.Tensor` of shape `(batch_size, 1 + H * W, hidden_size)`):
                 Output of the wrapped encoder layer: the CLS token, then the patch tokens in row-major grid order.
             alpha (`torch.Tensor` of shape `(batch_size,)` or `()`, or `float`, *optional*):
                 Per-sample (or shared) adapter weight. Defaults to `alpha_running`.
+            update_patches (`bool`, *optional*, defaults to `True`):
+                `False` skips the patch update (`X + alpha * W_out(X')`) and returns the patches unchanged: for the
+                last encoder layer, whose patch tokens nothing reads (the classifier pools the CLS token), this
+                saves the local branch's work without changing the pooled output.
 
         Returns:
             `torch.Tensor` of shape `(batch_size, 1 + H * W, hidden_size)`: the adapted hidden states.
@@ -221,7 +257,11 @@ class CaptDiffMannerAdapter(nn.Module):
         normed_cls, normed_patches = normed[:, :1], normed[:, 1:]
 
         if self.uses_global:
-            global_cue, _ = self.attention(normed_cls, normed_patches, normed_patches, need_weights=False)  # [B, 1, D]
+            global_cue = self.cls_attention(normed_cls, normed_patches)  # [B, 1, D]
+        if not update_patches:
+            if self.uses_global:
+                cls = cls + alpha * self.global_proj(global_cue)
+            return torch.cat([cls, patches], dim=1)
         if self.branches == "global":
             mixed = global_cue.expand(-1, seq_len - 1, -1)
         else:
@@ -298,6 +338,7 @@ class CaptAdaptedLayer(nn.Module):
         attention_mask: torch.Tensor | None = None,
         *args,
         alpha: torch.Tensor | float | None = None,
+        update_patches: bool = True,
         **kwargs,
     ):
         r"""
@@ -308,6 +349,8 @@ class CaptAdaptedLayer(nn.Module):
                 Passed to the wrapped layer (the vision tower uses none).
             alpha (`torch.Tensor` of shape `(batch_size,)` or `()`, or `float`, *optional*):
                 Adapter weight; defaults to the adapter's `alpha_running`.
+            update_patches (`bool`, *optional*, defaults to `True`):
+                See [`CaptDiffMannerAdapter.forward`].
             *args, **kwargs:
                 Passed to the wrapped layer unchanged.
 
@@ -319,8 +362,8 @@ class CaptAdaptedLayer(nn.Module):
         if self.disable_adapters:
             return output
         if isinstance(output, tuple):
-            return (self.adapter(output[0], alpha=alpha),) + tuple(output[1:])
-        return self.adapter(output, alpha=alpha)
+            return (self.adapter(output[0], alpha=alpha, update_patches=update_patches),) + tuple(output[1:])
+        return self.adapter(output, alpha=alpha, update_patches=update_patches)
 
 
 def _vision_encoder_layers(vision_model: nn.Module) -> nn.ModuleList:

@@ -345,12 +345,14 @@ class CaptModel(CaptPreTrainedModel):
         hidden_states: torch.Tensor | None = None,
         start_layer: int = 0,
         end_layer: int | None = None,
+        cls_only: bool = False,
     ) -> torch.Tensor:
         """Run the vision tower up to the last encoder layer; returns hidden states `(batch, 1 + patches, D)`.
 
         `hidden_states` with `start_layer > 0` resumes from cached activations of the frozen layers below
         `start_layer` (the frozen-prefix cache); `start_layer == len(layers)` runs no layer. `end_layer` stops before
-        that layer (the frozen-prefix cache computes its entries with `end_layer=start_layer`).
+        that layer (the frozen-prefix cache computes its entries with `end_layer=start_layer`). `cls_only=True` lets
+        an adapter on the last layer skip its patch update: only the CLS token is read after it.
         """
         vision = self.clip.vision_model
         if hidden_states is None:
@@ -358,9 +360,12 @@ class CaptModel(CaptPreTrainedModel):
                 raise ValueError("encode_image_hidden needs pixel_values or hidden_states")
             hidden_states = vision.pre_layrnorm(vision.embeddings(pixel_values))
             start_layer = 0
-        for layer in self._vision_layers()[start_layer:end_layer]:
+        layers = self._vision_layers()
+        last = len(layers) - 1
+        for index in range(start_layer, len(layers) if end_layer is None else end_layer):
+            layer = layers[index]
             if isinstance(layer, CaptAdaptedLayer):
-                hidden_states = layer(hidden_states, None, alpha=alpha)
+                hidden_states = layer(hidden_states, None, alpha=alpha, update_patches=not (cls_only and index == last))
             else:
                 hidden_states = layer(hidden_states, None)
         return hidden_states
@@ -376,7 +381,7 @@ class CaptModel(CaptPreTrainedModel):
 
     def get_image_features(self, pixel_values: torch.Tensor, alpha: torch.Tensor | None = None) -> torch.Tensor:
         """Projected (unnormalised) image features `(batch, projection_dim)` through adapters and MGDE."""
-        return self.project_image_hidden(self.encode_image_hidden(pixel_values, alpha=alpha))[0]
+        return self.project_image_hidden(self.encode_image_hidden(pixel_values, alpha=alpha, cls_only=True))[0]
 
     # ------------------------------------------------------------------------------------------------ forward
     def forward(
@@ -403,7 +408,9 @@ class CaptModel(CaptPreTrainedModel):
             hidden_states, start_layer (*optional*):
                 Resume from cached hidden states entering vision layer `start_layer` (frozen-prefix cache).
         """
-        hidden = self.encode_image_hidden(pixel_values, alpha=alpha, hidden_states=hidden_states, start_layer=start_layer)
+        hidden = self.encode_image_hidden(
+            pixel_values, alpha=alpha, hidden_states=hidden_states, start_layer=start_layer, cls_only=True
+        )
         image_features, aux_loss = self.project_image_hidden(hidden)
         image_embeds = F.normalize(image_features, dim=-1)
         if input_ids is not None:

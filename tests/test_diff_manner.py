@@ -300,3 +300,25 @@ def test_adapter_matches_the_layer_dtype():
     with torch.no_grad():
         model(pixel_values=torch.randn(1, 3, 32, 32, dtype=torch.float64), alpha=torch.tensor([1.0]))
 
+
+
+def test_cls_attention_equals_multihead_attention():
+    torch.manual_seed(0)
+    adapter = CaptDiffMannerAdapter(hidden_size=32, num_heads=4)
+    cls, patches = torch.randn(3, 1, 32), torch.randn(3, 16, 32)
+    expected, _ = adapter.attention(cls, patches, patches, need_weights=False)
+    torch.testing.assert_close(adapter.cls_attention(cls, patches), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_skipping_the_last_layer_patch_update_keeps_the_cls_output():
+    torch.manual_seed(0)
+    adapter = CaptDiffMannerAdapter(hidden_size=32, num_heads=4)
+    with torch.no_grad():
+        for param in adapter.parameters():
+            param.add_(0.1 * torch.randn_like(param))
+    hidden = torch.randn(2, 17, 32)
+    full = adapter(hidden, alpha=torch.tensor([1.0, 2.0]))
+    cls_only = adapter(hidden, alpha=torch.tensor([1.0, 2.0]), update_patches=False)
+    torch.testing.assert_close(cls_only[:, 0], full[:, 0])
+    torch.testing.assert_close(cls_only[:, 1:], hidden[:, 1:])
+    assert not torch.allclose(full[:, 1:], hidden[:, 1:])

@@ -248,7 +248,9 @@ class CaptStep:
         if args.load_balance_coef and out.aux_loss is not None:
             loss = loss + args.load_balance_coef * out.aux_loss
         if unwrapped.training:
-            unwrapped.update_running_alpha(alpha.detach())
+            # every process folds in every process's alphas, so the saved running mean covers all samples
+            unwrapped.update_running_alpha(self.accelerator.gather_for_metrics(alpha.detach(), use_gather_object=False)
+                                           if self.accelerator.num_processes > 1 else alpha.detach())
         logs.update({"train/ce": ce.item(), "train/confuse": confuse.item()})
         return loss, logs
 
@@ -269,8 +271,8 @@ def correction_metrics(model, bank, train_rows, image_processor, accelerator, zs
     """Correction rate on the bank's misclassified training samples, and test correction / break rates (in %)."""
     from trainers.train_capt import predict  # local: train_capt imports this module
 
-    loader = make_loader(train_rows.dataset, image_processor, batch_size, False, 0, "train")
-    train_pred = predict(model, loader, accelerator, "correction rate")
+    loader = accelerator.prepare(make_loader(train_rows.dataset, image_processor, batch_size, False, 0, "train"))
+    train_pred = predict(model, loader, accelerator, "correction rate")  # each process predicts its shard
     rows = bank.rows_for(train_pred["indices"]).cpu()
     result = {
         "correction_rate": _percent(correction_rate(bank.preds.cpu()[rows], train_pred["preds"], bank.labels.cpu()[rows])),

@@ -21,7 +21,7 @@ import time
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedDataParallelKwargs, set_seed
 from tqdm.auto import tqdm
 from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
 
@@ -281,6 +281,9 @@ def train_model(model, bank, splits, train_rows, image_processor, accelerator, m
 def main(argv=None):
     model_args, data_args, capt_args, train_args = parse_args(argv)
     accelerator = Accelerator(
+        # the last layer's adapter skips its patch update (nothing reads those tokens), so its local branch may get no
+        # gradient in a step: DDP must not wait for it
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
         gradient_accumulation_steps=train_args.gradient_accumulation_steps,
         mixed_precision=train_args.mixed_precision,
         log_with=None if train_args.report_to == "none" else train_args.report_to,
