@@ -2,8 +2,11 @@
 
 (a) a reduced end-to-end rebuild from the shipped Parquet subset (no Debian package needed);
 (b) the IDX reader on tiny IDX files written here;
-(c) the shipped ``embedded/`` artefacts load and reproduce the zero-shot numbers of build_info.json;
-(d) clear errors for datasets without an ``image`` column or a ClassLabel ``label`` column.
+(c) the shipped ``embedded/`` artefacts load and reproduce the zero-shot and linear-probe numbers
+    of build_info.json, in the intended regime (modest zero-shot accuracy, systematic confusions,
+    frozen image features clearly better than zero-shot);
+(d) clear errors for datasets without an ``image`` column or a ClassLabel ``label`` column;
+(e) the caption noise: parsing, the drawn rates, and that the loss follows the captions, not the labels.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ REDUCED_ARGS = [
     "--text_heads", "2",
     "--model_name", "tiny-model",
     "--subset_name", "tiny-subset",
+    "--probe_shots", "4",
     "--no_progress",
 ]  # fmt: skip
 CHANCE = 1 / len(bed.FASHION_MNIST_CLASSES)
@@ -137,6 +141,28 @@ def test_reduced_build_outputs_load_and_classify(reduced_build):
     assert info["sizes"] == {"pretrain": 800, "pool": 100, "test": 300}
     assert info["source"]["dataset"] == str(SHIPPED_DATA)
     assert "--dataset" in info["command"] and "--steps 100" in info["command"]
+    assert "--caption_noise" not in info["command"]  # the default
+    # The subset has Fashion-MNIST's class names, so the default caption noise applies, at its rates.
+    noise = info["caption_noise"]
+    assert noise["spec"] == "default" and noise["map"] == bed.FASHION_MNIST_CAPTION_NOISE
+    counts = np.asarray(noise["drawn_counts"])
+    assert counts.sum() == 100 * 128 and noise["caption_names"] == bed.FASHION_MNIST_CLASSES
+    for true, targets in bed.FASHION_MNIST_CAPTION_NOISE.items():
+        c = bed.FASHION_MNIST_CLASSES.index(true)
+        for target, rate in targets.items():
+            got = counts[c, bed.FASHION_MNIST_CLASSES.index(target)] / counts[c].sum()
+            assert abs(got - rate) < 0.08, (true, target, got, rate)
+        assert counts[c, c] / counts[c].sum() == pytest.approx(1 - sum(targets.values()), abs=0.08)
+    clean = [c for c in bed.FASHION_MNIST_CLASSES if c not in bed.FASHION_MNIST_CAPTION_NOISE]
+    for c in clean:
+        i = bed.FASHION_MNIST_CLASSES.index(c)
+        assert counts[i, i] == counts[i].sum() > 0
+    # The linear-probe summary is there, on CoOp's base / novel halves.
+    probe = info["linear_probe"]
+    assert probe["shots"] == [4] and probe["groups"]["base"]["classes"] == bed.FASHION_MNIST_CLASSES[:5]
+    assert probe["groups"]["novel"]["test_images"] == 150
+    assert probe["groups"]["all"]["zero_shot"] == pytest.approx(accuracy)
+    assert probe["groups"]["all"]["linear_probe"]["4"]["train_images"] == 40
     # Pre-training images and the few-shot pool are disjoint (both from the source's train split).
     assert info["source_indices"]["pretrain_pool_overlap"] == 0
 
@@ -263,12 +289,41 @@ def test_shipped_default_reproduces_build_info(tmp_path):
     # The script's own evaluation agrees with the public-API one.
     assert bed.zero_shot_evaluate(SHIPPED_MODEL, SHIPPED_DATA) == recorded
 
-    # The intended regime: well above chance, well below the ~90 % ceiling.
-    assert 0.55 <= recorded["accuracy"] <= 0.80
+    # The intended regime: modest zero-shot accuracy, well below the ~90 % ceiling ...
+    assert 0.60 <= recorded["accuracy"] <= 0.75
+    # ... whose errors are the systematic confusions the caption noise plants between look-alikes ...
+    assert info["caption_noise"]["map"] == bed.FASHION_MNIST_CAPTION_NOISE
+    planted = {(t, p) for t, targets in bed.FASHION_MNIST_CAPTION_NOISE.items() for p in targets}
+    assert {(p["true"], p["predicted"]) for p in recorded["top_confusions"][:3]} <= planted
+    planted_errors, errors = bed.planted_confusions(info)
+    assert planted_errors >= 0.6 * errors, f"only {planted_errors} of {errors} zero-shot errors on the planted pairs"
+    # ... while the frozen image features are clearly better: a 16-shot linear probe beats zero-shot
+    # by at least 8 points on the base classes and on the novel classes.
+    probe = info["linear_probe"]
+    assert probe["groups"]["base"]["classes"] == bed.FASHION_MNIST_CLASSES[:5]
+    for group in ("base", "novel"):
+        entry = probe["groups"][group]
+        assert entry["linear_probe"]["16"]["accuracy"] >= entry["zero_shot"] + 0.08, (group, entry)
+    # The probe numbers are reproduced: zero-shot exactly; each probe to within one test image (an
+    # L-BFGS fit on another CPU may move a borderline image).
+    again = bed.linear_probe_evaluate(
+        SHIPPED_MODEL, SHIPPED_DATA, shots=probe["shots"], seed=probe["seed"], l2=probe["l2"]
+    )
+    assert again["groups"].keys() == probe["groups"].keys()
+    for group, entry in probe["groups"].items():
+        got = again["groups"][group]
+        assert got["zero_shot"] == entry["zero_shot"] and got["test_images"] == entry["test_images"]
+        if group == "all":
+            assert got["zero_shot"] == pytest.approx(recorded["accuracy"])
+        for k, rec in entry["linear_probe"].items():
+            assert got["linear_probe"][k]["train_images"] == rec["train_images"]
+            one_image = 1 / entry["test_images"]
+            assert abs(got["linear_probe"][k]["accuracy"] - rec["accuracy"]) <= one_image + 1e-9, (group, k)
     # Small enough to ship; pool and pre-training images disjoint.
     assert info["safetensors_bytes"] == (SHIPPED_MODEL / "model.safetensors").stat().st_size < 8_000_000
     assert info["source_indices"]["pretrain_pool_overlap"] == 0
-    assert f"{recorded['accuracy'] * 100:.2f} %" in (SHIPPED_MODEL / "README.md").read_text()
+    card = (SHIPPED_MODEL / "README.md").read_text()
+    assert f"{recorded['accuracy'] * 100:.2f} %" in card and bed._probe_table(probe) in card
     # The dataset folder itself loads (YAML configs in its card).
     from datasets import load_dataset
 
@@ -314,3 +369,127 @@ def test_dataset_without_classlabel_label_is_refused(tmp_path):
 
     with pytest.raises(FileNotFoundError, match="no Parquet file matches"):
         bed.load_image_classification_dataset(str(tmp_path / "nothing-*.parquet"))
+
+
+# ------------------------------------------------------------------------------------------
+# (e) caption noise
+# ------------------------------------------------------------------------------------------
+
+
+def test_resolve_caption_noise(tmp_path):
+    names = bed.FASHION_MNIST_CLASSES
+    assert bed.resolve_caption_noise("default", names) == bed.FASHION_MNIST_CAPTION_NOISE
+    assert bed.resolve_caption_noise("none", names) == {} == bed.resolve_caption_noise(None, names)
+    assert bed.resolve_caption_noise("default", ["cat", "dog"]) == {}  # no built-in map: no noise
+    spec = '{"shirt": {"t-shirt": 0.7, "top": 0.1}, "bag": {"sneaker": 0}}'
+    assert bed.resolve_caption_noise(spec, names) == {"shirt": {"t-shirt": 0.7, "top": 0.1}}
+    (tmp_path / "noise.json").write_text(spec)
+    assert bed.resolve_caption_noise(str(tmp_path / "noise.json"), names) == {"shirt": {"t-shirt": 0.7, "top": 0.1}}
+    # ClassLabel names with underscores are matched, and named, with spaces.
+    assert bed.resolve_caption_noise({"ankle_boot": {"sneaker": 0.5}}, ["sneaker", "ankle_boot"]) == {
+        "ankle boot": {"sneaker": 0.5}
+    }
+    for bad, match in [
+        ('{"jacket": {"coat": 0.5}}', "not one of the class names"),
+        ('{"shirt": {"t-shirt": 1.5}}', "not in"),
+        ('{"shirt": {"t-shirt": 0.6, "coat": 0.6}}', "sum to"),
+        ('{"shirt": {"shirt": 0.6}}', "invalid caption name"),
+        ('{"shirt": 0.6}', "must map caption names"),
+        ("shirt=t-shirt", "expected 'default', 'none'"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            bed.resolve_caption_noise(bad, names)
+
+    caption_names, probs = bed.caption_distribution({"shirt": {"t-shirt": 0.7, "top": 0.1}}, names)
+    assert caption_names == names + ["top"]
+    assert probs.shape == (10, 11) and np.allclose(probs.sum(1), 1)
+    shirt = names.index("shirt")
+    assert probs[shirt].tolist() == pytest.approx([0.7, 0, 0, 0, 0, 0, 0.2, 0, 0, 0, 0.1])
+    assert np.array_equal(np.delete(probs, shirt, 0)[:, :10], np.delete(np.eye(10), shirt, 0))
+
+    # Only a non-default choice shows in the recorded command line.
+    params = dict(bed.DEFAULTS)
+    assert "--caption_noise" not in bed._command_line(params)
+    assert "--caption_noise none" in bed._command_line({**params, "caption_noise": "none"})
+    assert "--caption_noise '{\"shirt\": {\"t-shirt\": 0.7}}'" in bed._command_line(
+        {**params, "caption_noise": {"shirt": {"t-shirt": 0.7}}}
+    )
+
+
+def test_draw_caption_names_follows_the_rates():
+    _, probs = bed.caption_distribution({"b": {"a": 0.3, "other words": 0.5}}, ["a", "b", "c"])
+    labels = torch.tensor([1] * 20000 + [0] * 1000 + [2] * 1000)
+    drawn = bed.draw_caption_names(labels, torch.as_tensor(probs), torch.Generator().manual_seed(0))
+    again = bed.draw_caption_names(labels, torch.as_tensor(probs), torch.Generator().manual_seed(0))
+    assert torch.equal(drawn, again)
+    of_b = torch.bincount(drawn[labels == 1], minlength=4).double() / 20000
+    assert of_b.tolist() == pytest.approx([0.3, 0.2, 0.0, 0.5], abs=0.015)
+    assert torch.equal(drawn[labels != 1], labels[labels != 1])  # classes without noise keep their name
+    # Without noise the labels come back unchanged.
+    _, clean = bed.caption_distribution({}, ["a", "b", "c"])
+    assert torch.equal(bed.draw_caption_names(labels, torch.as_tensor(clean), torch.Generator()), labels)
+
+
+def test_pretraining_follows_the_captions_not_the_labels():
+    """Two obvious classes whose captions are swapped by the noise: the model must learn the swap.
+
+    Were the loss's positives taken from the true labels, the noise would not matter and zero-shot
+    would be right; with positives following the drawn captions, each class's majority caption
+    (the other class's name) wins.
+    """
+    torch.manual_seed(0)
+    class_names = ["dark", "bright"]
+    labels = torch.arange(256) % 2
+    pixels = (labels.float() * 2 - 1).view(-1, 1, 1, 1) + 0.3 * torch.randn(256, 3, 8, 8)
+    noise = bed.resolve_caption_noise('{"dark": {"bright": 1.0}, "bright": {"dark": 0.8}}', class_names)
+    caption_names, probs = bed.caption_distribution(noise, class_names)
+    corpus = [t.format(c) for c in caption_names for t in bed.CAPTION_TEMPLATES]
+    tokenizer = bed.train_clip_tokenizer(corpus, vocab_size=700, model_max_length=32)
+    size = bed.ModelSize(
+        image_size=8, patch_size=4, vision_hidden=16, vision_layers=1, vision_heads=2,
+        text_hidden=16, text_layers=1, text_heads=2, max_position_embeddings=32, projection_dim=16,
+    )  # fmt: skip
+    from transformers import CLIPModel
+
+    model = CLIPModel(bed.make_clip_config(size, tokenizer))
+    ids, mask = bed._tokenize_captions(tokenizer, caption_names, bed.CAPTION_TEMPLATES, 32)
+    losses, counts = bed.pretrain_clip(
+        model, pixels, labels, ids, mask, steps=60, batch_size=64, lr=3e-3, weight_decay=0.0,
+        warmup_ratio=0.1, seed=0, caption_probs=torch.as_tensor(probs), progress=False,
+    )  # fmt: skip
+    assert counts.sum() == 60 * 64 and counts[0, 0] == 0  # every dark image was captioned "bright"
+    assert counts[1, 0] / counts[1].sum() == pytest.approx(0.8, abs=0.05)
+    assert np.mean(losses[-10:]) < np.mean(losses[:10])
+    with torch.no_grad():
+        text = tokenizer([f"a photo of a {c}." for c in class_names], padding=True, return_tensors="pt")
+        logits = model(**text, pixel_values=pixels).logits_per_image
+    swapped = float((logits.argmax(-1) == 1 - labels).float().mean())
+    assert swapped > 0.95, f"zero-shot predicted the other class for only {swapped:.0%} of the images"
+
+
+def test_custom_caption_noise_in_a_tiny_build(tmp_path):
+    """--caption_noise JSON, with a name that is no class name: drawn at its rate, tokenized, recorded."""
+    spec = '{"shirt": {"top": 0.5}, "sandal": {"sneaker": 1.0}}'
+    tiny = ["--pretrain_size", "200", "--pool_per_class", "2", "--test_per_class", "2", "--steps", "30",
+            "--batch_size", "100", "--vision_hidden", "16", "--vision_layers", "1", "--vision_heads", "2",
+            "--text_hidden", "16", "--text_layers", "1", "--text_heads", "2", "--probe_shots", "none"]  # fmt: skip
+    paths = bed.main(["--dataset", str(SHIPPED_DATA), "--output_dir", str(tmp_path / "out"), "--cache_dir",
+                      str(tmp_path / "cache"), "--caption_noise", spec, "--no_progress", *tiny])  # fmt: skip
+    info = json.loads(paths["build_info"].read_text())
+    noise = info["caption_noise"]
+    assert noise["spec"] == spec and noise["map"] == {"shirt": {"top": 0.5}, "sandal": {"sneaker": 1.0}}
+    assert noise["caption_names"] == bed.FASHION_MNIST_CLASSES + ["top"]
+    counts = np.asarray(noise["drawn_counts"])
+    shirt, sandal, sneaker = (bed.FASHION_MNIST_CLASSES.index(c) for c in ("shirt", "sandal", "sneaker"))
+    assert counts.shape == (10, 11) and counts.sum() == 30 * 100
+    assert counts[shirt, 10] / counts[shirt].sum() == pytest.approx(0.5, abs=0.15)
+    assert counts[shirt, 10] + counts[shirt, shirt] == counts[shirt].sum()
+    assert counts[sandal, sneaker] == counts[sandal].sum() > 0  # rate 1: never captioned "sandal"
+    assert np.count_nonzero(counts[:, 10]) == 1  # only shirts are ever called "top"
+    assert "--caption_noise" in info["command"] and "top" in info["command"]
+    assert info["linear_probe"]["shots"] == []
+    # The extra name was in the tokenizer's training corpus: one token.
+    from transformers import AutoTokenizer
+
+    assert AutoTokenizer.from_pretrained(paths["model_dir"]).tokenize("a photo of a top.")[4] == "top</w>"
+    assert "| shirt | top | 50 % |" in (paths["model_dir"] / "README.md").read_text()
