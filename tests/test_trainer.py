@@ -223,3 +223,20 @@ def test_capt_end_to_end_on_the_embedded_default(tmp_path):
     reloaded = CaptForImageClassification.from_pretrained(tmp_path / "out" / "model")
     assert reloaded.config.class_names == ["t-shirt", "trouser", "pullover", "dress", "coat"]
     assert reloaded.adapted_layer_names and reloaded.mgde is not None
+
+
+def test_trainer_reads_coop_folders_and_the_parquet_benchmark_alike(tmp_path, tiny_clip_dir):
+    from dataset_scripts.build_benchmark import build_benchmark
+    from fixtures_coop import make_oxford_pets
+
+    make_oxford_pets(str(tmp_path / "DATA"))
+    build_benchmark("oxford_pets", str(tmp_path / "DATA"), str(tmp_path / "OUT"), show_progress=False)
+    common = ["--model_name_or_path", tiny_clip_dir, "--method", "zeroshot", "--shots", "1", "--heatmap", "false"]
+    from_folders = main(common + ["--dataset", "oxford_pets", "--data_dir", str(tmp_path / "DATA"),
+                                  "--output_dir", str(tmp_path / "a")])
+    reset_accelerate()
+    from_parquet = main(common + ["--dataset_name", str(tmp_path / "OUT"), "--dataset_config_name", "oxford_pets",
+                                  "--output_dir", str(tmp_path / "b")])
+    assert from_folders["template"] == "a photo of a {}, a type of pet."
+    for key in ("base_accuracy", "novel_accuracy", "confusion_matrix", "novel_confusion_matrix"):
+        assert from_folders["zeroshot"][key] == from_parquet["zeroshot"][key]

@@ -26,17 +26,18 @@ from .args import EMBEDDED_DATA
 logger = logging.getLogger(__name__)
 
 
-def load_local_dataset(path: str, split: str | None = None):
-    """A Parquet file, a folder of Parquet files, a `datasets` folder with a card, or an ImageFolder tree."""
+def load_local_dataset(path: str, split: str | None = None, config_name: str | None = None):
+    """A Parquet file, a folder of Parquet files, a `datasets` folder with a card (`config_name` picks one of its
+    configs, e.g. a folder written by `dataset_scripts/build_benchmark.py`), or an ImageFolder tree."""
     try:
-        return _load_local_unchecked(path, split)
+        return _load_local_unchecked(path, split, config_name)
     except ValueError as err:
         if "corresponds to no data" in str(err):
             raise ValueError(f"{path}: the {split or 'data'} split is empty ({err})") from err
         raise
 
 
-def _load_local_unchecked(path: str, split: str | None):
+def _load_local_unchecked(path: str, split: str | None, config_name: str | None = None):
     if not os.path.exists(path):
         raise FileNotFoundError(f"Data path not found: {path}")
     if os.path.isfile(path):
@@ -47,7 +48,7 @@ def _load_local_unchecked(path: str, split: str | None):
     if parquet and split is not None:
         return datasets.load_dataset("parquet", data_files={split: parquet})
     if parquet or os.path.exists(os.path.join(path, "README.md")):
-        return datasets.load_dataset(path)
+        return datasets.load_dataset(path, config_name)
     return datasets.load_dataset("imagefolder", data_dir=path)
 
 
@@ -64,7 +65,7 @@ def load_source(data_args) -> DatasetDict:
         )
     elif data_args.dataset_name:
         if os.path.exists(data_args.dataset_name):
-            raw = load_local_dataset(data_args.dataset_name)
+            raw = load_local_dataset(data_args.dataset_name, config_name=data_args.dataset_config_name)
         else:
             raw = datasets.load_dataset(data_args.dataset_name, data_args.dataset_config_name)
     else:

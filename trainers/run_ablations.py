@@ -37,6 +37,8 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "no_statistics": ("capt", ("--no_confusion_statistics",), "w/o confusion statistics (Table 6)"),
     "real_gt": ("capt", ("--no_pseudo_gt",), "real GT instead of pseudo-GT (Table 7)"),
     "random_samples": ("capt", ("--random_samples",), "random instead of representative samples (Table 8)"),
+    "k_pairs_1": ("capt", ("--k_pairs", "1"), "1 confusion pair per sample (Table 9)"),
+    "k_pairs_2": ("capt", ("--k_pairs", "2"), "2 confusion pairs per sample (Table 9)"),
     "global_only": ("capt", ("--adapter_branches", "global"), "adapter: global branch only (Table 10)"),
     "local_only": ("capt", ("--adapter_branches", "local"), "adapter: local branch only (Table 10)"),
 }

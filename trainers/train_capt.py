@@ -28,7 +28,7 @@ from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
 if __package__ in (None, ""):  # `accelerate launch trainers/train_capt.py` runs this file as a script
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dataset_scripts.coop_datasets import get_dataset_info  # noqa: E402
+from dataset_scripts.coop_datasets import get_dataset_info, list_datasets  # noqa: E402
 from modeling_capt import CaptAdapterConfig, CaptForImageClassification  # noqa: E402
 from trainers import capt_training  # noqa: E402
 from trainers.args import layers_to_transform, parse_args  # noqa: E402
@@ -50,6 +50,8 @@ def resolve_template(model_args, data_args) -> str:
         return model_args.template
     if data_args.dataset:
         return get_dataset_info(data_args.dataset).template
+    if data_args.dataset_config_name in list_datasets():  # a Parquet benchmark built by build_benchmark.py
+        return get_dataset_info(data_args.dataset_config_name).template
     return "a photo of a {}."
 
 
