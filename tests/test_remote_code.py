@@ -18,7 +18,9 @@ CHILD = textwrap.dedent(
     """
     import importlib.abc, json, os, sys
     repo = os.environ["CAPT_REPO"]
-    sys.path[:] = [p for p in sys.path if p not in ("", ".") and not os.path.abspath(p).startswith(repo)]
+    # the repository itself must not be on the path (a virtual environment inside it may: it holds only packages)
+    sys.path[:] = [p for p in sys.path if p not in ("", ".") and os.path.abspath(p) != repo]
+    assert not any(os.path.isdir(os.path.join(p, "modeling_capt")) for p in sys.path), sys.path
 
     class BlockRepo(importlib.abc.MetaPathFinder):  # the editable install's finder must not help either
         def find_spec(self, name, path=None, target=None):
