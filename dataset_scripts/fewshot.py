@@ -23,11 +23,11 @@ import logging
 import math
 import os
 import random
-import tempfile
 from collections import defaultdict
 from collections.abc import Sequence
 
 import numpy as np
+from dataset_scripts.atomic_io import write_json_atomic
 from datasets import ClassLabel, Dataset, DatasetDict
 
 logger = logging.getLogger(__name__)
@@ -73,25 +73,6 @@ def few_shot_cache_path(cache_dir: str | os.PathLike, dataset_name: str, num_sho
     return os.path.join(os.fspath(cache_dir), dataset_name, f"shot_{num_shots}-seed_{seed}.json")
 
 
-def _write_json_atomically(path: str, content: dict) -> None:
-    directory = os.path.dirname(path) or "."
-    os.makedirs(directory, exist_ok=True)
-    handle, temp_path = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as temp_file:
-            json.dump(content, temp_file)
-            temp_file.flush()
-            os.fsync(temp_file.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temp_path, 0o666 & ~umask)  # mkstemp creates 0600 files
-        os.replace(temp_path, path)
-    except BaseException:
-        if os.path.exists(temp_path):
-            os.remove(temp_path)
-        raise
-
-
 def few_shot_indices(
     dataset_dict: DatasetDict,
     num_shots: int,
@@ -132,7 +113,7 @@ def few_shot_indices(
     indices = {split: sample_per_class(labels[split], shots[split], rng) for split in splits}
 
     if cache_path is not None:
-        _write_json_atomically(
+        write_json_atomic(
             cache_path,
             {
                 "version": _CACHE_FORMAT_VERSION,
@@ -143,6 +124,7 @@ def few_shot_indices(
                 "splits": expected,
                 "indices": indices,
             },
+            indent=None,
         )
         logger.info("Cached few-shot indices in %s", cache_path)
     return indices

@@ -30,7 +30,8 @@ from modeling_capt import CaptForImageClassification  # noqa: E402
 from modeling_capt.configuration_capt import DEFAULT_TEMPLATE  # noqa: E402
 from trainers.data import check_dataset, load_local_dataset, prompt_class_names  # noqa: E402
 from trainers.metrics import top_confused_pairs  # noqa: E402
-from trainers.train_capt import write_json_atomic, evaluate_split, make_loader  # noqa: E402
+from dataset_scripts.atomic_io import write_json_atomic  # noqa: E402
+from trainers.train_capt import evaluate_split, make_loader  # noqa: E402
 
 
 logger = logging.getLogger(__name__)

@@ -11,6 +11,8 @@ import os
 
 from huggingface_hub import HfApi
 
+from dataset_scripts.atomic_io import write_text_atomic
+
 
 logger = logging.getLogger(__name__)
 
@@ -75,8 +77,5 @@ def write_model_card(folder: str, summary: dict, class_names, repo_id: str | Non
         class_names=names, results_table=_results_table(summary), trained_parts=trained,
     )
     path = os.path.join(folder, "README.md")
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
+    write_text_atomic(path, text)
     return path

@@ -22,6 +22,7 @@ import sys
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from dataset_scripts.atomic_io import write_text_atomic  # noqa: E402
 from trainers import run_protocol  # noqa: E402
 
 
@@ -119,9 +120,7 @@ def run_ablations(argv=None) -> dict:
     table = "\n".join(lines) + "\n"
     os.makedirs(args.output_dir, exist_ok=True)
     path = os.path.join(args.output_dir, "ablations.md")
-    with open(path + ".tmp", "w", encoding="utf-8") as handle:
-        handle.write(table)
-    os.replace(path + ".tmp", path)
+    write_text_atomic(path, table)
     return {"table": table, "path": path, "rows": rows}
 
 

@@ -61,7 +61,7 @@ from trainers import evaluate_capt, train_capt  # noqa: E402
 from trainers.args import EMBEDDED_DATA, METHODS, parse_args  # noqa: E402
 from trainers.metrics import harmonic_mean  # noqa: E402
 from trainers.paper_results import DISPLAY_NAMES, METHOD_NAMES, SOURCES, paper_value  # noqa: E402
-from trainers.train_capt import write_json_atomic  # noqa: E402
+from dataset_scripts.atomic_io import write_json_atomic  # noqa: E402
 
 
 logger = logging.getLogger(__name__)

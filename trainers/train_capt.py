@@ -28,6 +28,7 @@ from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
 if __package__ in (None, ""):  # `accelerate launch trainers/train_capt.py` runs this file as a script
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from dataset_scripts.atomic_io import write_json_atomic  # noqa: E402
 from dataset_scripts.coop_datasets import get_dataset_info, list_datasets  # noqa: E402
 from modeling_capt import CaptAdapterConfig, CaptForImageClassification  # noqa: E402
 from trainers import capt_training  # noqa: E402
@@ -156,13 +157,6 @@ def _latest_checkpoint(output_dir):
     if not done:
         return None
     return os.path.join(root, max(done, key=lambda d: int(d.split("_")[1])))
-
-
-def write_json_atomic(path, data):
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(data, handle, indent=2)
-    os.replace(tmp, path)
 
 
 def evaluate_base_and_novel(model, loaders, splits, tokenizer, accelerator, name) -> dict:
