@@ -45,6 +45,7 @@ import functools
 import glob as globlib
 import gzip
 import hashlib
+import inspect
 import io
 import json
 import math
@@ -128,7 +129,9 @@ FASHION_MNIST_CAPTION_NOISE = {
 #: Why the default build uses caption noise (quoted in the model card).
 NOISE_RATIONALE = """Why: a CLIP pre-trained on clean class-name captions of Fashion-MNIST is just a 10-way
 classifier whose zero-shot head is as good as any probe on its features, so few-shot adaptation
-has nothing to learn (`--caption_noise none` shows it). Real CLIP models learn from web captions,
+has nothing to learn: the same build with `--caption_noise none` reaches 87.8 % zero-shot, and
+its 16-shot linear probes score 88.6 % against 88.0 % zero-shot on the base classes, 96.2 %
+against 96.4 % on the novel ones. Real CLIP models learn from web captions,
 which often name a related product ("t-shirt" for a shirt, "sneakers" for sandals): their visual
 features are rich, but the text embeddings of look-alike classes are misplaced, so zero-shot
 errors concentrate on fixed pairs of look-alikes, and few-shot linear probes or prompt tuning
@@ -1380,6 +1383,7 @@ DEFAULTS = dict(
     projection_dim=64,
     caption_noise="default",
     probe_shots="16,100",
+    threads=2,
     cache_dir=None,
 )
 
@@ -1429,6 +1433,27 @@ def _command_line(params: dict) -> str:
     return " ".join(parts)
 
 
+def _with_torch_threads(fn):
+    """Run ``fn`` with ``torch.set_num_threads(threads)`` (its ``threads`` argument), then restore the setting."""
+    signature = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        threads = int(bound.arguments["threads"] or 0)
+        previous = torch.get_num_threads()
+        if threads > 0:
+            torch.set_num_threads(threads)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            torch.set_num_threads(previous)
+
+    return wrapper
+
+
+@_with_torch_threads
 @_with_quiet_library_progress_bars
 def build_embedded_default(
     idx_dir: str | os.PathLike = DEFAULT_IDX_DIR,
@@ -1458,10 +1483,17 @@ def build_embedded_default(
     projection_dim: int = DEFAULTS["projection_dim"],
     caption_noise: str | dict = DEFAULTS["caption_noise"],
     probe_shots: str | Sequence[int] = DEFAULTS["probe_shots"],
+    threads: int = DEFAULTS["threads"],
     cache_dir: str | None = None,
     progress: bool = True,
 ) -> dict[str, Path]:
-    """Build the embedded model and data subset; returns ``{"model_dir", "dataset_dir", "build_info"}``."""
+    """Build the embedded model and data subset; returns ``{"model_dir", "dataset_dir", "build_info"}``.
+
+    ``threads`` torch CPU threads are used during the build (0: torch's choice), then the previous
+    setting is restored. The build is seeded and bit-for-bit reproducible for a given thread count
+    on a given kind of CPU; another thread count changes the order of floating-point sums, hence
+    the weights and the numbers slightly.
+    """
     from transformers import CLIPModel
 
     params = {k: v for k, v in locals().items() if k in DEFAULTS}
@@ -1721,6 +1753,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--probe_shots",
         default=DEFAULTS["probe_shots"],
         help="images per class of the linear probes evaluated at the end (comma-separated; 'none' for none)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=DEFAULTS["threads"],
+        help="torch CPU threads during the build (0: torch's choice); the model is bit-for-bit "
+        "reproducible for a given thread count on a given kind of CPU",
     )
     p.add_argument("--no_progress", action="store_true", help="no tqdm progress bar")
     return p.parse_args(argv)

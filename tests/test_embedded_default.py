@@ -45,6 +45,7 @@ REDUCED_ARGS = [
     "--model_name", "tiny-model",
     "--subset_name", "tiny-subset",
     "--probe_shots", "4",
+    "--threads", "1",
     "--no_progress",
 ]  # fmt: skip
 CHANCE = 1 / len(bed.FASHION_MNIST_CLASSES)
@@ -472,10 +473,14 @@ def test_custom_caption_noise_in_a_tiny_build(tmp_path):
     spec = '{"shirt": {"top": 0.5}, "sandal": {"sneaker": 1.0}}'
     tiny = ["--pretrain_size", "200", "--pool_per_class", "2", "--test_per_class", "2", "--steps", "30",
             "--batch_size", "100", "--vision_hidden", "16", "--vision_layers", "1", "--vision_heads", "2",
-            "--text_hidden", "16", "--text_layers", "1", "--text_heads", "2", "--probe_shots", "none"]  # fmt: skip
+            "--text_hidden", "16", "--text_layers", "1", "--text_heads", "2", "--probe_shots", "none",
+            "--threads", "2"]  # fmt: skip
+    threads = torch.get_num_threads()
     paths = bed.main(["--dataset", str(SHIPPED_DATA), "--output_dir", str(tmp_path / "out"), "--cache_dir",
                       str(tmp_path / "cache"), "--caption_noise", spec, "--no_progress", *tiny])  # fmt: skip
     info = json.loads(paths["build_info"].read_text())
+    assert info["environment"]["torch_threads"] == 2 and torch.get_num_threads() == threads  # restored
+    assert "--threads" not in info["command"]  # 2 is the default
     noise = info["caption_noise"]
     assert noise["spec"] == spec and noise["map"] == {"shirt": {"top": 0.5}, "sandal": {"sneaker": 1.0}}
     assert noise["caption_names"] == bed.FASHION_MNIST_CLASSES + ["top"]
