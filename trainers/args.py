@@ -116,6 +116,14 @@ class CaptTrainingArguments:
         default=None, metadata={"help": "Folder of the disk frozen-prefix cache (default: OUTPUT_DIR/prefix_cache)."}
     )
     torch_compile: bool = field(default=False, metadata={"help": "Compile the vision layers with torch.compile."})
+    augment: bool = field(
+        default=False,
+        metadata={"help": "Augment training images (random resized crop + horizontal flip, as CoOp); turns the "
+                          "frozen-prefix cache off (auto) or is refused with an explicit --prefix_cache."},
+    )
+    augment_min_scale: float = field(
+        default=0.08, metadata={"help": "Smallest area fraction of the random resized crop (--augment)."}
+    )
 
 
 ALL_ARGUMENTS = (ModelArguments, DataArguments, CaptArguments, CaptTrainingArguments)
@@ -204,6 +212,13 @@ def validate(model_args, data_args, capt_args, train_args) -> None:
         raise ValueError(f"--mixed_precision must be no, fp16 or bf16, got {train_args.mixed_precision!r}")
     if train_args.prefix_cache not in ("auto", "memory", "disk", "off"):
         raise ValueError(f"--prefix_cache must be auto, memory, disk or off, got {train_args.prefix_cache!r}")
+    if not 0 < train_args.augment_min_scale <= 1:
+        raise ValueError(f"--augment_min_scale must be in (0, 1], got {train_args.augment_min_scale}")
+    if train_args.augment and train_args.prefix_cache in ("memory", "disk"):
+        raise ValueError(
+            f"--augment changes the frozen activations every epoch, so --prefix_cache {train_args.prefix_cache} "
+            "cannot be used with it (use --prefix_cache auto or off)"
+        )
     for name in ("num_train_epochs", "per_device_train_batch_size", "per_device_eval_batch_size",
                  "gradient_accumulation_steps"):
         if getattr(train_args, name) < 1:

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import glob
 import logging
+import math
 import os
+import re
 
 import datasets
 import torch
 from datasets import ClassLabel, DatasetDict
-
-import re
+from PIL import Image
 
 from dataset_scripts.fewshot import few_shot_indices, subsample_classes
 
@@ -150,15 +151,104 @@ def prepare_splits(data_args, seed: int) -> dict:
     return result
 
 
+def processor_crop_size(image_processor) -> tuple[int, int]:
+    """`(height, width)` of the images the CLIP image processor outputs (its `crop_size`, else its `size`)."""
+    def field(size, name):  # a dict (transformers 4) or a SizeDict (transformers 5)
+        return size.get(name) if isinstance(size, dict) else getattr(size, name, None)
+
+    for attribute in ("crop_size", "size"):
+        size = getattr(image_processor, attribute, None)
+        if isinstance(size, int):
+            return size, size
+        if size is None:
+            continue
+        if field(size, "height") and field(size, "width"):
+            return int(field(size, "height")), int(field(size, "width"))
+        if field(size, "shortest_edge"):
+            return int(field(size, "shortest_edge")), int(field(size, "shortest_edge"))
+    raise ValueError(f"Cannot read the output size of {type(image_processor).__name__} (no crop_size or size)")
+
+
+class RandomResizedCropFlip:
+    r"""CoOp's training augmentation on PIL images: a random resized crop, then a horizontal flip with probability
+    `flip_probability`. Runs before the CLIP image processor, whose resize and centre crop are then no-ops.
+
+    The crop takes an area fraction drawn uniformly from `scale` and a log-uniform aspect ratio from `ratio` (10
+    tries; otherwise the largest centred crop whose ratio is within `ratio`), and is resized to `size` (bicubic, as
+    CLIP's processor). Random numbers come from `generator`, or torch's global generator (seeded by
+    `accelerate.utils.set_seed`, and per worker by the DataLoader), so a seeded run is reproducible.
+
+    Args:
+        size (`tuple[int, int]`): output `(height, width)`: the processor's crop size.
+        scale (`tuple[float, float]`, *optional*, defaults to `(0.08, 1.0)`): range of the crop's area fraction.
+        ratio (`tuple[float, float]`, *optional*, defaults to `(3/4, 4/3)`): range of the crop's width / height.
+        flip_probability (`float`, *optional*, defaults to 0.5): chance of a horizontal flip.
+    """
+
+    def __init__(self, size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), flip_probability: float = 0.5):
+        height, width = (size, size) if isinstance(size, int) else size
+        if height < 1 or width < 1:
+            raise ValueError(f"augmentation size must be positive, got {size}")
+        if not 0 < scale[0] <= scale[1] <= 1:
+            raise ValueError(f"augmentation scale must satisfy 0 < min <= max <= 1, got {tuple(scale)}")
+        if not 0 < ratio[0] <= ratio[1]:
+            raise ValueError(f"augmentation ratio must satisfy 0 < min <= max, got {tuple(ratio)}")
+        if not 0 <= flip_probability <= 1:
+            raise ValueError(f"flip_probability must be in [0, 1], got {flip_probability}")
+        self.size = (int(height), int(width))
+        self.scale = (float(scale[0]), float(scale[1]))
+        self.ratio = (float(ratio[0]), float(ratio[1]))
+        self.flip_probability = float(flip_probability)
+
+    def _uniform(self, low: float, high: float, generator) -> float:
+        return low + (high - low) * float(torch.rand((), generator=generator))
+
+    def crop_box(self, width: int, height: int, generator: torch.Generator | None = None) -> tuple[int, int, int, int]:
+        """`(left, top, crop_width, crop_height)` of a random crop of a `width` x `height` image."""
+        area = width * height
+        log_low, log_high = math.log(self.ratio[0]), math.log(self.ratio[1])
+        for _ in range(10):
+            target_area = area * self._uniform(*self.scale, generator)
+            aspect = math.exp(self._uniform(log_low, log_high, generator))
+            crop_width = int(round(math.sqrt(target_area * aspect)))
+            crop_height = int(round(math.sqrt(target_area / aspect)))
+            if 0 < crop_width <= width and 0 < crop_height <= height:
+                top = int(torch.randint(0, height - crop_height + 1, (), generator=generator))
+                left = int(torch.randint(0, width - crop_width + 1, (), generator=generator))
+                return left, top, crop_width, crop_height
+        aspect = width / height  # fallback: the whole image, trimmed to the allowed ratio, centred
+        if aspect < self.ratio[0]:
+            crop_width, crop_height = width, int(round(width / self.ratio[0]))
+        elif aspect > self.ratio[1]:
+            crop_width, crop_height = int(round(height * self.ratio[1])), height
+        else:
+            crop_width, crop_height = width, height
+        return (width - crop_width) // 2, (height - crop_height) // 2, crop_width, crop_height
+
+    def __call__(self, image: Image.Image, generator: torch.Generator | None = None) -> Image.Image:
+        left, top, crop_width, crop_height = self.crop_box(image.width, image.height, generator)
+        height, width = self.size
+        image = image.resize((width, height), Image.BICUBIC, box=(left, top, left + crop_width, top + crop_height))
+        if float(torch.rand((), generator=generator)) < self.flip_probability:
+            image = image.transpose(Image.FLIP_LEFT_RIGHT)
+        return image
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(size={self.size}, scale={self.scale}, ratio=({self.ratio[0]:.4g}, "
+                f"{self.ratio[1]:.4g}), flip_probability={self.flip_probability})")
+
+
 class ImageClassificationCollator:
     """Turns rows `{image, label}` into `pixel_values`, `labels` and `indices` with the CLIP image processor.
 
-    An image that cannot be decoded raises an error naming its split and row index.
+    `augment` (e.g. [`RandomResizedCropFlip`]) is applied to every decoded RGB image first (training only). An image
+    that cannot be decoded raises an error naming its split and row index.
     """
 
-    def __init__(self, image_processor, split_name: str):
+    def __init__(self, image_processor, split_name: str, augment=None):
         self.image_processor = image_processor
         self.split_name = split_name
+        self.augment = augment
 
     def __call__(self, rows):
         images = []
@@ -166,6 +256,8 @@ class ImageClassificationCollator:
             image = row["image"]
             if getattr(image, "mode", "RGB") != "RGB":
                 image = image.convert("RGB")
+            if self.augment is not None:
+                image = self.augment(image)
             images.append(image)
         pixel_values = self.image_processor(images=images, return_tensors="pt")["pixel_values"]
         return {

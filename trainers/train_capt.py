@@ -33,7 +33,9 @@ from dataset_scripts.coop_datasets import get_dataset_info, list_datasets  # noq
 from modeling_capt import CaptAdapterConfig, CaptForImageClassification  # noqa: E402
 from trainers import capt_training  # noqa: E402
 from trainers.args import layers_to_transform, parse_args  # noqa: E402
-from trainers.data import ImageClassificationCollator, IndexedImageDataset, prepare_splits  # noqa: E402
+from trainers.data import (  # noqa: E402
+    ImageClassificationCollator, IndexedImageDataset, RandomResizedCropFlip, prepare_splits, processor_crop_size,
+)
 from trainers.heatmap import save_confusion_heatmaps  # noqa: E402
 from trainers.hub import push_folder_to_hub, write_model_card  # noqa: E402
 from trainers.metrics import classification_metrics, harmonic_mean, top_confused_pairs  # noqa: E402
@@ -78,14 +80,14 @@ def evaluate_split(model, loader, accelerator, class_names, desc) -> tuple[dict,
     return metrics, result
 
 
-def make_loader(dataset, image_processor, batch_size, shuffle, num_workers, split_name, seed=0):
+def make_loader(dataset, image_processor, batch_size, shuffle, num_workers, split_name, seed=0, augment=None):
     generator = torch.Generator().manual_seed(seed)
     return torch.utils.data.DataLoader(
         IndexedImageDataset(dataset, split_name),
         batch_size=batch_size,
         shuffle=shuffle,
         num_workers=num_workers,
-        collate_fn=ImageClassificationCollator(image_processor, split_name),
+        collate_fn=ImageClassificationCollator(image_processor, split_name, augment=augment),
         generator=generator if shuffle else None,
     )
 
@@ -202,7 +204,7 @@ def train_model(model, bank, splits, train_rows, image_processor, accelerator, m
     prefix_cache = FrozenPrefixCache.build(
         model.to(accelerator.device), splits["train"], image_processor, mode=train_args.prefix_cache,
         cache_dir=train_args.prefix_cache_dir or os.path.join(train_args.output_dir, "prefix_cache"),
-        batch_size=eval_bs, accelerator=accelerator, augment=getattr(train_args, "augment", False),
+        batch_size=eval_bs, accelerator=accelerator, augment=train_args.augment,
     )
     if train_args.torch_compile:
         compile_vision(model)
@@ -210,9 +212,14 @@ def train_model(model, bank, splits, train_rows, image_processor, accelerator, m
         train_loader = rows_loader(splits["train"], train_args.per_device_train_batch_size, True,
                                    seed=train_args.seed, num_workers=train_args.num_workers)
     else:
+        augment = None
+        if train_args.augment:
+            augment = RandomResizedCropFlip(processor_crop_size(image_processor),
+                                            scale=(train_args.augment_min_scale, 1.0))
+            logger.info("training images augmented: %s", augment)
         train_loader = make_loader(
             splits["train"], image_processor, train_args.per_device_train_batch_size, True, train_args.num_workers,
-            "train", seed=train_args.seed,
+            "train", seed=train_args.seed, augment=augment,
         )
     steps_per_epoch = math.ceil(len(train_loader) / (accelerator.num_processes * train_args.gradient_accumulation_steps))
     optimizer, scheduler = build_optimizer(model, train_args, steps_per_epoch)
