@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchmark_utils import (
-    build_clip, capt_model, class_names, clock_for, describe_run, interleaved, median, paired_ratio, parse_args,
-    print_table, random_pixels, torch_dtype,
+    build_clip, capt_model, class_names, clock_for, describe_run, interleaved, median, paired_ratio, paired_ratios,
+    parse_args, print_ratio_spread, print_table, random_pixels, torch_dtype,
 )
 
 
@@ -33,7 +33,7 @@ def main(argv=None):
     args = parse_args(__doc__.splitlines()[0], argv, add_arguments)
     vit = args.model == "vit-b16"
     batch_size = args.batch_size or (8 if vit and args.device.type == "cpu" else 64 if vit else 256)
-    repeats = args.repeats or (6 if args.quick else 20)
+    repeats = args.repeats or (10 if args.quick else 30)
     dtype = torch_dtype(args.dtype)
 
     names = class_names(args.num_classes)
@@ -67,6 +67,7 @@ def main(argv=None):
         rows.append([label, seconds * 1000, batch_size / seconds, flops[name] / batch_size / 1e9])
     print_table(["model", "ms / batch", "images / s", "GFLOP / image"], rows)
     print(f"FLOP ratio CLIP/CAPT (the bound on the measured ratio): {flops['clip'] / flops['capt']:.3f}")
+    print_ratio_spread("CAPT / CLIP throughput per round", paired_ratios(times["clip"], times["capt"]))
     ratio = paired_ratio(times["clip"], times["capt"])  # CAPT throughput / CLIP throughput
     print(f"inference_ratio={ratio:.3f}")
     return ratio

@@ -10,6 +10,8 @@ when the folder has not been built).
 from __future__ import annotations
 
 import argparse
+import io
+import math
 import os
 import statistics
 import sys
@@ -157,15 +159,29 @@ def image_processor_for(kind: str, clip: CLIPModel):
     return CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
 
 
-def synthetic_image_dataset(num_classes: int, per_class: int, image_size: int, seed: int = 0):
-    """A `datasets.Dataset` of random RGB images with a `ClassLabel` column, `per_class` rows per class."""
+def synthetic_image_dataset(num_classes: int, per_class: int, image_size: int, seed: int = 0,
+                            photo_size: tuple[int, int] | None = None):
+    """A `datasets.Dataset` of random RGB images with a `ClassLabel` column, `per_class` rows per class.
+
+    By default the images are uniform noise at `image_size` (PNG). With `photo_size=(width, height)` they are smooth
+    random images of that size stored as JPEG (quality 90), so that decoding costs what it costs on a photo dataset
+    (CoOp's images are typically about 500 x 375)."""
     import datasets
     import numpy as np
     from PIL import Image
 
     rng = np.random.default_rng(seed)
     labels = [label for label in range(num_classes) for _ in range(per_class)]
-    images = [Image.fromarray(rng.integers(0, 255, (image_size, image_size, 3), dtype=np.uint8)) for _ in labels]
+    if photo_size is None:
+        images = [Image.fromarray(rng.integers(0, 255, (image_size, image_size, 3), dtype=np.uint8)) for _ in labels]
+    else:
+        width, height = photo_size
+        images = []
+        for _ in labels:
+            coarse = Image.fromarray(rng.integers(0, 255, (max(height // 16, 1), max(width // 16, 1), 3), dtype=np.uint8))
+            buffer = io.BytesIO()
+            coarse.resize((width, height), Image.BICUBIC).save(buffer, format="JPEG", quality=90)
+            images.append({"bytes": buffer.getvalue(), "path": None})
     features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=class_names(num_classes))})
     return datasets.Dataset.from_dict({"image": images, "label": labels}, features=features)
 
@@ -218,6 +234,34 @@ def paired_ratio(numerator: list[float], denominator: list[float]) -> float:
 
 def median(values) -> float:
     return statistics.median(values)
+
+
+def median_interval(values, confidence: float = 0.95) -> tuple[float, float]:
+    """Distribution-free confidence interval of the median: order statistics `(x_(k), x_(n+1-k))` with the largest
+    `k` such that `P(Binomial(n, 1/2) < k) <= (1 - confidence) / 2`; the whole range when `n` is too small for it."""
+    ordered = sorted(values)
+    n = len(ordered)
+    tail = (1.0 - confidence) / 2
+    k, cumulative = 0, 0.0
+    while k < n // 2:
+        cumulative += math.comb(n, k) / 2**n
+        if cumulative > tail:
+            break
+        k += 1
+    k = max(k, 1)
+    return ordered[k - 1], ordered[n - k]
+
+
+def paired_ratios(numerator: list[float], denominator: list[float]) -> list[float]:
+    """`numerator[i] / denominator[i]` for each round."""
+    return [a / b for a, b in zip(numerator, denominator)]
+
+
+def print_ratio_spread(name: str, ratios: list[float]) -> None:
+    """One line: the median of the per-round ratios, its 95 % distribution-free interval and the full range."""
+    low, high = median_interval(ratios)
+    print(f"{name}: median {statistics.median(ratios):.3f} over {len(ratios)} rounds; 95 % interval of the median "
+          f"[{low:.3f}, {high:.3f}]; range [{min(ratios):.3f}, {max(ratios):.3f}]")
 
 
 def print_table(headers: list[str], rows: list[list]) -> None:
