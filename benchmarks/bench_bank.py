@@ -105,12 +105,12 @@ def bench_retrieval(args, embed_dim, clock):
         classes = select_confusion_classes(bank.probs[rows], bank.confusion_matrix, bank.labels[rows], args.k_pairs)
         query = bank.embeds[rows]
 
-        def retrieve():
+        def retrieve(query=query, classes=classes, bank=bank):
             retrieve_representatives(query, classes, bank)
 
         times = interleaved({"retrieve": retrieve}, repeats, args.device, clock)["retrieve"]
         results.append((size, int(bank.pool_sizes.sum()), median(times)))
-        del bank, query, classes
+        del bank, query, classes, retrieve
         gc.collect()
     xs = [math.log(size) for size, _, _ in results]
     ys = [math.log(seconds) for _, _, seconds in results]
