@@ -646,9 +646,11 @@ def retrieve_representatives(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     r"""The representative confusing sample of each confusion class (paper Eq. 8, one per class).
 
-    `r_c = argmax_u cos(e_j, e_u)` over class `c`'s candidate pool. One matmul of the queries against the pooled
-    embeddings (`B x pool`), a per-class `scatter_reduce` (`amax`, then `amin` over the positions reaching it, so ties
-    go to the lowest bank row) and a gather: no loop over the bank or over the samples. Memory `O(B * pool)`.
+    `r_c = argmax_u cos(e_j, e_u)` over class `c`'s candidate pool; ties go to the lowest bank row. Small pools
+    (`B * pool <= DENSE_RETRIEVAL_MAX_SCORES`): one matmul of the queries against all pooled embeddings (`B x pool`),
+    a per-class `scatter_reduce` (`amax`, then `amin` over the positions reaching it) and a gather, with no Python
+    loop. Large pools: one matmul per requested class against that class's contiguous pool slice and an `argmax`, so
+    the work is that of the requested classes only and memory `O(max_c askers_c * |pool_c|)`. Both give the same rows.
 
     Args:
         query_embeds (`torch.FloatTensor` of shape `(B, P)`):
@@ -690,6 +692,18 @@ def retrieve_representatives(
         cosine = (query.unsqueeze(1) * bank._pool_embeds[positions]).sum(-1)
         return bank._pool_rows[positions], cosine
 
+    if batch_size * bank._pool_embeds.shape[0] > DENSE_RETRIEVAL_MAX_SCORES:
+        return _retrieve_per_class(query, classes, bank)
+    return _retrieve_dense(query, classes, bank)
+
+
+# Above this many query x pool scores, retrieval scores each requested class's pool slice only (no `B x pool` pass).
+DENSE_RETRIEVAL_MAX_SCORES = 1 << 18  # the measured CPU crossover (benchmarks/bench_bank.py)
+
+
+def _retrieve_dense(query: torch.Tensor, classes: torch.Tensor, bank: CaptConfusionBank):
+    """Representatives from one `(B, pool)` score matrix and per-class `scatter_reduce` (fast for small pools)."""
+    batch_size, device = query.shape[0], query.device
     sims = query @ bank._pool_embeds.T  # (B, pool)
     pool_classes = bank._pool_classes.unsqueeze(0).expand(batch_size, -1)
     best = torch.full((batch_size, bank.num_classes), float("-inf"), device=device, dtype=sims.dtype)
@@ -701,6 +715,33 @@ def retrieve_representatives(
     first = first.scatter_reduce(1, pool_classes, candidates, reduce="amin")
     positions = first.gather(1, classes)
     return bank._pool_rows[positions], sims.gather(1, positions)
+
+
+def _retrieve_per_class(query: torch.Tensor, classes: torch.Tensor, bank: CaptConfusionBank):
+    """Representatives from each requested class's contiguous pool slice (for large pools).
+
+    The pool is stored grouped by class (`_pool_ptr`), so class `c`'s candidates are a view; the samples asking for
+    `c` are scored against it with one matmul and `argmax` picks the first maximum (the lowest pool position, as the
+    dense path). Work is `sum_c (askers of c) * |pool_c|` instead of `B * pool`, with no `B x pool` temporaries.
+    """
+    k = classes.shape[1]
+    flat = classes.reshape(-1)
+    order = torch.argsort(flat, stable=True)
+    unique, counts = torch.unique_consecutive(flat[order], return_counts=True)
+    positions = torch.empty_like(flat)
+    cosine = torch.empty(flat.shape, device=query.device, dtype=query.dtype)
+    bounds = bank._pool_ptr.tolist()
+    start = 0
+    for class_id, count in zip(unique.tolist(), counts.tolist()):
+        pairs = order[start : start + count]
+        start += count
+        low, high = bounds[class_id], bounds[class_id + 1]
+        scores = query[pairs // k] @ bank._pool_embeds[low:high].T  # (askers, |pool_c|)
+        best = scores.argmax(dim=1)
+        positions[pairs] = best + low
+        cosine[pairs] = scores.gather(1, best.unsqueeze(1)).squeeze(1)
+    positions = positions.view_as(classes)
+    return bank._pool_rows[positions], cosine.view_as(classes)
 
 
 def confusion_intensity(cosine: torch.Tensor) -> torch.Tensor:

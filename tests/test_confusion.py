@@ -248,7 +248,16 @@ def test_bank_without_misclassified_samples_warns_and_falls_back():
 
 
 # ------------------------------------------------------------------ Sample Confusion Miner
-def test_retrieval_by_hand():
+@pytest.fixture(params=["dense", "per_class"])
+def retrieval_path(request, monkeypatch):
+    """Run a retrieval test through the dense `B x pool` path and through the per-class path."""
+    from modeling_capt import confusion
+
+    monkeypatch.setattr(confusion, "DENSE_RETRIEVAL_MAX_SCORES", 1 << 40 if request.param == "dense" else 0)
+    return request.param
+
+
+def test_retrieval_by_hand(retrieval_path):
     bank = small_bank()
     query = torch.tensor([[0.6, 0.8]])
     rows, cosine = retrieve_representatives(query, torch.tensor([[0, 1, 2]]), bank)
@@ -263,7 +272,7 @@ def test_retrieval_by_hand():
     torch.testing.assert_close(cosine_scaled, cosine)
 
 
-def test_retrieval_matches_brute_force():
+def test_retrieval_matches_brute_force(retrieval_path):
     bank = random_bank(num_samples=300, num_classes=9, dim=12, seed=3)
     generator = torch.Generator().manual_seed(4)
     query = torch.randn(11, 12, generator=generator)
@@ -281,6 +290,34 @@ def test_retrieval_matches_brute_force():
             best = max(range(len(pool)), key=lambda i: sims[i])
             assert rows[b, slot] == pool[best]
             assert cosine[b, slot] == pytest.approx(sims[best], abs=1e-6)
+
+
+def test_retrieval_ties_go_to_the_lowest_bank_row(retrieval_path):
+    # Rows 0-5 are class 0 mispredicted as 1; rows 1, 3 and 5 share the best embedding for the query.
+    embeds = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0], [0.6, 0.8], [0.0, 1.0]])
+    bank = CaptConfusionBank.from_tensors(
+        torch.arange(6), torch.zeros(6, dtype=torch.long), one_hot_probs([1] * 6, 2), embeds, ["a", "b"]
+    )
+    rows, cosine = retrieve_representatives(torch.tensor([[0.0, 2.0], [3.0, 0.0]]), torch.tensor([[0], [0]]), bank)
+    assert rows.tolist() == [[1], [0]]
+    torch.testing.assert_close(cosine, torch.tensor([[1.0], [1.0]]))
+
+
+def test_both_retrieval_paths_agree_on_a_large_bank(monkeypatch):
+    from modeling_capt import confusion
+
+    bank = random_bank(num_samples=3000, num_classes=40, dim=32, seed=5)
+    generator = torch.Generator().manual_seed(6)
+    query = torch.randn(64, 32, generator=generator)
+    labels = torch.randint(40, (64,), generator=generator)
+    probs = torch.randn(64, 40, generator=generator).softmax(-1)
+    classes = select_confusion_classes(probs, bank.confusion_matrix, labels, k=5)
+    monkeypatch.setattr(confusion, "DENSE_RETRIEVAL_MAX_SCORES", 1 << 40)
+    dense = retrieve_representatives(query, classes, bank)
+    monkeypatch.setattr(confusion, "DENSE_RETRIEVAL_MAX_SCORES", 0)
+    per_class = retrieve_representatives(query, classes, bank)
+    assert torch.equal(dense[0], per_class[0])
+    torch.testing.assert_close(dense[1], per_class[1])
 
 
 def test_random_retrieval_picks_pool_members_reproducibly():
