@@ -272,13 +272,19 @@ def test_retrieval_by_hand(retrieval_path):
     torch.testing.assert_close(cosine_scaled, cosine)
 
 
+def random_queries(bank, batch_size, k, seed):
+    """Random query embeddings and the confusion classes `select_confusion_classes` picks for them."""
+    generator = torch.Generator().manual_seed(seed)
+    num_classes, dim = bank.num_classes, bank.embeds.shape[1]
+    query = torch.randn(batch_size, dim, generator=generator)
+    labels = torch.randint(num_classes, (batch_size,), generator=generator)
+    probs = torch.randn(batch_size, num_classes, generator=generator).softmax(-1)
+    return query, select_confusion_classes(probs, bank.confusion_matrix, labels, k=k)
+
+
 def test_retrieval_matches_brute_force(retrieval_path):
     bank = random_bank(num_samples=300, num_classes=9, dim=12, seed=3)
-    generator = torch.Generator().manual_seed(4)
-    query = torch.randn(11, 12, generator=generator)
-    labels = torch.randint(9, (11,), generator=generator)
-    probs = torch.randn(11, 9, generator=generator).softmax(-1)
-    classes = select_confusion_classes(probs, bank.confusion_matrix, labels, k=4)
+    query, classes = random_queries(bank, 11, k=4, seed=4)
     rows, cosine = retrieve_representatives(query, classes, bank)
 
     normalised = torch.nn.functional.normalize(query, dim=-1)
@@ -307,11 +313,7 @@ def test_both_retrieval_paths_agree_on_a_large_bank(monkeypatch):
     from modeling_capt import confusion
 
     bank = random_bank(num_samples=3000, num_classes=40, dim=32, seed=5)
-    generator = torch.Generator().manual_seed(6)
-    query = torch.randn(64, 32, generator=generator)
-    labels = torch.randint(40, (64,), generator=generator)
-    probs = torch.randn(64, 40, generator=generator).softmax(-1)
-    classes = select_confusion_classes(probs, bank.confusion_matrix, labels, k=5)
+    query, classes = random_queries(bank, 64, k=5, seed=6)
     monkeypatch.setattr(confusion, "DENSE_RETRIEVAL_MAX_SCORES", 1 << 40)
     dense = retrieve_representatives(query, classes, bank)
     monkeypatch.setattr(confusion, "DENSE_RETRIEVAL_MAX_SCORES", 0)
