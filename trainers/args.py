@@ -116,6 +116,9 @@ class CaptTrainingArguments:
         default=None, metadata={"help": "Folder of the disk frozen-prefix cache (default: OUTPUT_DIR/prefix_cache)."}
     )
     torch_compile: bool = field(default=False, metadata={"help": "Compile the vision layers with torch.compile."})
+    torch_compile_backend: str = field(
+        default="inductor", metadata={"help": "torch.compile backend of --torch_compile (e.g. inductor, aot_eager)."}
+    )
     augment: bool = field(
         default=False,
         metadata={"help": "Augment training images (random resized crop + horizontal flip, as CoOp); turns the "
@@ -212,6 +215,15 @@ def validate(model_args, data_args, capt_args, train_args) -> None:
         raise ValueError(f"--mixed_precision must be no, fp16 or bf16, got {train_args.mixed_precision!r}")
     if train_args.prefix_cache not in ("auto", "memory", "disk", "off"):
         raise ValueError(f"--prefix_cache must be auto, memory, disk or off, got {train_args.prefix_cache!r}")
+    if train_args.torch_compile:
+        import torch._dynamo
+
+        backends = torch._dynamo.list_backends(exclude_tags=())
+        if train_args.torch_compile_backend not in backends:
+            raise ValueError(
+                f"--torch_compile_backend {train_args.torch_compile_backend!r} is not a torch.compile backend; "
+                f"available: {', '.join(sorted(backends))}"
+            )
     if not 0 < train_args.augment_min_scale <= 1:
         raise ValueError(f"--augment_min_scale must be in (0, 1], got {train_args.augment_min_scale}")
     if train_args.augment and train_args.prefix_cache in ("memory", "disk"):

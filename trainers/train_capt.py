@@ -92,12 +92,13 @@ def make_loader(dataset, image_processor, batch_size, shuffle, num_workers, spli
     )
 
 
-def compile_vision(model) -> None:
-    """`torch.compile` each vision encoder layer and MGDE in place (state-dict keys and saving are unchanged)."""
+def compile_vision(model, backend: str = "inductor") -> None:
+    """`torch.compile` each vision encoder layer and MGDE in place with `backend` (state-dict keys and saving are
+    unchanged)."""
     for layer in model.clip.vision_model.encoder.layers:
-        layer.compile()
+        layer.compile(backend=backend)
     if model.mgde is not None:
-        model.mgde.compile()
+        model.mgde.compile(backend=backend)
 
 
 def build_optimizer(model, train_args, steps_per_epoch):
@@ -207,7 +208,7 @@ def train_model(model, bank, splits, train_rows, image_processor, accelerator, m
         batch_size=eval_bs, accelerator=accelerator, augment=train_args.augment,
     )
     if train_args.torch_compile:
-        compile_vision(model)
+        compile_vision(model, train_args.torch_compile_backend)
     if prefix_cache is not None:  # the same rows in the same order, without decoding the images
         train_loader = rows_loader(splits["train"], train_args.per_device_train_batch_size, True,
                                    seed=train_args.seed, num_workers=train_args.num_workers)
