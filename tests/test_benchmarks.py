@@ -3,6 +3,7 @@ statistics helpers they share are checked by hand. Timings themselves are never 
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -60,3 +61,54 @@ def test_benchmark_scripts_print_their_ratio(script, args, last):
     assert match, lines[-5:]
     value = float(match.group(1))
     assert math.isfinite(value) and value > 0
+
+
+# --------------------------------------------------------------------------------------------------- run_all.py
+CACHE_OUTPUT = """\
+training step                            ms (cpu)
+compute speed-up (batch pixels ready): median 3.627 over 10 rounds; 95 % interval of the median [2.939, 3.911]; range [2.709, 4.772]
+speed-up with the batch's decoding: median 3.631 over 10 rounds; 95 % interval of the median [2.944, 3.917]; range [2.714, 4.777]
+cache_speedup=3.63
+"""
+
+
+def test_run_all_parses_results_and_judges_goals():
+    import run_all
+
+    parsed = run_all.parse_output(CACHE_OUTPUT)
+    assert parsed["results"] == {"cache_speedup": 3.63}
+    assert [i["low"] for i in parsed["intervals"]] == [2.939, 2.944]
+    record = {"benchmark": "cache", "model": "vit-b16", "returncode": 0, **parsed}
+    assert run_all.table([record], "cpu") == [
+        ["cache_speedup", "vit-b16", "3.63", "[2.944, 3.917] (10 rounds)", ">= 2.5x on cpu", "met"]]
+    assert run_all.table([record], "cuda")[0][-2:] == [">= 5x on cuda", "missed"]
+    assert run_all.table([dict(record, model="embedded")], "cpu")[0][-1] == "-"
+    bank = run_all.parse_output("bank_build_ratio=0.976\nretrieval_loglog_slope=1.095\n")
+    rows = run_all.table([{"benchmark": "bank", "model": "vit-b16", "returncode": 0, **bank}], "cpu")
+    assert rows == [["bank_build_ratio", "vit-b16", "0.976", "", "", ""],
+                    ["retrieval_loglog_slope", "vit-b16", "1.095", "", "<= 1 (linear or better)", "missed"]]
+    assert run_all.table([{"benchmark": "memory", "model": "vit-b16", "returncode": 2}], "cpu")[0][2] == "failed"
+
+
+def test_run_all_runs_the_scripts_and_saves_json(tmp_path):
+    output = tmp_path / "results.json"
+    result = subprocess.run(
+        [sys.executable, os.path.join(REPO, "benchmarks", "run_all.py"), "--benchmarks", "inference",
+         "--models", "embedded", "--device", "cpu", "--output", str(output), "--",
+         "--repeats", "3", "--batch_size", "8", "--threads", "1"],
+        capture_output=True, text=True, timeout=600, cwd=REPO,
+        env=dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false"),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(output.read_text())
+    (run,) = summary["runs"]
+    assert run["returncode"] == 0 and run["results"]["inference_ratio"] > 0
+    assert run["intervals"][0]["rounds"] == 3
+    assert summary["table"][0][:2] == ["inference_ratio", "embedded"]
+    assert "| inference_ratio | embedded |" in result.stdout
+
+
+def test_run_all_rejects_unknown_names():
+    result = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "run_all.py"), "--models", "vit-l14"],
+                            capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 2 and "vit-l14" in result.stderr
