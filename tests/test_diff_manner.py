@@ -47,6 +47,17 @@ def randomise_(adapter: CaptDiffMannerAdapter, seed: int = 1) -> CaptDiffMannerA
     return adapter
 
 
+def plain_and_trained_adapted():
+    """A tiny vision model and a copy with default adapters injected and given non-zero ("trained") weights."""
+    plain = tiny_vision_model()
+    adapted = copy.deepcopy(plain)
+    inject_diff_manner_adapters(adapted, adapter_config())
+    for _, module in adapted.named_modules():
+        if isinstance(module, CaptDiffMannerAdapter):
+            randomise_(module)
+    return plain, adapted
+
+
 def hidden(batch: int = 3, seed: int = 0) -> torch.Tensor:
     return torch.randn(batch, 1 + GRID * GRID, HIDDEN, generator=torch.Generator().manual_seed(seed))
 
@@ -141,12 +152,7 @@ def test_branch_behaviour():
 
 
 def test_disable_returns_the_base_output(pixels):
-    plain = tiny_vision_model()
-    adapted = copy.deepcopy(plain)
-    inject_diff_manner_adapters(adapted, adapter_config())
-    for _, module in adapted.named_modules():
-        if isinstance(module, CaptDiffMannerAdapter):
-            randomise_(module)
+    plain, adapted = plain_and_trained_adapted()
     with torch.no_grad():
         expected = plain(pixel_values=pixels).pooler_output
         enabled = adapted(pixel_values=pixels).pooler_output
@@ -161,12 +167,7 @@ def test_disable_returns_the_base_output(pixels):
 
 
 def test_alpha_reaches_the_layers_through_the_vision_model(pixels):
-    plain = tiny_vision_model()
-    adapted = copy.deepcopy(plain)
-    inject_diff_manner_adapters(adapted, adapter_config())
-    for _, module in adapted.named_modules():
-        if isinstance(module, CaptDiffMannerAdapter):
-            randomise_(module)
+    plain, adapted = plain_and_trained_adapted()
     with torch.no_grad():
         zero = adapted(pixel_values=pixels, alpha=torch.zeros(2)).pooler_output
         mixed = adapted(pixel_values=pixels, alpha=torch.tensor([0.0, 1.0])).pooler_output
