@@ -89,11 +89,9 @@ def main(argv=None):
         return run
 
     collator = ImageClassificationCollator(processor, "train")
-    batch_rows = [rows[int(i)] for i in indices]  # rows only; decoded inside `decode`
 
-    def decode():  # what the trainer's loader does per batch without the cache
-        rows_now = [{**row, "image": data[int(row["index"])]["image"]} for row in batch_rows]
-        collator(rows_now)["pixel_values"].to(accelerator.device)
+    def decode():  # what the trainer's loader does per batch without the cache: read, decode, preprocess, move
+        collator([rows[int(i)] for i in indices])["pixel_values"].to(accelerator.device)
 
     functions = {name: training_step(name) for name in steps}
     functions["decode"] = decode

@@ -229,7 +229,7 @@ def interleaved(functions: dict, repeats: int, device: torch.device, clock=time.
 
 def paired_ratio(numerator: list[float], denominator: list[float]) -> float:
     """Median over the rounds of `numerator[i] / denominator[i]` (robust to load that drifts between rounds)."""
-    return statistics.median(a / b for a, b in zip(numerator, denominator))
+    return statistics.median(paired_ratios(numerator, denominator))
 
 
 def median(values) -> float:
