@@ -662,7 +662,8 @@ def retrieve_representatives(
         random_samples (`bool`, *optional*, defaults to `False`):
             Pick a uniformly random member of each pool instead (paper Table 8).
         generator (`torch.Generator`, *optional*):
-            Random source of `random_samples`, on the bank's device.
+            Random source of `random_samples`, on any device: the draws are made on the generator's device and then
+            moved to the bank's, so one CPU generator gives the same picks whichever device the bank is on.
 
     Returns:
         `tuple(torch.LongTensor, torch.FloatTensor)`, both of shape `(B, k)`: the representatives' bank rows (their
@@ -686,7 +687,8 @@ def retrieve_representatives(
     batch_size = query.shape[0]
 
     if random_samples:
-        uniform = torch.rand(classes.shape, generator=generator, device=device)
+        draw_device = generator.device if generator is not None else device
+        uniform = torch.rand(classes.shape, generator=generator, device=draw_device).to(device)
         offsets = (uniform * pool_sizes[classes]).long().clamp_max(pool_sizes[classes] - 1)
         positions = bank._pool_ptr[classes] + offsets
         cosine = (query.unsqueeze(1) * bank._pool_embeds[positions]).sum(-1)
