@@ -25,7 +25,7 @@ if REPO_ROOT not in sys.path:  # `python benchmarks/bench_x.py` from anywhere
 
 from transformers import CLIPConfig, CLIPModel, PreTrainedTokenizerFast  # noqa: E402
 
-from modeling_capt import CaptAdapterConfig, CaptForImageClassification  # noqa: E402
+from modeling_capt import CaptAdapterConfig, CaptForImageClassification, load_image_processor  # noqa: E402
 from trainers.args import EMBEDDED_MODEL  # noqa: E402
 
 
@@ -151,10 +151,10 @@ def zero_shot_model(clip, tokenizer, names):
 
 def image_processor_for(kind: str, clip: CLIPModel):
     """The checkpoint's image processor, or a CLIP one at the model's resolution for random-weight models."""
-    from transformers import AutoImageProcessor, CLIPImageProcessor
+    from transformers import CLIPImageProcessor
 
     if kind == "embedded" and os.path.isfile(os.path.join(EMBEDDED_MODEL, "preprocessor_config.json")):
-        return AutoImageProcessor.from_pretrained(EMBEDDED_MODEL)
+        return load_image_processor(EMBEDDED_MODEL)
     size = clip.config.vision_config.image_size
     return CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
 

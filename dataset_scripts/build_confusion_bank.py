@@ -20,13 +20,13 @@ import os
 import sys
 
 import torch
-from transformers import AutoImageProcessor, AutoTokenizer
+from transformers import AutoTokenizer
 
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from dataset_scripts.confusion_bank import push_bank_to_hub, save_bank  # noqa: E402
-from modeling_capt import CaptForImageClassification  # noqa: E402
+from modeling_capt import CaptForImageClassification, load_image_processor  # noqa: E402
 from trainers.args import EMBEDDED_MODEL, DataArguments  # noqa: E402
 from trainers.capt_training import build_bank  # noqa: E402
 from trainers.data import IndexedImageDataset, prepare_splits  # noqa: E402
@@ -80,7 +80,7 @@ def main(argv=None):
         template = args.template or resolve_template(argparse.Namespace(template=None), data_args)
         model = CaptForImageClassification.from_clip(args.model, class_names, template=template)
         base_id = f"zero-shot {args.model}"
-    image_processor = AutoImageProcessor.from_pretrained(args.model, trust_remote_code=False)
+    image_processor = load_image_processor(args.model, trust_remote_code=False)
     AutoTokenizer.from_pretrained(args.model, trust_remote_code=False)  # fail early if there is no tokenizer
     model.to(device).eval()
 

@@ -614,6 +614,17 @@ def save_tokenizer(tokenizer, out_dir: Path) -> None:
             f.write((m if isinstance(m, str) else " ".join(m)) + "\n")
 
 
+def load_image_processor(model_dir):
+    """``AutoImageProcessor``, or ``CLIPImageProcessor`` (which falls back to PIL) where this transformers'
+    ``AutoImageProcessor`` raises ``ImportError`` without torchvision (some 5.x releases)."""
+    from transformers import AutoImageProcessor, CLIPImageProcessor
+
+    try:
+        return AutoImageProcessor.from_pretrained(model_dir)
+    except ImportError:
+        return CLIPImageProcessor.from_pretrained(model_dir)
+
+
 def make_image_processor(image_size: int, mean: Sequence[float], std: Sequence[float]):
     """A ``CLIPImageProcessor`` config (saved as ``image_processor_type: CLIPImageProcessor``).
 
@@ -860,11 +871,11 @@ def zero_shot_evaluate(
     Class names are the ClassLabel names of the split (underscores read as spaces), one prompt
     per class, every image in a single batch (so the result does not depend on batching).
     """
-    from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
+    from transformers import AutoTokenizer, CLIPModel
 
     model = CLIPModel.from_pretrained(model_dir).eval()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    image_processor = AutoImageProcessor.from_pretrained(model_dir)
+    image_processor = load_image_processor(model_dir)
     ds = read_parquet_split(Path(data_dir) / f"{split}.parquet")
     class_names = list(ds.features["label"].names)
     prompts = [template.format(c.replace("_", " ")) for c in class_names]
@@ -935,11 +946,11 @@ def linear_probe_evaluate(
     for each ``k`` in ``shots``. Features are computed in one batch, the probe is fitted in
     float64, so the numbers are reproducible.
     """
-    from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
+    from transformers import AutoTokenizer, CLIPModel
 
     model = CLIPModel.from_pretrained(model_dir).eval()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    image_processor = AutoImageProcessor.from_pretrained(model_dir)
+    image_processor = load_image_processor(model_dir)
     pool = read_parquet_split(Path(data_dir) / "train.parquet")
     test = read_parquet_split(Path(data_dir) / "test.parquet")
     class_names = list(test.features["label"].names)

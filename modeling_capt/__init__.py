@@ -7,6 +7,7 @@ from .modeling_capt import (
     CaptImageClassifierOutput,
     CaptModel,
     CaptPreTrainedModel,
+    load_image_processor,
 )
 
 __all__ = [
@@ -18,4 +19,5 @@ __all__ = [
     "CaptImageClassifierOutput",
     "CaptModel",
     "CaptPreTrainedModel",
+    "load_image_processor",
 ]

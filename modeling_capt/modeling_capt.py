@@ -23,6 +23,24 @@ from .mgde import CaptMGDE
 
 logger = logging.get_logger(__name__)
 
+
+def load_image_processor(source, **kwargs):
+    """`AutoImageProcessor.from_pretrained(source)`; where this transformers raises `ImportError` for a backend that is
+    not installed (some 5.x releases need torchvision for `AutoImageProcessor`, which this package does not), the
+    checkpoint's CLIP image processor is loaded through `CLIPImageProcessor`, which falls back to PIL."""
+    try:
+        return AutoImageProcessor.from_pretrained(source, **kwargs)
+    except ImportError as err:
+        from transformers import CLIPImageProcessor  # CAPT wraps CLIP: its checkpoints carry a CLIP image processor
+
+        try:
+            processor = CLIPImageProcessor.from_pretrained(source, **kwargs)
+        except Exception:
+            raise err from None
+        logger.info(f"Image processor of {source} loaded as CLIPImageProcessor ({type(processor).__name__}): {err}")
+        return processor
+
+
 ADAPTER_CONFIG_NAME = "adapter_config.json"
 ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
 
@@ -165,8 +183,8 @@ class CaptModel(CaptPreTrainedModel):
             tokenizer = tokenizer if tokenizer is not None else AutoTokenizer.from_pretrained(source)
             if image_processor is None:
                 try:
-                    image_processor = AutoImageProcessor.from_pretrained(source)
-                except (OSError, ValueError) as err:
+                    image_processor = load_image_processor(source)
+                except (OSError, ValueError, ImportError) as err:
                     logger.warning(f"No image processor loaded from {source}: {err}")
         if tokenizer is None:
             raise ValueError("from_clip needs a tokenizer when `clip` is a loaded CLIPModel")
@@ -202,12 +220,14 @@ class CaptModel(CaptPreTrainedModel):
         `set_class_names` and `save_pretrained` work without passing them again."""
         model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         hub_kwargs = {k: kwargs[k] for k in ("revision", "token", "cache_dir", "local_files_only") if k in kwargs}
-        for attribute, loader in (("tokenizer", AutoTokenizer), ("image_processor", AutoImageProcessor)):
+        for attribute, load in (("tokenizer", AutoTokenizer.from_pretrained), ("image_processor", load_image_processor)):
             try:  # the checkpoint's own auto_map names only model classes: no remote code is needed here
-                setattr(model, attribute, loader.from_pretrained(
-                    pretrained_model_name_or_path, trust_remote_code=False, **hub_kwargs))
+                setattr(model, attribute, load(pretrained_model_name_or_path, trust_remote_code=False, **hub_kwargs))
             except (OSError, ValueError, TypeError, KeyError) as err:
                 logger.info(f"No {attribute} attached from {pretrained_model_name_or_path}: {err}")
+            except ImportError as err:  # the folder has one, but this transformers needs a missing backend for it
+                logger.warning(f"The {attribute} of {pretrained_model_name_or_path} was not attached (the model "
+                               f"loaded; pass one to `set_class_names`/`save_pretrained` yourself): {err}")
         return model
 
     @torch.no_grad()

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+import transformers
 from transformers import AutoModel, AutoModelForImageClassification, CLIPConfig
 
 from modeling_capt import CaptConfig, CaptForImageClassification, CaptModel
 
-from conftest import CLASS_NAMES, pixel_batch
+from conftest import CLASS_NAMES, pixel_batch, random_images
 
 
 def test_zero_shot_logits_equal_clip(tiny_clip, tokenizer, image_processor):
@@ -167,6 +168,56 @@ def test_save_and_reload_same_process(tmp_path, tiny_clip, tokenizer, image_proc
     for name in ("config.json", "model.safetensors", "configuration_capt.py", "modeling_capt.py",
                  "preprocessor_config.json", "tokenizer_config.json"):
         assert (tmp_path / "ckpt" / name).exists(), name
+
+
+class AutoImageProcessorRaising:
+    """Stands in for `AutoImageProcessor` in `modeling_capt.modeling_capt`: `from_pretrained` raises `error` (the
+    class is replaced whole, since some transformers releases raise on merely reading the real one's attributes)."""
+
+    def __init__(self, error):
+        self.error = error
+
+    def from_pretrained(self, *args, **kwargs):
+        raise self.error
+
+
+TORCHVISION_MISSING = ImportError("AutoImageProcessor requires the Torchvision library")
+
+
+def test_reload_survives_an_image_processor_this_transformers_cannot_load(tmp_path, tiny_clip, tokenizer,
+                                                                          image_processor, monkeypatch, caplog):
+    """An older transformers without torchvision raises ImportError for a CLIP image processor: the model still
+    loads (the processor is optional), with a warning that names it."""
+    from modeling_capt import modeling_capt
+
+    model = CaptForImageClassification.from_clip(tiny_clip, CLASS_NAMES, tokenizer=tokenizer,
+                                                 image_processor=image_processor)
+    model.save_pretrained(tmp_path / "ckpt")
+    monkeypatch.setattr(modeling_capt, "AutoImageProcessor", AutoImageProcessorRaising(TORCHVISION_MISSING))
+    monkeypatch.setattr(transformers, "CLIPImageProcessor", AutoImageProcessorRaising(TORCHVISION_MISSING))
+    with caplog.at_level("WARNING"):
+        loaded = CaptForImageClassification.from_pretrained(tmp_path / "ckpt").eval()
+    assert loaded.image_processor is None and loaded.tokenizer is not None
+    assert "image_processor" in caplog.text and "Torchvision" in caplog.text
+    pixels = pixel_batch(image_processor, 2)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(pixel_values=pixels).logits, model(pixel_values=pixels).logits)
+
+
+def test_image_processor_falls_back_to_the_clip_class(tmp_path, image_processor, monkeypatch):
+    """Where this transformers' AutoImageProcessor needs a backend that is not installed (ImportError), the CLIP
+    image processor is loaded directly; any other error is left alone."""
+    from modeling_capt import load_image_processor, modeling_capt
+
+    image_processor.save_pretrained(tmp_path)
+    monkeypatch.setattr(modeling_capt, "AutoImageProcessor", AutoImageProcessorRaising(TORCHVISION_MISSING))
+    loaded = load_image_processor(tmp_path)
+    pixels = loaded(images=random_images(2), return_tensors="pt")["pixel_values"]
+    torch.testing.assert_close(pixels, image_processor(images=random_images(2), return_tensors="pt")["pixel_values"])
+
+    monkeypatch.setattr(modeling_capt, "AutoImageProcessor", AutoImageProcessorRaising(OSError("no preprocessor")))
+    with pytest.raises(OSError, match="no preprocessor"):
+        load_image_processor(tmp_path)
 
 
 def test_model_needs_class_names():

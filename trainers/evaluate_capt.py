@@ -20,13 +20,13 @@ import sys
 from dataclasses import dataclass, field
 
 from accelerate import Accelerator
-from transformers import AutoImageProcessor, AutoTokenizer, HfArgumentParser, PretrainedConfig
+from transformers import AutoTokenizer, HfArgumentParser, PretrainedConfig
 
 if __package__ in (None, ""):  # `python trainers/evaluate_capt.py` runs this file as a script
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from dataset_scripts.coop_datasets import get_dataset_info, load_coop_dataset  # noqa: E402
-from modeling_capt import CaptForImageClassification  # noqa: E402
+from modeling_capt import CaptForImageClassification, load_image_processor  # noqa: E402
 from modeling_capt.configuration_capt import DEFAULT_TEMPLATE  # noqa: E402
 from trainers.data import check_dataset, load_local_dataset, prompt_class_names  # noqa: E402
 from trainers.metrics import top_confused_pairs  # noqa: E402
@@ -91,7 +91,7 @@ def load_checkpoint(checkpoint: str, class_names: list[str], template: str):
         source = checkpoint
     # The folder's auto_map names model classes only: its tokenizer and image processor need no remote code.
     tokenizer = model.tokenizer or AutoTokenizer.from_pretrained(source, trust_remote_code=False)
-    image_processor = model.image_processor or AutoImageProcessor.from_pretrained(source, trust_remote_code=False)
+    image_processor = model.image_processor or load_image_processor(source, trust_remote_code=False)
     model.set_class_names(class_names, tokenizer, template=template)
     return model.eval(), tokenizer, image_processor
 

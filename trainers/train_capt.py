@@ -23,14 +23,14 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, set_seed
 from tqdm.auto import tqdm
-from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
+from transformers import AutoTokenizer, CLIPModel
 
 if __package__ in (None, ""):  # `accelerate launch trainers/train_capt.py` runs this file as a script
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from dataset_scripts.atomic_io import write_json_atomic  # noqa: E402
 from dataset_scripts.coop_datasets import get_dataset_info, list_datasets  # noqa: E402
-from modeling_capt import CaptAdapterConfig, CaptForImageClassification  # noqa: E402
+from modeling_capt import CaptAdapterConfig, CaptForImageClassification, load_image_processor  # noqa: E402
 from trainers import capt_training  # noqa: E402
 from trainers.args import layers_to_transform, parse_args  # noqa: E402
 from trainers.data import (  # noqa: E402
@@ -305,7 +305,7 @@ def main(argv=None):
     splits = prepare_splits(data_args, train_args.seed)
     template = resolve_template(model_args, data_args)
     tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path)
-    image_processor = AutoImageProcessor.from_pretrained(model_args.model_name_or_path)
+    image_processor = load_image_processor(model_args.model_name_or_path)
     clip = CLIPModel.from_pretrained(model_args.model_name_or_path)
     train_names = splits["train_names"]
     logger.info(
