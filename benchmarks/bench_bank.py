@@ -6,7 +6,9 @@
    alternating. `bank_build_ratio` is the bank's throughput over plain inference (1.0: building costs nothing extra).
 2. Retrieval: `modeling_capt.confusion.retrieve_representatives` (the Sample Confusion Miner's one matmul + scatter
    per step) for one training batch, on synthetic banks of 10^3 .. 10^6 samples with the model's embedding size.
-   `retrieval_loglog_slope` is the least-squares slope of log(time) against log(bank size): 1 is linear.
+   `retrieval_loglog_slope` is the least-squares slope of log(time) against log(bank size): 1 is linear. Each size
+   also times both of its paths forced (dense: one `B x pool` score matrix; per-class: one matmul per requested
+   class), so the printed crossover shows where `DENSE_RETRIEVAL_MAX_SCORES` belongs on this device.
 
     python benchmarks/bench_bank.py --quick
     python benchmarks/bench_bank.py --quick --model embedded
@@ -25,6 +27,7 @@ from benchmark_utils import (
     build_clip, class_names, clock_for, describe_run, image_processor_for, interleaved, median, paired_ratio,
     parse_args, print_table, synthetic_image_dataset, torch_dtype, zero_shot_model,
 )
+from modeling_capt import confusion
 from modeling_capt.confusion import CaptConfusionBank, retrieve_representatives, select_confusion_classes
 from trainers.capt_training import build_bank
 from trainers.data import IndexedImageDataset
@@ -94,6 +97,21 @@ def bench_building(args, clip, tokenizer, clock):
     return len(rows), batch_size, repeats, times
 
 
+RETRIEVAL_PATHS = ("auto", "dense", "per_class")
+
+
+@contextlib.contextmanager
+def retrieval_path(path: str):
+    """Force `retrieve_representatives` onto one path (`dense`, `per_class`), or leave its own choice (`auto`)."""
+    saved = confusion.DENSE_RETRIEVAL_MAX_SCORES
+    if path != "auto":
+        confusion.DENSE_RETRIEVAL_MAX_SCORES = 1 << 62 if path == "dense" else -1
+    try:
+        yield
+    finally:
+        confusion.DENSE_RETRIEVAL_MAX_SCORES = saved
+
+
 def bench_retrieval(args, embed_dim, clock):
     sizes = [int(float(size)) for size in args.sizes.split(",")]
     repeats = args.repeats or (5 if args.quick else 20)
@@ -105,18 +123,37 @@ def bench_retrieval(args, embed_dim, clock):
         classes = select_confusion_classes(bank.probs[rows], bank.confusion_matrix, bank.labels[rows], args.k_pairs)
         query = bank.embeds[rows]
 
-        def retrieve(query=query, classes=classes, bank=bank):
-            retrieve_representatives(query, classes, bank)
+        def retrieve(path, query=query, classes=classes, bank=bank):
+            def run():
+                with retrieval_path(path):
+                    retrieve_representatives(query, classes, bank)
+            return run
 
-        times = interleaved({"retrieve": retrieve}, repeats, args.device, clock)["retrieve"]
-        results.append((size, int(bank.pool_sizes.sum()), median(times)))
+        times = interleaved({path: retrieve(path) for path in RETRIEVAL_PATHS}, repeats, args.device, clock)
+        pool = int(bank.pool_sizes.sum())
+        chosen = "per_class" if args.retrieval_batch * pool > confusion.DENSE_RETRIEVAL_MAX_SCORES else "dense"
+        results.append((size, pool, median(times["auto"]), median(times["dense"]), median(times["per_class"]), chosen))
         del bank, query, classes, retrieve
         gc.collect()
-    xs = [math.log(size) for size, _, _ in results]
-    ys = [math.log(seconds) for _, _, seconds in results]
+    xs = [math.log(row[0]) for row in results]
+    ys = [math.log(row[2]) for row in results]
     mean_x, mean_y = sum(xs) / len(xs), sum(ys) / len(ys)
     slope = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys)) / sum((x - mean_x) ** 2 for x in xs)
     return results, repeats, slope
+
+
+def crossover(retrieval, batch_size: int) -> str:
+    """Where the per-class path starts to beat the dense one for good, in query x pool scores (the threshold's
+    unit)."""
+    wins = [(pool * batch_size, per_class < dense) for _, pool, _, dense, per_class, _ in retrieval]
+    start = len(wins)  # the first size from which per-class is faster at every larger size
+    while start > 0 and wins[start - 1][1]:
+        start -= 1
+    if start == len(wins):
+        return f"dense was faster at the largest size ({wins[-1][0]} scores)"
+    if start == 0:
+        return f"per-class was faster at every size (from {wins[0][0]} scores)"
+    return f"measured crossover: dense faster at {wins[start - 1][0]} scores, per-class from {wins[start][0]} on"
 
 
 def main(argv=None):
@@ -135,8 +172,12 @@ def main(argv=None):
     print(f"\n2. retrieval for a batch of {args.retrieval_batch} samples x {args.k_pairs} classes, "
           f"{args.retrieval_classes} classes, embeddings of {clip.config.projection_dim}, "
           f"{args.misclassified:.0%} misclassified; median of {retrieval_repeats}")
-    print_table(["bank size", "candidate pool", f"ms ({clock_name})", "ns / pool sample"],
-                [[size, pool, seconds * 1000, seconds / pool * 1e9] for size, pool, seconds in retrieval])
+    print_table(["bank size", "candidate pool", f"ms ({clock_name})", "ns / pool sample", "path", "dense ms",
+                 "per-class ms"],
+                [[size, pool, auto * 1000, auto / pool * 1e9, chosen, dense * 1000, per_class * 1000]
+                 for size, pool, auto, dense, per_class, chosen in retrieval])
+    print(f"the dense path runs up to {confusion.DENSE_RETRIEVAL_MAX_SCORES} query x pool scores "
+          f"(modeling_capt.confusion.DENSE_RETRIEVAL_MAX_SCORES); {crossover(retrieval, args.retrieval_batch)}")
     ratio = paired_ratio(times["inference"], times["bank"])
     print(f"bank_build_ratio={ratio:.3f}")
     print(f"retrieval_loglog_slope={slope:.3f}")
