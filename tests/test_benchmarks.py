@@ -112,3 +112,25 @@ def test_run_all_rejects_unknown_names():
     result = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "run_all.py"), "--models", "vit-l14"],
                             capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 2 and "vit-l14" in result.stderr
+
+
+# ------------------------------------------------------------------------------------------------ benchmarks/gpu
+GPU_SCRIPT = os.path.join(REPO, "benchmarks", "gpu", "run_on_gpu.sh")
+
+
+def test_gpu_script_refuses_an_unknown_stage_before_doing_anything(tmp_path):
+    result = subprocess.run(["bash", GPU_SCRIPT, "tests", "nonsense"], capture_output=True, text=True,
+                            env=dict(os.environ, OUT=str(tmp_path)), timeout=60)
+    assert result.returncode == 2 and "unknown stage 'nonsense'" in result.stderr
+    assert os.listdir(tmp_path) == []  # not even the setup ran
+
+
+def test_gpu_script_stops_at_setup_without_the_wheels(tmp_path):
+    empty = tmp_path / "no-wheels"
+    empty.mkdir()
+    out = tmp_path / "out"
+    result = subprocess.run(["bash", GPU_SCRIPT], capture_output=True, text=True, timeout=60,
+                            env=dict(os.environ, OUT=str(out), CAPT_GPU_WHEELS=str(empty)))
+    assert result.returncode == 1
+    assert "fetch_wheels.sh" in result.stdout and "setup failed: stopping" in result.stdout
+    assert sorted(os.listdir(out)) == ["setup.log"]  # neither the tests nor the benchmarks started
