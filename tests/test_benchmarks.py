@@ -57,10 +57,12 @@ def run_benchmark(script, *args):
 )
 def test_benchmark_scripts_print_their_ratio(script, args, last):
     lines = run_benchmark(script, *args)
-    match = re.fullmatch(rf"{last}=([0-9.]+)", lines[-1])
+    match = re.fullmatch(rf"{last}=(-?[0-9.]+)", lines[-1])
     assert match, lines[-5:]
     value = float(match.group(1))
-    assert math.isfinite(value) and value > 0
+    assert math.isfinite(value)
+    if last != "retrieval_loglog_slope":  # a slope over two tiny banks timed once is noise and may be negative
+        assert value > 0
 
 
 # --------------------------------------------------------------------------------------------------- run_all.py
