@@ -57,7 +57,10 @@ for stage in "${STAGES[@]}"; do
     echo "=== $stage ($(date -u +%H:%M:%S))"
     case "$stage" in
         setup) setup 2>&1 | tee "$OUT/setup.log" || { echo "setup failed: stopping"; exit 1; } ;;
-        tests) ACCELERATE_USE_CPU=1 "$PYTHON" -m pytest -q -p no:cacheprovider -rs tests 2>&1 | tee "$OUT/tests.log" \
+        tests) parallel=()  # pytest-xdist, when the machine has it: the suite is single-threaded per test
+               "$PYTHON" -c "import xdist" 2>/dev/null && parallel=(-n "${CAPT_TEST_WORKERS:-8}")
+               ACCELERATE_USE_CPU=1 "$PYTHON" -m pytest -q -p no:cacheprovider -rs "${parallel[@]}" tests 2>&1 \
+                   | tee "$OUT/tests.log" \
                    | grep -E "passed|failed|error|SKIPPED|FAILED|ERROR" | tail -30 || status=1 ;;
         bench) "$PYTHON" benchmarks/run_all.py --device "$DEVICE" --output "$OUT/results-gpu.json" \
                    ${CAPT_BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log" || status=1 ;;
