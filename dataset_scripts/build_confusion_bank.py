@@ -50,6 +50,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--subsample_classes", default="base", choices=["base", "all"])
     parser.add_argument("--batch_size", type=int, default=128)
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                        help="Where the base model runs (auto: the GPU when there is one)")
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--push_to_hub", default=None, metavar="ORG/NAME", help="Upload the bank as a Hub dataset")
     parser.add_argument("--private", action="store_true")
@@ -58,6 +60,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: torch sees no CUDA device (use --device cpu or auto)")
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     data_args = DataArguments(
         dataset_name=args.dataset_name, dataset=args.dataset, data_dir=args.data_dir, train_dir=args.train_dir,
@@ -67,7 +71,7 @@ def main(argv=None):
         raise ValueError("--dataset needs --data_dir")
     splits = prepare_splits(data_args, args.seed)
     class_names = splits["train_names"]
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(args.device if args.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu")
 
     config_path = os.path.join(args.model, "config.json") if os.path.isdir(args.model) else None
     is_capt = bool(config_path) and json.load(open(config_path, encoding="utf-8")).get("model_type") == "capt"

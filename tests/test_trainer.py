@@ -198,8 +198,8 @@ def test_bank_script_builds_a_bank_the_trainer_loads(run_args, tmp_path, tiny_cl
     from dataset_scripts.confusion_bank import load_bank
 
     data = tmp_path / "data"
-    bank = build_bank_main(["--model", tiny_clip_dir, "--train_dir", str(data / "train"), "--test_dir",
-                            str(data / "test"), "--shots", "4", "--output_dir", str(tmp_path / "bank")])
+    bank = build_bank_main(["--model", tiny_clip_dir, "--device", "cpu", "--train_dir", str(data / "train"),
+                            "--test_dir", str(data / "test"), "--shots", "4", "--output_dir", str(tmp_path / "bank")])
     assert len(bank) == 3 * 4  # 3 base classes x 4 shots
     loaded = load_bank(str(tmp_path / "bank"), class_names=CLASS_NAMES[:3], template="a photo of a {}.")
     assert torch.equal(loaded.probs, bank.probs) and torch.equal(loaded.indices, bank.indices)
@@ -207,6 +207,16 @@ def test_bank_script_builds_a_bank_the_trainer_loads(run_args, tmp_path, tiny_cl
         load_bank(str(tmp_path / "bank"), class_names=["cat", "wolf", "bird"])
     summary = main(run_args + ["--method", "capt", "--bank_path", str(tmp_path / "bank"), "--num_train_epochs", "1"])
     assert summary["capt"]["bank_misclassified"] == int(bank.num_misclassified)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
+def test_bank_script_refuses_cuda_without_a_gpu(tmp_path, tiny_clip_dir):
+    from dataset_scripts.build_confusion_bank import main as build_bank_main
+
+    with pytest.raises(ValueError, match="--device cuda: torch sees no CUDA device"):
+        build_bank_main(["--model", tiny_clip_dir, "--train_dir", str(tmp_path), "--device", "cuda",
+                         "--output_dir", str(tmp_path / "bank")])
+    assert not (tmp_path / "bank").exists()
 
 
 def test_capt_end_to_end_on_the_embedded_default(tmp_path):
