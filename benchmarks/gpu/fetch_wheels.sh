@@ -13,7 +13,11 @@ cd "$(dirname "$0")/../.."
 PYTHON="${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}"
 DEST="${DEST:-.gpu_wheels}"
 WHEEL_PYTHON="${WHEEL_PYTHON:-3.12}"  # the GPU machines' Python
-PACKAGES=(transformers datasets evaluate dill multiprocess fsspec)
+# CAPT_GPU_PACKAGES="datasets evaluate dill multiprocess fsspec pyarrow" swaps in another set (say, where the image's
+# pyarrow is too old for datasets: pyarrow's 55 MB wheel and transformers' 13 MB together overrun a device call's
+# 64 MiB; on transformers 5.17 without torchvision the suite failed only the two tests that call AutoImageProcessor
+# themselves, which torchvision, in the image, fixes).
+read -r -a PACKAGES <<< "${CAPT_GPU_PACKAGES:-transformers datasets evaluate dill multiprocess fsspec}"
 pins=()
 for name in "${PACKAGES[@]}"; do
     version=$("$PYTHON" -c "import importlib.metadata as m, sys; print(m.version(sys.argv[1]))" "$name" 2>/dev/null) || {
