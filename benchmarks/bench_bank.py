@@ -131,7 +131,7 @@ def bench_retrieval(args, embed_dim, clock):
 
         times = interleaved({path: retrieve(path) for path in RETRIEVAL_PATHS}, repeats, args.device, clock)
         pool = int(bank.pool_sizes.sum())
-        chosen = "per_class" if args.retrieval_batch * pool > confusion.DENSE_RETRIEVAL_MAX_SCORES else "dense"
+        chosen = "dense" if confusion.uses_dense_retrieval(args.retrieval_batch, pool) else "per_class"
         results.append((size, pool, median(times["auto"]), median(times["dense"]), median(times["per_class"]), chosen))
         del bank, query, classes, retrieve
         gc.collect()

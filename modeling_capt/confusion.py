@@ -694,9 +694,15 @@ def retrieve_representatives(
         cosine = (query.unsqueeze(1) * bank._pool_embeds[positions]).sum(-1)
         return bank._pool_rows[positions], cosine
 
-    if batch_size * bank._pool_embeds.shape[0] > DENSE_RETRIEVAL_MAX_SCORES:
+    if not uses_dense_retrieval(batch_size, bank._pool_embeds.shape[0]):
         return _retrieve_per_class(query, classes, bank)
     return _retrieve_dense(query, classes, bank)
+
+
+def uses_dense_retrieval(batch_size: int, pool_size: int) -> bool:
+    """Whether `retrieve_representatives` scores `batch_size` queries against a candidate pool of `pool_size` with one
+    dense `B x pool` matrix (else class by class)."""
+    return batch_size * pool_size <= DENSE_RETRIEVAL_MAX_SCORES
 
 
 # Above this many query x pool scores, retrieval scores each requested class's pool slice only (no `B x pool` pass).
