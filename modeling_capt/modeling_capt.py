@@ -217,8 +217,14 @@ class CaptModel(CaptPreTrainedModel):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
         """Load a saved CAPT checkpoint; its tokenizer and image processor are attached when the folder has them, so
-        `set_class_names` and `save_pretrained` work without passing them again."""
+        `set_class_names` and `save_pretrained` work without passing them again. CLIP's own weights stay frozen."""
         model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        # transformers' loader re-creates every floating parameter with `requires_grad=True`: freeze CLIP's own
+        # weights again (the Diff-Manner adapters inside its vision encoder stay trainable).
+        model.clip.requires_grad_(False)
+        for layer in model._vision_layers():
+            if isinstance(layer, CaptAdaptedLayer):
+                layer.adapter.requires_grad_(True)
         hub_kwargs = {k: kwargs[k] for k in ("revision", "token", "cache_dir", "local_files_only") if k in kwargs}
         for attribute, load in (("tokenizer", AutoTokenizer.from_pretrained), ("image_processor", load_image_processor)):
             try:  # the checkpoint's own auto_map names only model classes: no remote code is needed here

@@ -253,3 +253,20 @@ def test_adapter_export_loads_onto_plain_clip(tmp_path, tiny_clip_dir, image_pro
 
     keys = load_file(tmp_path / "adapter" / "adapter_model.safetensors").keys()
     assert keys and all(not k.startswith("clip.") or ".adapter." in k for k in keys)
+
+
+def test_reloaded_checkpoint_keeps_clip_frozen(tmp_path, tiny_clip, tokenizer):
+    # transformers' loader re-creates the loaded parameters with requires_grad=True; CLIP must stay frozen
+    from modeling_capt import CaptAdapterConfig
+
+    model = CaptForImageClassification.from_clip(
+        tiny_clip, CLASS_NAMES, tokenizer=tokenizer, use_learnable_context=True,
+        adapter_config=CaptAdapterConfig(mgde_num_clusters=2),
+    )
+    expected = model.trainable_parameter_names()
+    assert expected and not any(name.startswith("clip.") and ".adapter." not in name for name in expected)
+    model.save_pretrained(tmp_path / "ckpt")
+    loaded = CaptForImageClassification.from_pretrained(tmp_path / "ckpt")
+    assert loaded.trainable_parameter_names() == expected
+    auto = AutoModelForImageClassification.from_pretrained(tmp_path / "ckpt", trust_remote_code=True)
+    assert auto.trainable_parameter_names() == expected
