@@ -321,6 +321,11 @@ class CaptModel(CaptPreTrainedModel):
         self.clear_text_cache()
         return super()._apply(fn, *args, **kwargs)
 
+    def _load_from_state_dict(self, *args, **kwargs):
+        # `load_state_dict` (a resumed or best checkpoint) may bring another context, text tower or class prompts
+        self.clear_text_cache()
+        return super()._load_from_state_dict(*args, **kwargs)
+
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, inject_context=False):
         """Projected (unnormalised) text features `(num_texts, projection_dim)` from the frozen text encoder."""
         handle = None
@@ -337,8 +342,9 @@ class CaptModel(CaptPreTrainedModel):
     def get_class_text_features(self, chunk_size: int = 256) -> torch.Tensor:
         """L2-normalised text features of the class prompts, `(num_classes, projection_dim)`.
 
-        Computed once by the frozen text encoder and cached; recomputed only when the class list, the device/dtype or
-        the mode changes, and in every training step when the CoOp context is learnable (its gradient flows).
+        Computed once by the frozen text encoder and cached; recomputed only when the class list, the device/dtype, the
+        mode or the weights (`load_state_dict`) change, and in every training step when the CoOp context is learnable
+        (its gradient flows).
         """
         if not bool(self.class_attention_mask.any()):
             raise RuntimeError("The class prompts are empty: call set_class_names(class_names, tokenizer) first")

@@ -270,3 +270,19 @@ def test_reloaded_checkpoint_keeps_clip_frozen(tmp_path, tiny_clip, tokenizer):
     assert loaded.trainable_parameter_names() == expected
     auto = AutoModelForImageClassification.from_pretrained(tmp_path / "ckpt", trust_remote_code=True)
     assert auto.trainable_parameter_names() == expected
+
+
+def test_load_state_dict_refreshes_class_text_features(tiny_clip, tokenizer, image_processor):
+    model = CaptForImageClassification.from_clip(tiny_clip, CLASS_NAMES, tokenizer=tokenizer, use_learnable_context=True)
+    pixels = pixel_batch(image_processor, 2)
+    state = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    # a random shift (a constant one would vanish in the text encoder's LayerNorm)
+    state["prompt_context.ctx"] += torch.randn(model.prompt_context.ctx.shape, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        before = model(pixel_values=pixels).logits  # caches the class features of the current context
+        model.load_state_dict(state)
+        got = model(pixel_values=pixels).logits
+        model.clear_text_cache()
+        expected = model(pixel_values=pixels).logits
+    assert not torch.allclose(before, expected)
+    torch.testing.assert_close(got, expected)
