@@ -350,6 +350,9 @@ class CaptModel(CaptPreTrainedModel):
             raise RuntimeError("The class prompts are empty: call set_class_names(class_names, tokenizer) first")
         trainable_context = self.prompt_context is not None and self.training and torch.is_grad_enabled()
         if self._text_cache is not None and not trainable_context:
+            if self._text_cache.is_inference() and not torch.is_inference_mode_enabled():
+                # cached under `torch.inference_mode`: autograd could not save it for a backward pass; a normal copy
+                self._text_cache = self._text_cache.clone()
             return self._text_cache
         chunks = []
         with torch.set_grad_enabled(trainable_context):

@@ -286,3 +286,19 @@ def test_load_state_dict_refreshes_class_text_features(tiny_clip, tokenizer, ima
         expected = model(pixel_values=pixels).logits
     assert not torch.allclose(before, expected)
     torch.testing.assert_close(got, expected)
+
+
+def test_class_features_cached_under_inference_mode_allow_backward(tiny_clip, tokenizer, image_processor):
+    from modeling_capt import CaptAdapterConfig
+
+    model = CaptForImageClassification.from_clip(
+        tiny_clip, CLASS_NAMES, tokenizer=tokenizer, adapter_config=CaptAdapterConfig(mgde_num_clusters=2)
+    )
+    pixels = pixel_batch(image_processor, 2)
+    with torch.inference_mode():
+        expected = model(pixel_values=pixels).logits  # evaluation caches the class features
+    # then training in eval mode (no MGDE noise or dropout): the cache feeds a graph
+    out = model(pixel_values=pixels, labels=torch.tensor([0, 1]))
+    out.loss.backward()
+    torch.testing.assert_close(out.logits.detach(), expected)
+    assert model.mgde.expert_gates.grad is not None
