@@ -367,6 +367,8 @@ class CaptModel(CaptPreTrainedModel):
         features = F.normalize(torch.cat(chunks), dim=-1)
         if not trainable_context:
             self._text_cache = features.detach()
+        else:  # the optimizer step that follows changes the context: a cache from before it would be stale
+            self._text_cache = None
         return features
 
     # ------------------------------------------------------------------------------------------------ image side

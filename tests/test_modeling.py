@@ -302,3 +302,19 @@ def test_class_features_cached_under_inference_mode_allow_backward(tiny_clip, to
     out.loss.backward()
     torch.testing.assert_close(out.logits.detach(), expected)
     assert model.mgde.expert_gates.grad is not None
+
+
+def test_no_grad_forward_in_training_mode_sees_the_trained_context(tiny_clip, tokenizer, image_processor):
+    coop = CaptForImageClassification.from_clip(tiny_clip, CLASS_NAMES, tokenizer=tokenizer, use_learnable_context=True)
+    coop.train()
+    optimizer = torch.optim.SGD([p for p in coop.parameters() if p.requires_grad], lr=10.0)
+    pixels = pixel_batch(image_processor, 4)
+    with torch.no_grad():
+        coop(pixel_values=pixels)  # e.g. a training-accuracy check: fills the cache
+    coop(pixel_values=pixels, labels=torch.tensor([0, 1, 2, 3])).loss.backward()
+    optimizer.step()
+    with torch.no_grad():
+        got = coop.get_class_text_features()
+        coop.clear_text_cache()
+        expected = coop.get_class_text_features()
+    torch.testing.assert_close(got, expected)
