@@ -144,7 +144,8 @@ class CaptConfig(PretrainedConfig):
         use_learnable_context (`bool`, *optional*, defaults to `False`):
             CoOp-style learnable text context shared by all classes.
         n_ctx (`int`, *optional*, defaults to 4):
-            Number of learnable context tokens (overridden by the length of `ctx_init` when that is set).
+            Number of learnable context tokens. When `ctx_init` is set, it must be the number of tokens `ctx_init`
+            tokenises to (building the model raises a `ValueError` naming the right value otherwise).
         ctx_init (`str`, *optional*, defaults to `"a photo of a"`):
             Words whose token embeddings initialise the context; `None` draws them from N(0, 0.02).
         adapter_config (`dict` or `CaptAdapterConfig`, *optional*):
