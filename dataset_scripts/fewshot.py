@@ -73,6 +73,27 @@ def few_shot_cache_path(cache_dir: str | os.PathLike, dataset_name: str, num_sho
     return os.path.join(os.fspath(cache_dir), dataset_name, f"shot_{num_shots}-seed_{seed}.json")
 
 
+def _read_cache(cache_path: str, expected: dict, splits: list[str]) -> dict[str, list[int]] | None:
+    """The cached indices, or None when the file is corrupt, malformed or made for other splits."""
+    try:
+        with open(cache_path, encoding="utf-8") as handle:
+            cached = json.load(handle)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if not isinstance(cached, dict) or cached.get("version") != _CACHE_FORMAT_VERSION:
+        return None
+    if cached.get("splits") != expected or not isinstance(cached.get("indices"), dict):
+        return None
+    result = {}
+    for split in splits:
+        rows = cached["indices"].get(split)
+        num_rows = expected[split]["num_rows"]
+        if not isinstance(rows, list) or not all(type(i) is int and 0 <= i < num_rows for i in rows):
+            return None
+        result[split] = rows
+    return result
+
+
 def few_shot_indices(
     dataset_dict: DatasetDict,
     num_shots: int,
@@ -99,13 +120,14 @@ def few_shot_indices(
 
     cache_path = few_shot_cache_path(cache_dir, dataset_name, num_shots, seed) if cache_dir is not None else None
     if cache_path is not None and os.path.isfile(cache_path):
-        with open(cache_path, encoding="utf-8") as handle:
-            cached = json.load(handle)
-        if cached.get("version") == _CACHE_FORMAT_VERSION and cached.get("splits") == expected:
+        cached = _read_cache(cache_path, expected, splits)
+        if cached is not None:
             logger.info("Loaded few-shot indices from %s", cache_path)
-            return {split: [int(i) for i in cached["indices"][split]] for split in splits}
+            return cached
         logger.warning(
-            "Few-shot cache %s was made for a different split of %s; regenerating it.", cache_path, dataset_name
+            "Few-shot cache %s was made for a different split of %s, or is unreadable; regenerating it.",
+            cache_path,
+            dataset_name,
         )
 
     rng = random.Random(seed)

@@ -102,6 +102,25 @@ def test_stale_cache_is_regenerated(dataset_dict, tmp_path, caplog):
     assert indices == few_shot_indices(other, 2, seed=1)
 
 
+@pytest.mark.parametrize(
+    "content", ['{"version": 1, "spl', "[1, 2]", '{"version": 1}', "\xff\xfe", "null", "VALID_WITH_BAD_INDICES"]
+)
+def test_corrupt_cache_is_regenerated(dataset_dict, tmp_path, caplog, content):
+    expected = few_shot_indices(dataset_dict, 2, seed=1, dataset_name="toy", cache_dir=tmp_path)
+    path = few_shot_cache_path(tmp_path, "toy", 2, 1)
+    if content == "VALID_WITH_BAD_INDICES":
+        with open(path, encoding="utf-8") as handle:
+            cached = json.load(handle)
+        cached["indices"]["train"] = [10**6]
+        content = json.dumps(cached)
+    with open(path, "w", encoding="utf-8", errors="surrogateescape") as handle:
+        handle.write(content)
+    assert few_shot_indices(dataset_dict, 2, seed=1, dataset_name="toy", cache_dir=tmp_path) == expected
+    assert "unreadable" in caplog.text
+    with open(path, encoding="utf-8") as handle:  # the cache was rewritten
+        assert json.load(handle)["indices"] == expected
+
+
 def test_cache_needs_a_dataset_name(dataset_dict, tmp_path):
     with pytest.raises(ValueError, match="dataset_name"):
         few_shot_indices(dataset_dict, 2, seed=1, cache_dir=tmp_path)
