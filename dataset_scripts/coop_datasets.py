@@ -915,6 +915,17 @@ def _find_corrupt_images(info: DatasetInfo, paths: list[str]) -> set[str]:
     return {path for path, ok in zip(unique_paths, results) if not ok}
 
 
+def _check_unique_classnames(info: DatasetInfo, raw: _RawSplits) -> None:
+    """Two labels with one class name cannot be told apart in prompts (and ClassLabel refuses them)."""
+    labels_of: dict[str, list[int]] = defaultdict(list)
+    for label, name in enumerate(raw.classnames):
+        labels_of[name].append(label)
+    duplicated = {name: labels for name, labels in labels_of.items() if len(labels) > 1}
+    if duplicated:
+        listed = "; ".join(f"{name!r} for labels {labels}" for name, labels in list(duplicated.items())[:5])
+        raise SplitFileError(f"{_where(info)}: {raw.provenance} gives one class name to several labels: {listed}.")
+
+
 def _check_no_empty_class(
     info: DatasetInfo, classnames: list[str], splits: dict[str, list[tuple[str, int]]], note: str
 ) -> None:
@@ -950,6 +961,7 @@ def read_coop_dataset(
     info = get_dataset_info(name)
     dataset_dir = _require_dir(info, info.dataset_dir(data_dir), "dataset folder")
     raw = _READERS[info.layout](info, dataset_dir)
+    _check_unique_classnames(info, raw)
     if raw.listed:
         _check_listed_images_exist(info, raw)
     _check_no_empty_class(info, raw.classnames, raw.splits, "")

@@ -306,3 +306,23 @@ def test_unknown_wnid_in_imagenet_a_is_an_error(tmp_path):
     os.makedirs(tmp_path / "imagenet-adversarial" / "imagenet-a" / "n99999999")
     with pytest.raises(coop_datasets.SplitFileError, match="n99999999"):
         load_coop_dataset("imagenet_a", tmp_path)
+
+
+def test_duplicate_class_names_name_the_dataset_and_labels(tmp_path):
+    make_sun397(str(tmp_path))
+    split_file = tmp_path / "sun397" / "split_zhou_SUN397.json"
+    content = json.loads(split_file.read_text())
+    name_of_0 = next(c for _, y, c in content["train"] if y == 0)
+    content = {split: [[p, y, name_of_0 if y == 1 else c] for p, y, c in entries] for split, entries in content.items()}
+    split_file.write_text(json.dumps(content))
+    with pytest.raises(coop_datasets.SplitFileError, match=r"SUN397.*one class name to several labels.*\[0, 1\]"):
+        load_coop_dataset("sun397", tmp_path, verify_images=False)
+
+
+def test_duplicate_fgvc_variant_is_reported_as_a_duplicate(tmp_path):
+    make_fgvc_aircraft(str(tmp_path))
+    variants = tmp_path / "fgvc_aircraft" / "variants.txt"
+    names = variants.read_text().splitlines()
+    variants.write_text("\n".join(names + [names[0]]) + "\n")
+    with pytest.raises(coop_datasets.SplitFileError, match="one class name to several labels"):
+        load_coop_dataset("fgvc_aircraft", tmp_path, verify_images=False)
