@@ -503,17 +503,23 @@ def _read_split_zhou(info: DatasetInfo, dataset_dir: str) -> _RawSplits:
     try:
         with open(split_path, encoding="utf-8") as handle:
             content = json.load(handle)
-    except json.JSONDecodeError as error:
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise SplitFileError(f"{_where(info)}: {split_path} is not valid JSON ({error}).") from error
 
     names_by_label: dict[int, str] = {}
     splits: dict[str, list[tuple[str, int]]] = {}
     for split in TRAIN_SPLITS:
-        if split not in content:
+        if not isinstance(content, dict) or not isinstance(content.get(split), list):
             raise SplitFileError(f"{_where(info)}: {split_path} has no '{split}' list.")
         records = []
         for position, entry in enumerate(content[split]):
-            if not (isinstance(entry, (list, tuple)) and len(entry) == 3 and isinstance(entry[1], int)):
+            if not (
+                isinstance(entry, (list, tuple))
+                and len(entry) == 3
+                and isinstance(entry[0], str)
+                and isinstance(entry[1], int)
+                and not isinstance(entry[1], bool)
+            ):
                 raise SplitFileError(
                     f"{_where(info)}: {split_path} {split}[{position}] should be [path, int label, classname], "
                     f"got {entry!r}."
@@ -582,6 +588,10 @@ def _read_oxford_pets(info: DatasetInfo, dataset_dir: str) -> _RawSplits:
                 if len(fields) < 2:
                     raise SplitFileError(
                         f"{_where(info)}: {path}:{line_number}: expected 'name class_id ...', got {line!r}."
+                    )
+                if not fields[1].lstrip("-").isdigit():
+                    raise SplitFileError(
+                        f"{_where(info)}: {path}:{line_number}: class id should be an integer, got {fields[1]!r}."
                     )
                 image_name, label = fields[0], int(fields[1]) - 1
                 breed = "_".join(image_name.split("_")[:-1]).lower()
@@ -668,8 +678,13 @@ def _read_oxford_flowers(info: DatasetInfo, dataset_dir: str) -> _RawSplits:
     image_root = _require_dir(info, os.path.join(dataset_dir, info.image_dir), "image folder")
     labels = _load_mat(info, os.path.join(dataset_dir, "imagelabels.mat"))["labels"].reshape(-1)
     names_path = _require_file(info, os.path.join(dataset_dir, "cat_to_name.json"), "class-name file cat_to_name.json")
-    with open(names_path, encoding="utf-8") as handle:
-        name_by_class_id = {int(key): value for key, value in json.load(handle).items()}
+    try:
+        with open(names_path, encoding="utf-8") as handle:
+            name_by_class_id = {int(key): str(value) for key, value in json.load(handle).items()}
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, ValueError) as error:
+        raise SplitFileError(
+            f"{_where(info)}: {names_path} should be a JSON object {{\"<class id>\": \"<name>\", ...}} ({error})."
+        ) from error
     items_by_label: dict[int, list[str]] = defaultdict(list)
     for index, class_id in enumerate(labels):
         items_by_label[int(class_id) - 1].append(os.path.join(image_root, f"image_{index + 1:05d}.jpg"))

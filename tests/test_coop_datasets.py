@@ -22,6 +22,8 @@ from fixtures_coop import (
     make_imagenet_a,
     make_imagenet_sketch,
     make_imagenetv2,
+    make_oxford_flowers,
+    make_oxford_pets,
     make_sun397,
     write_corrupt_image,
 )
@@ -326,3 +328,35 @@ def test_duplicate_fgvc_variant_is_reported_as_a_duplicate(tmp_path):
     variants.write_text("\n".join(names + [names[0]]) + "\n")
     with pytest.raises(coop_datasets.SplitFileError, match="one class name to several labels"):
         load_coop_dataset("fgvc_aircraft", tmp_path, verify_images=False)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        {"train": 5, "val": [], "test": []},
+        {"train": [[None, 0, "a"]], "val": [], "test": []},
+        {"train": [["a.jpg", True, "a"]], "val": [], "test": []},
+        [["a.jpg", 0, "a"]],
+    ],
+)
+def test_malformed_split_file_is_a_split_file_error(tmp_path, content):
+    make_sun397(str(tmp_path))
+    (tmp_path / "sun397" / "split_zhou_SUN397.json").write_text(json.dumps(content))
+    with pytest.raises(coop_datasets.SplitFileError, match="split_zhou_SUN397.json"):
+        load_coop_dataset("sun397", tmp_path, verify_images=False)
+
+
+@pytest.mark.parametrize("content", ["{bad", '["a", "b"]', '{"one": "a"}'])
+def test_malformed_cat_to_name_is_a_split_file_error(tmp_path, content):
+    make_oxford_flowers(str(tmp_path), with_split_file=False)
+    (tmp_path / "oxford_flowers" / "cat_to_name.json").write_text(content)
+    with pytest.raises(coop_datasets.SplitFileError, match="cat_to_name.json"):
+        load_coop_dataset("oxford_flowers", tmp_path, verify_images=False)
+
+
+def test_non_integer_pet_class_id_names_the_line(tmp_path):
+    make_oxford_pets(str(tmp_path), with_split_file=False)
+    trainval = tmp_path / "oxford_pets" / "annotations" / "trainval.txt"
+    trainval.write_text("Abyssinian_1 x 1 1\n" + trainval.read_text())
+    with pytest.raises(coop_datasets.SplitFileError, match=r"trainval.txt:1: class id"):
+        load_coop_dataset("oxford_pets", tmp_path, verify_images=False)
