@@ -9,9 +9,12 @@ from __future__ import annotations
 import logging
 import os
 
+import yaml
 from huggingface_hub import HfApi
+from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from dataset_scripts.atomic_io import write_text_atomic
+from dataset_scripts.coop_datasets import list_datasets
 
 
 logger = logging.getLogger(__name__)
@@ -56,6 +59,31 @@ def _results_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def _hub_id(value) -> str | None:
+    """`value` when it can name a Hub repository; None for local paths, CoOp benchmark names and other text.
+
+    The Hub validates a card's `base_model` and `datasets` and refuses the whole upload (HTTP 400) when they hold a
+    local path, so only Hub ids go into the card's metadata (the body still names whatever was used).
+    """
+    if not isinstance(value, str) or not value or os.path.exists(value) or value in list_datasets():
+        return None
+    try:
+        validate_repo_id(value)
+    except HFValidationError:
+        return None
+    return value
+
+
+def _hub_references(summary: dict) -> str:
+    """The `base_model:` / `datasets:` lines of the card's YAML metadata (Hub ids only, YAML-quoted as needed)."""
+    references = {}
+    if _hub_id(summary.get("model")):
+        references["base_model"] = summary["model"]
+    if _hub_id(summary.get("dataset")):
+        references["datasets"] = [summary["dataset"]]
+    return yaml.safe_dump(references, sort_keys=False, allow_unicode=True) if references else ""
+
+
 def write_model_card(folder: str, summary: dict, class_names, repo_id: str | None = None) -> str | None:
     """Fill `hub_cards/capt_model_card.md` with a run's summary and write it as `folder/README.md`."""
     if not os.path.isfile(CARD_TEMPLATE):
@@ -75,6 +103,7 @@ def write_model_card(folder: str, summary: dict, class_names, repo_id: str | Non
         repo_id=repo_id or "path/to/this/folder", shots=summary["shots"], seed=summary["seed"],
         subsample_classes=summary["subsample_classes"], template=summary["template"], num_classes=len(class_names),
         class_names=names, results_table=_results_table(summary), trained_parts=trained,
+        hub_references=_hub_references(summary),
     )
     path = os.path.join(folder, "README.md")
     write_text_atomic(path, text)

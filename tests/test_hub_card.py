@@ -1,0 +1,46 @@
+"""The model card's YAML metadata: the Hub refuses an upload whose card names a local path as base model or dataset."""
+
+from __future__ import annotations
+
+import yaml
+
+from trainers.args import EMBEDDED_MODEL
+from trainers.hub import write_model_card
+
+
+def _summary(model: str, dataset: str) -> dict:
+    return {
+        "method": "coop", "model": model, "dataset": dataset, "shots": 16, "seed": 1, "subsample_classes": "base",
+        "template": "a photo of a {}.", "zeroshot": {"accuracy": 50.0}, "coop": {"accuracy": 60.0},
+    }
+
+
+def _metadata(folder, summary) -> dict:
+    text = open(write_model_card(str(folder), summary, ["a", "b"]), encoding="utf-8").read()
+    assert text.startswith("---\n")
+    return yaml.safe_load(text.split("---\n", 2)[1])
+
+
+def test_local_paths_stay_out_of_the_card_metadata(tmp_path):
+    local_data = tmp_path / "data" / "train"
+    local_data.mkdir(parents=True)
+    metadata = _metadata(tmp_path, _summary(EMBEDDED_MODEL, str(local_data)))
+    assert "base_model" not in metadata and "datasets" not in metadata
+    assert metadata["library_name"] == "transformers" and "coop" in metadata["tags"]
+    text = (tmp_path / "README.md").read_text()
+    assert EMBEDDED_MODEL in text  # the body still says what the model was built from
+
+
+def test_relative_local_folder_and_coop_benchmark_name_are_not_hub_datasets(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "embedded" / "fashion-subset").mkdir(parents=True)
+    assert "datasets" not in _metadata(tmp_path, _summary("openai/clip-vit-base-patch16", "embedded/fashion-subset"))
+    assert "datasets" not in _metadata(tmp_path, _summary("openai/clip-vit-base-patch16", "oxford_pets"))
+
+
+def test_hub_ids_are_kept_and_quoted(tmp_path):
+    metadata = _metadata(tmp_path, _summary("openai/clip-vit-base-patch16", "tanganke/dtd"))
+    assert metadata["base_model"] == "openai/clip-vit-base-patch16"
+    assert metadata["datasets"] == ["tanganke/dtd"]
+    metadata = _metadata(tmp_path, _summary("openai/clip-vit-base-patch16", "C:/data: x"))
+    assert "datasets" not in metadata  # not a Hub id, and no YAML mapping smuggled into the metadata
