@@ -171,6 +171,7 @@ def build_benchmark(
     info = get_dataset_info(dataset_name)
     output_dir = os.path.abspath(os.fspath(output_dir))
     os.makedirs(output_dir, exist_ok=True)
+    read_provenance_records(output_dir)  # the card lists every config: fail on a broken record before writing
     dataset_dict, report = read_coop_dataset(info.name, data_dir, verify_images=verify_images)
 
     temp_dir = tempfile.mkdtemp(dir=output_dir, prefix=f".{info.name}-")
@@ -224,8 +225,14 @@ def read_provenance_records(output_dir: str | os.PathLike) -> list[dict]:
     for entry in sorted(os.listdir(output_dir)):
         path = os.path.join(output_dir, entry, PROVENANCE_FILE)
         if not entry.startswith(".") and os.path.isfile(path):
-            with open(path, encoding="utf-8") as handle:
-                records.append(json.load(handle))
+            try:
+                with open(path, encoding="utf-8") as handle:
+                    record = json.load(handle)
+            except (json.JSONDecodeError, UnicodeDecodeError) as error:
+                raise ValueError(f"{path} is not valid JSON ({error}); rebuild config '{entry}' or remove it.") from error
+            if not isinstance(record, dict) or not isinstance(record.get("config_name"), str):
+                raise ValueError(f"{path} is not a provenance record (no config_name); rebuild config '{entry}'.")
+            records.append(record)
     order = {name: index for index, name in enumerate(list_datasets())}
     return sorted(records, key=lambda record: (order.get(record["config_name"], len(order)), record["config_name"]))
 

@@ -107,6 +107,21 @@ def test_second_dataset_is_merged_and_rebuild_replaces_shards(data_dir, tmp_path
         load_benchmark(str(output_dir))
 
 
+@pytest.mark.parametrize("content", ["{bad", "[]"])
+def test_broken_provenance_record_fails_before_anything_is_replaced(data_dir, tmp_path, content):
+    output_dir = tmp_path / "out"
+    build_benchmark.build_benchmark("oxford_pets", data_dir, output_dir, show_progress=False)
+    build_benchmark.build_benchmark("dtd", data_dir, output_dir, show_progress=False)
+    shards = sorted(os.listdir(output_dir / "oxford_pets"))
+    card = (output_dir / "README.md").read_text(encoding="utf-8")
+    (output_dir / "dtd" / PROVENANCE_FILE).write_text(content)
+    with pytest.raises(ValueError, match=r"dtd.*capt_benchmark.json|capt_benchmark.json.*dtd"):
+        build_benchmark.build_benchmark("oxford_pets", data_dir, output_dir, show_progress=False)
+    assert sorted(os.listdir(output_dir / "oxford_pets")) == shards  # the good config was not touched
+    assert (output_dir / "README.md").read_text(encoding="utf-8") == card
+    assert not [entry for entry in os.listdir(output_dir) if entry.startswith(".")]
+
+
 def test_single_config_folder_needs_no_config_name(data_dir, tmp_path):
     output_dir = tmp_path / "out"
     build_benchmark.build_benchmark("dtd", data_dir, output_dir, show_progress=False)
