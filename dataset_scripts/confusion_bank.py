@@ -232,7 +232,14 @@ def load_bank(
     metadata_path = folder / METADATA_FILE
     if not metadata_path.is_file():
         raise FileNotFoundError(f"{folder} holds no {METADATA_FILE}: it is not a saved Confusion Bank")
-    metadata = json.loads(metadata_path.read_text(encoding="utf-8"))
+    try:
+        metadata = json.loads(metadata_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{metadata_path} is not valid JSON ({err}): the saved Confusion Bank is damaged") from err
+    required = ("class_names", "template", "embed_dim")
+    missing = [key for key in required if not isinstance(metadata, dict) or key not in metadata]
+    if missing:
+        raise ValueError(f"{metadata_path} lacks {missing}: the saved Confusion Bank is damaged")
     names = list(metadata["class_names"])
 
     files = sorted((folder / "data").glob("*.parquet"))

@@ -80,6 +80,14 @@ def test_load_checks_compatibility(bank, tmp_path):
         bank_io.load_bank(folder, template="a photo of a {}.")
 
 
+@pytest.mark.parametrize("content", ["{bad", "[]", '{"class_names": ["a"]}'])
+def test_damaged_metadata_is_a_clear_error(bank, tmp_path, content):
+    folder = bank_io.save_bank(bank, tmp_path / "bank")
+    (folder / bank_io.METADATA_FILE).write_text(content)
+    with pytest.raises(ValueError, match="bank_metadata.json.*damaged"):
+        bank_io.load_bank(folder)
+
+
 def test_save_replaces_a_bank_and_refuses_other_folders(bank, tmp_path):
     folder = bank_io.save_bank(bank, tmp_path / "bank")
     bank.base_model = "round 2"
