@@ -167,6 +167,9 @@ def save_bank(bank: CaptConfusionBank, output_dir: str | os.PathLike, semantic_p
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     staged = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.tmp-", dir=output_dir.parent))
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(staged, 0o777 & ~umask)  # mkdtemp creates 0700 folders; the bank gets the usual permissions
         (staged / "data").mkdir()
         # The table carries the features (ClassLabel names included) in its schema metadata.
         pq.write_table(bank_to_dataset(bank).data.table, staged / DATA_FILE)

@@ -1,6 +1,8 @@
 """Saving a Confusion Bank as a Parquet dataset, loading it back (locally and from the Hub), and publishing it."""
 
 import json
+import os
+import stat
 
 import datasets
 import pytest
@@ -86,6 +88,16 @@ def test_damaged_metadata_is_a_clear_error(bank, tmp_path, content):
     (folder / bank_io.METADATA_FILE).write_text(content)
     with pytest.raises(ValueError, match="bank_metadata.json.*damaged"):
         bank_io.load_bank(folder)
+
+
+def test_saved_bank_folder_has_the_usual_permissions(bank, tmp_path):
+    umask = os.umask(0o022)
+    try:
+        folder = bank_io.save_bank(bank, tmp_path / "bank")
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE(os.stat(folder).st_mode) == 0o755  # not mkdtemp's 0700
+    assert stat.S_IMODE(os.stat(folder / bank_io.METADATA_FILE).st_mode) == 0o644
 
 
 def test_save_replaces_a_bank_and_refuses_other_folders(bank, tmp_path):
