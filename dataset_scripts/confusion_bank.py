@@ -91,7 +91,7 @@ def _metadata(bank: CaptConfusionBank, semantic_prompts: Any) -> dict[str, Any]:
     }
 
 
-def _dataset_card(bank: CaptConfusionBank, metadata: dict[str, Any]) -> str:
+def _dataset_card(bank: CaptConfusionBank, metadata: dict[str, Any], num_bytes: int) -> str:
     class_label = {"class_label": {"names": {str(i): name for i, name in enumerate(bank.class_names)}}}
     header = {
         "configs": [{"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*"}]}],
@@ -103,7 +103,7 @@ def _dataset_card(bank: CaptConfusionBank, metadata: dict[str, Any]) -> str:
                 {"name": "probs", "list": "float32", "length": bank.num_classes},
                 {"name": "embed", "list": "float32", "length": bank.embed_dim},
             ],
-            "splits": [{"name": "train", "num_examples": len(bank)}],
+            "splits": [{"name": "train", "num_bytes": num_bytes, "num_examples": len(bank)}],
         },
         "tags": ["capt", "confusion-bank", "clip"],
     }
@@ -172,9 +172,10 @@ def save_bank(bank: CaptConfusionBank, output_dir: str | os.PathLike, semantic_p
         os.chmod(staged, 0o777 & ~umask)  # mkdtemp creates 0700 folders; the bank gets the usual permissions
         (staged / "data").mkdir()
         # The table carries the features (ClassLabel names included) in its schema metadata.
-        pq.write_table(bank_to_dataset(bank).data.table, staged / DATA_FILE)
+        table = bank_to_dataset(bank).data.table
+        pq.write_table(table, staged / DATA_FILE)
         (staged / METADATA_FILE).write_text(metadata_text + "\n", encoding="utf-8")
-        (staged / CARD_FILE).write_text(_dataset_card(bank, metadata), encoding="utf-8")
+        (staged / CARD_FILE).write_text(_dataset_card(bank, metadata, table.nbytes), encoding="utf-8")
         previous = None
         if output_dir.exists():
             previous = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.old-", dir=output_dir.parent))

@@ -74,6 +74,14 @@ def test_saved_bank_reads_as_a_plain_dataset(bank, tmp_path):
     assert dataset["index"] == bank.indices.tolist()
 
 
+def test_card_split_metadata_is_well_formed(bank, tmp_path, caplog):
+    folder = bank_io.save_bank(bank, tmp_path / "bank")
+    with caplog.at_level("WARNING"):
+        loaded = datasets.load_dataset(str(folder), cache_dir=str(tmp_path / "cache"))
+    assert "malformed" not in caplog.text
+    assert loaded["train"].info.splits["train"].num_examples == len(bank)
+
+
 def test_load_checks_compatibility(bank, tmp_path):
     folder = bank_io.save_bank(bank, tmp_path / "bank")
     with pytest.raises(ValueError, match="class 2 is 'river' in the bank but 'lake' here"):
