@@ -687,6 +687,10 @@ def _read_oxford_flowers(info: DatasetInfo, dataset_dir: str) -> _RawSplits:
         ) from error
     items_by_label: dict[int, list[str]] = defaultdict(list)
     for index, class_id in enumerate(labels):
+        if int(class_id) < 1:
+            raise SplitFileError(
+                f"{_where(info)}: imagelabels.mat gives image {index + 1} class id {int(class_id)}; ids start at 1."
+            )
         items_by_label[int(class_id) - 1].append(os.path.join(image_root, f"image_{index + 1:05d}.jpg"))
     num_classes = max(len(name_by_class_id), max(items_by_label, default=-1) + 1)
     for label in range(num_classes):

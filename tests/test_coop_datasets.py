@@ -360,3 +360,15 @@ def test_non_integer_pet_class_id_names_the_line(tmp_path):
     trainval.write_text("Abyssinian_1 x 1 1\n" + trainval.read_text())
     with pytest.raises(coop_datasets.SplitFileError, match=r"trainval.txt:1: class id"):
         load_coop_dataset("oxford_pets", tmp_path, verify_images=False)
+
+
+def test_flowers_class_id_zero_is_an_error_not_label_minus_one(tmp_path):
+    from scipy.io import loadmat, savemat
+
+    make_oxford_flowers(str(tmp_path), with_split_file=False)
+    mat = tmp_path / "oxford_flowers" / "imagelabels.mat"
+    labels = loadmat(str(mat))["labels"]
+    labels[0, labels[0] == 1] = 0  # every image of class 1 relabelled 0 (not a valid 1-based id)
+    savemat(str(mat), {"labels": labels})
+    with pytest.raises(coop_datasets.SplitFileError, match="imagelabels.mat gives image 1 class id 0"):
+        load_coop_dataset("oxford_flowers", tmp_path, verify_images=False)
