@@ -148,6 +148,7 @@ class CaptModel(CaptPreTrainedModel):
         self.tokenizer = None  # attached by `from_clip` / `set_class_names`; saved by `save_pretrained`
         self.image_processor = None
         self._text_cache: torch.Tensor | None = None
+        self._text_cache_autocast: torch.dtype | None = None  # the autocast dtype the cache was computed under
         self.post_init()
 
     # ------------------------------------------------------------------------------------------------ construction
@@ -343,12 +344,16 @@ class CaptModel(CaptPreTrainedModel):
         """L2-normalised text features of the class prompts, `(num_classes, projection_dim)`.
 
         Computed once by the frozen text encoder and cached; recomputed only when the class list, the device/dtype, the
-        mode or the weights (`load_state_dict`) change, and in every training step when the CoOp context is learnable
+        autocast precision, the mode or the weights (`load_state_dict`) change, and in every training step when the CoOp context is learnable
         (its gradient flows).
         """
         if not bool(self.class_attention_mask.any()):
             raise RuntimeError("The class prompts are empty: call set_class_names(class_names, tokenizer) first")
         trainable_context = self.prompt_context is not None and self.training and torch.is_grad_enabled()
+        device_type = self.class_input_ids.device.type
+        autocast = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
+        if self._text_cache is not None and self._text_cache_autocast != autocast:
+            self._text_cache = None  # computed in another precision (under or outside autocast)
         if self._text_cache is not None and not trainable_context:
             if self._text_cache.is_inference() and not torch.is_inference_mode_enabled():
                 # cached under `torch.inference_mode`: autograd could not save it for a backward pass; a normal copy
@@ -366,7 +371,7 @@ class CaptModel(CaptPreTrainedModel):
                 )
         features = F.normalize(torch.cat(chunks), dim=-1)
         if not trainable_context:
-            self._text_cache = features.detach()
+            self._text_cache, self._text_cache_autocast = features.detach(), autocast
         else:  # the optimizer step that follows changes the context: a cache from before it would be stale
             self._text_cache = None
         return features

@@ -318,3 +318,16 @@ def test_no_grad_forward_in_training_mode_sees_the_trained_context(tiny_clip, to
         coop.clear_text_cache()
         expected = coop.get_class_text_features()
     torch.testing.assert_close(got, expected)
+
+
+def test_class_features_cached_under_autocast_are_not_reused_outside_it(tiny_clip, tokenizer):
+    model = CaptForImageClassification.from_clip(tiny_clip, CLASS_NAMES, tokenizer=tokenizer).eval()
+    with torch.no_grad():
+        expected = model.get_class_text_features()
+        model.clear_text_cache()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = model.get_class_text_features()  # fills the cache in bf16
+        got = model.get_class_text_features()
+    assert low.dtype == torch.bfloat16
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, expected)
