@@ -93,9 +93,13 @@ class CaptAdapterConfig:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"{name} must be a non-negative number, got {value!r}")
-        if not 1 <= int(self.mgde_top_k) <= 3:
+        for name in ("mgde_top_k", "mgde_num_clusters"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ValueError(f"{name} must be an integer, got {value!r}")
+        if not 1 <= self.mgde_top_k <= 3:
             raise ValueError(f"mgde_top_k must be between 1 and 3 (three experts), got {self.mgde_top_k!r}")
-        if int(self.mgde_num_clusters) < 1:
+        if self.mgde_num_clusters < 1:
             raise ValueError(f"mgde_num_clusters must be positive, got {self.mgde_num_clusters!r}")
 
     def to_dict(self) -> dict[str, Any]:

@@ -184,3 +184,11 @@ def test_semantic_expert_without_centres_outputs_zero():
     assert expert(features()).abs().max() == 0
 
 
+
+
+@pytest.mark.parametrize("field, value", [("mgde_top_k", 2.5), ("mgde_top_k", True), ("mgde_num_clusters", "8")])
+def test_adapter_config_rejects_non_integer_mgde_sizes(field, value):
+    from modeling_capt import CaptAdapterConfig
+
+    with pytest.raises(ValueError, match=f"{field} must be an integer"):
+        CaptAdapterConfig(**{field: value})
