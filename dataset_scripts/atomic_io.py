@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
+import uuid
+
+
+def current_umask() -> int:
+    """The process's umask (read without changing it for longer than one call)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
@@ -18,9 +27,7 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
             temp_file.write(text)
             temp_file.flush()
             os.fsync(temp_file.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temp_path, 0o666 & ~umask)  # mkstemp creates 0600 files
+        os.chmod(temp_path, 0o666 & ~current_umask())  # mkstemp creates 0600 files
         os.replace(temp_path, path)
     except BaseException:
         if os.path.exists(temp_path):
@@ -31,3 +38,34 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
 def write_json_atomic(path: str | os.PathLike, data, indent: int | None = 2) -> None:
     """`json.dump` through [`write_text_atomic`]."""
     write_text_atomic(path, json.dumps(data, indent=indent))
+
+
+def make_staging_dir(final_dir: str | os.PathLike) -> str:
+    """A new empty folder beside `final_dir`, with the usual permissions, to fill and then [`replace_directory`]."""
+    final_dir = os.path.abspath(os.fspath(final_dir))
+    parent = os.path.dirname(final_dir)
+    os.makedirs(parent, exist_ok=True)
+    staged = tempfile.mkdtemp(prefix=f".{os.path.basename(final_dir)}.tmp-", dir=parent)
+    os.chmod(staged, 0o777 & ~current_umask())  # mkdtemp creates 0700 folders
+    return staged
+
+
+def replace_directory(new_dir: str | os.PathLike, final_dir: str | os.PathLike) -> None:
+    """Move the finished folder `new_dir` to `final_dir`, replacing what is there.
+
+    The old folder is moved aside first and deleted only once the new one is in place; if that move fails, the old
+    folder is put back, so a failure never loses an existing output.
+    """
+    new_dir, final_dir = os.fspath(new_dir), os.fspath(final_dir)
+    if not os.path.exists(final_dir):
+        os.replace(new_dir, final_dir)
+        return
+    name = f".{os.path.basename(final_dir)}.old-{uuid.uuid4().hex[:8]}"
+    retired = os.path.join(os.path.dirname(final_dir) or ".", name)
+    os.replace(final_dir, retired)
+    try:
+        os.replace(new_dir, final_dir)
+    except BaseException:
+        os.replace(retired, final_dir)
+        raise
+    shutil.rmtree(retired, ignore_errors=True)

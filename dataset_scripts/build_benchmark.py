@@ -25,8 +25,6 @@ import logging
 import os
 import shutil
 import sys
-import tempfile
-import uuid
 from collections.abc import Sequence
 
 import pyarrow.parquet as pq
@@ -41,6 +39,7 @@ from datasets import ClassLabel, Dataset  # noqa: E402
 from datasets.table import embed_table_storage  # noqa: E402
 from datasets.utils.py_utils import convert_file_size_to_int  # noqa: E402
 
+from dataset_scripts.atomic_io import make_staging_dir, replace_directory, write_text_atomic  # noqa: E402
 from dataset_scripts.coop_datasets import get_dataset_info, list_datasets, read_coop_dataset  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -124,36 +123,6 @@ def write_parquet_shards(
 # --------------------------------------------------------------------------------------------
 
 
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _write_text_atomically(path: str, text: str) -> None:
-    handle, temp_path = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as temp_file:
-            temp_file.write(text)
-        os.chmod(temp_path, 0o666 & ~_current_umask())  # mkstemp creates 0600 files
-        os.replace(temp_path, path)
-    except BaseException:
-        if os.path.exists(temp_path):
-            os.remove(temp_path)
-        raise
-
-
-def _replace_directory(new_dir: str, final_dir: str) -> None:
-    """Move ``new_dir`` to ``final_dir``, replacing an existing ``final_dir`` (old content removed afterwards)."""
-    if not os.path.exists(final_dir):
-        os.replace(new_dir, final_dir)
-        return
-    retired = os.path.join(os.path.dirname(final_dir), f".{os.path.basename(final_dir)}.old-{uuid.uuid4().hex[:8]}")
-    os.replace(final_dir, retired)
-    os.replace(new_dir, final_dir)
-    shutil.rmtree(retired, ignore_errors=True)
-
-
 def build_benchmark(
     dataset_name: str,
     data_dir: str | os.PathLike,
@@ -174,8 +143,7 @@ def build_benchmark(
     read_provenance_records(output_dir)  # the card lists every config: fail on a broken record before writing
     dataset_dict, report = read_coop_dataset(info.name, data_dir, verify_images=verify_images)
 
-    temp_dir = tempfile.mkdtemp(dir=output_dir, prefix=f".{info.name}-")
-    os.chmod(temp_dir, 0o777 & ~_current_umask())  # mkdtemp creates 0700 folders
+    temp_dir = make_staging_dir(os.path.join(output_dir, info.name))
     try:
         total_rows = sum(len(dataset) for dataset in dataset_dict.values())
         with tqdm(total=total_rows, desc=f"Writing {info.name}", unit="img", disable=not show_progress) as progress:
@@ -203,10 +171,10 @@ def build_benchmark(
                 for split, shards in splits.items()
             },
         }
-        _write_text_atomically(
+        write_text_atomic(
             os.path.join(temp_dir, PROVENANCE_FILE), json.dumps(record, indent=2, ensure_ascii=False) + "\n"
         )
-        _replace_directory(temp_dir, os.path.join(output_dir, info.name))
+        replace_directory(temp_dir, os.path.join(output_dir, info.name))
     except BaseException:
         shutil.rmtree(temp_dir, ignore_errors=True)
         raise
@@ -229,7 +197,9 @@ def read_provenance_records(output_dir: str | os.PathLike) -> list[dict]:
                 with open(path, encoding="utf-8") as handle:
                     record = json.load(handle)
             except (json.JSONDecodeError, UnicodeDecodeError) as error:
-                raise ValueError(f"{path} is not valid JSON ({error}); rebuild config '{entry}' or remove it.") from error
+                raise ValueError(
+                    f"{path} is not valid JSON ({error}); rebuild config '{entry}' or remove it."
+                ) from error
             if not isinstance(record, dict) or not isinstance(record.get("config_name"), str):
                 raise ValueError(f"{path} is not a provenance record (no config_name); rebuild config '{entry}'.")
             records.append(record)
@@ -359,7 +329,7 @@ def write_dataset_card(output_dir: str | os.PathLike) -> str:
     output_dir = os.fspath(output_dir)
     card_path = os.path.join(output_dir, CARD_FILE)
     text = render_dataset_card(read_provenance_records(output_dir), _read_card_metadata(card_path))
-    _write_text_atomically(card_path, text)
+    write_text_atomic(card_path, text)
     return card_path
 
 

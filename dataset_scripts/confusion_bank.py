@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +34,7 @@ import yaml
 from datasets import ClassLabel, Features, List, Value
 from huggingface_hub import HfApi, snapshot_download
 
+from dataset_scripts.atomic_io import make_staging_dir, replace_directory
 from modeling_capt.confusion import CaptConfusionBank, top_confused_pairs
 
 
@@ -164,25 +164,15 @@ def save_bank(bank: CaptConfusionBank, output_dir: str | os.PathLike, semantic_p
     except TypeError as err:
         raise TypeError(f"semantic_prompts must be JSON-serialisable data: {err}") from None
 
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staged = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.tmp-", dir=output_dir.parent))
+    staged = Path(make_staging_dir(output_dir))
     try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(staged, 0o777 & ~umask)  # mkdtemp creates 0700 folders; the bank gets the usual permissions
         (staged / "data").mkdir()
         # The table carries the features (ClassLabel names included) in its schema metadata.
         table = bank_to_dataset(bank).data.table
         pq.write_table(table, staged / DATA_FILE)
         (staged / METADATA_FILE).write_text(metadata_text + "\n", encoding="utf-8")
         (staged / CARD_FILE).write_text(_dataset_card(bank, metadata, table.nbytes), encoding="utf-8")
-        previous = None
-        if output_dir.exists():
-            previous = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.old-", dir=output_dir.parent))
-            os.replace(output_dir, previous / "bank")
-        os.replace(staged, output_dir)
-        if previous is not None:
-            shutil.rmtree(previous)
+        replace_directory(staged, output_dir)
     except BaseException:
         shutil.rmtree(staged, ignore_errors=True)
         raise
