@@ -14,13 +14,12 @@ trainer can load the bank with `--bank_path`.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
 
 import torch
-from transformers import AutoTokenizer
+from transformers import AutoTokenizer, PretrainedConfig
 
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -73,8 +72,8 @@ def main(argv=None):
     class_names = splits["train_names"]
     device = torch.device(args.device if args.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu")
 
-    config_path = os.path.join(args.model, "config.json") if os.path.isdir(args.model) else None
-    is_capt = bool(config_path) and json.load(open(config_path, encoding="utf-8")).get("model_type") == "capt"
+    config, _ = PretrainedConfig.get_config_dict(args.model)  # a local folder or a Hub id (CAPT or plain CLIP)
+    is_capt = config.get("model_type") == "capt"
     if is_capt:
         model = CaptForImageClassification.from_pretrained(args.model)
         if model.config.class_names != class_names:

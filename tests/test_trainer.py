@@ -250,3 +250,19 @@ def test_trainer_reads_coop_folders_and_the_parquet_benchmark_alike(tmp_path, ti
     assert from_folders["template"] == "a photo of a {}, a type of pet."
     for key in ("base_accuracy", "novel_accuracy", "confusion_matrix", "novel_confusion_matrix"):
         assert from_folders["zeroshot"][key] == from_parquet["zeroshot"][key]
+
+
+def test_bank_script_takes_a_capt_checkpoint_of_the_same_classes(run_args, tmp_path, tiny_clip_dir, image_processor):
+    from dataset_scripts.build_confusion_bank import main as build_bank_main
+
+    data = tmp_path / "data"
+    common = ["--device", "cpu", "--train_dir", str(data / "train"), "--test_dir", str(data / "test"), "--shots", "4"]
+    for names, folder in ((CLASS_NAMES[:3], "capt-base"), (CLASS_NAMES[1:4], "capt-other")):
+        model = CaptForImageClassification.from_clip(tiny_clip_dir, names, template="itap of a {}.")
+        model.save_pretrained(tmp_path / folder)
+        image_processor.save_pretrained(tmp_path / folder)
+    bank = build_bank_main(["--model", str(tmp_path / "capt-base"), "--output_dir", str(tmp_path / "bank")] + common)
+    assert bank.template == "itap of a {}." and bank.base_model == str(tmp_path / "capt-base")
+    with pytest.raises(ValueError, match="classifies"):
+        build_bank_main(["--model", str(tmp_path / "capt-other"), "--output_dir", str(tmp_path / "bank2")] + common)
+    assert not (tmp_path / "bank2").exists()
