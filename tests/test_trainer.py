@@ -138,6 +138,23 @@ def test_resume_skips_finished_epochs(run_args, tmp_path, capsys):
         main(run_args + ["--method", "coop", "--resume_from_checkpoint", str(tmp_path / "missing")])
 
 
+@pytest.mark.parametrize("method", ["coop", "capt"])
+def test_resume_gives_the_uninterrupted_weights(run_args, tmp_path, method):
+    """Resuming after epoch 1 continues the training loader's shuffle and CAPT's random draws where they were."""
+    from safetensors.torch import load_file
+
+    flags = ["--method", method, "--save_total_limit", "0", "--random_samples"]
+    main(run_args + flags + ["--output_dir", str(tmp_path / "full"), "--num_train_epochs", "3"])
+    reset_accelerate()
+    main(run_args + flags + ["--output_dir", str(tmp_path / "resumed"), "--num_train_epochs", "3",
+                             "--resume_from_checkpoint", str(tmp_path / "full" / "checkpoints" / "epoch_1")])
+    full = load_file(tmp_path / "full" / "model" / "model.safetensors")
+    resumed = load_file(tmp_path / "resumed" / "model" / "model.safetensors")
+    assert full.keys() == resumed.keys()
+    for name in full:
+        torch.testing.assert_close(resumed[name], full[name], rtol=0, atol=0, msg=name)
+
+
 def test_push_to_hub_uploads_the_saved_folder(run_args, monkeypatch):
     calls = {}
 

@@ -46,6 +46,9 @@ logger = logging.getLogger("capt")
 
 
 PROGRESS_FILE = "capt_progress.json"
+# The trainer's own random generators (the training loader's shuffle, CAPT's random representative draws), one file
+# per process: Accelerate's `save_state` restores the global RNGs but not these private generators.
+GENERATORS_FILE = "capt_generators_{}.safetensors"
 
 
 def resolve_template(model_args, data_args) -> str:
@@ -131,7 +134,28 @@ def _prune_checkpoints(root, keep):
         shutil.rmtree(os.path.join(root, old), ignore_errors=True)
 
 
-def _atomic_save_state(accelerator, directory, epoch):
+def _save_generators(directory, generators: dict, process_index: int) -> None:
+    from safetensors.torch import save_file
+
+    states = {name: generator.get_state() for name, generator in generators.items() if generator is not None}
+    save_file(states, os.path.join(directory, GENERATORS_FILE.format(process_index)))
+
+
+def _load_generators(directory, generators: dict, process_index: int) -> None:
+    from safetensors.torch import load_file
+
+    path = os.path.join(directory, GENERATORS_FILE.format(process_index))
+    if not os.path.isfile(path):
+        logger.warning("%s holds no generator states (an older checkpoint): the resumed run's data order and "
+                       "random draws differ from an uninterrupted run", directory)
+        return
+    states = load_file(path)
+    for name, generator in generators.items():
+        if generator is not None and name in states:
+            generator.set_state(states[name])
+
+
+def _atomic_save_state(accelerator, directory, epoch, generators=None):
     """`save_state` into a temporary folder, then rename: a crash never leaves a half-written checkpoint.
 
     The finished epoch goes to a JSON file beside Accelerate's files (not `register_for_checkpointing`, whose
@@ -143,6 +167,8 @@ def _atomic_save_state(accelerator, directory, epoch):
         shutil.rmtree(tmp)
     accelerator.wait_for_everyone()
     accelerator.save_state(tmp, safe_serialization=True)
+    if generators:
+        _save_generators(tmp, generators, accelerator.process_index)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         write_json_atomic(os.path.join(tmp, PROGRESS_FILE), {"epoch": epoch})
@@ -222,6 +248,7 @@ def train_model(model, bank, splits, train_rows, image_processor, accelerator, m
             splits["train"], image_processor, train_args.per_device_train_batch_size, True, train_args.num_workers,
             "train", seed=train_args.seed, augment=augment,
         )
+    shuffle_generator = train_loader.generator  # the sampler's; `prepare` keeps the same object
     steps_per_epoch = math.ceil(len(train_loader) / (accelerator.num_processes * train_args.gradient_accumulation_steps))
     optimizer, scheduler = build_optimizer(model, train_args, steps_per_epoch)
     model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
@@ -237,15 +264,17 @@ def train_model(model, bank, splits, train_rows, image_processor, accelerator, m
         progress_file = os.path.join(resume, PROGRESS_FILE)
         if not os.path.isfile(progress_file):
             raise FileNotFoundError(f"{resume} is not a finished checkpoint of this trainer (no {PROGRESS_FILE})")
-        accelerator.load_state(resume)
-        with open(progress_file, encoding="utf-8") as handle:
-            start_epoch = int(json.load(handle)["epoch"])
-        logger.info("resumed from %s after epoch %d", resume, start_epoch)
-
     step_fn = None
     if method == "capt":
         step_fn = capt_training.CaptStep(model, bank, capt_args, train_rows, image_processor, accelerator,
                                          seed=train_args.seed, prefix_cache=prefix_cache)
+    generators = {"train_shuffle": shuffle_generator, "capt_step": step_fn.generator if step_fn is not None else None}
+    if resume:
+        accelerator.load_state(resume)
+        _load_generators(resume, generators, accelerator.process_index)
+        with open(progress_file, encoding="utf-8") as handle:
+            start_epoch = int(json.load(handle)["epoch"])
+        logger.info("resumed from %s after epoch %d", resume, start_epoch)
     global_step = start_epoch * len(train_loader)
     for epoch in range(start_epoch, train_args.num_train_epochs):
         model.train()
@@ -276,7 +305,7 @@ def train_model(model, bank, splits, train_rows, image_processor, accelerator, m
         accelerator.print(f"epoch {done}: mean loss {running / max(1, len(train_loader)):.4f}")
         if train_args.save_every_epochs and done % train_args.save_every_epochs == 0:
             checkpoint_root = os.path.join(train_args.output_dir, "checkpoints")
-            _atomic_save_state(accelerator, os.path.join(checkpoint_root, f"epoch_{done}"), done)
+            _atomic_save_state(accelerator, os.path.join(checkpoint_root, f"epoch_{done}"), done, generators)
             if accelerator.is_main_process:
                 _prune_checkpoints(checkpoint_root, train_args.save_total_limit)
     return model
