@@ -156,6 +156,31 @@ def test_disk_cache_is_invalidated_by_what_it_depends_on(tmp_path, tiny_clip, to
     assert not _rebuilt(cache_dir, other, train_rows, image_processor, caplog)
 
 
+def test_disk_cache_is_invalidated_by_the_mixed_precision(tmp_path, tiny_clip, tokenizer, image_processor, train_rows,
+                                                           caplog):
+    """Activations computed under bf16 autocast are not those of an fp32 run: the fp32 run rebuilds the cache."""
+    from accelerate import Accelerator
+
+    cache_dir = str(tmp_path / "cache")
+    model = _capt_model(tiny_clip, tokenizer, image_processor)
+    everything = torch.arange(len(train_rows))
+    try:
+        reset_accelerate()
+        FrozenPrefixCache.build(model, train_rows, image_processor, mode="disk", cache_dir=cache_dir,
+                                accelerator=Accelerator(mixed_precision="bf16", cpu=True))
+        reset_accelerate()
+        fp32 = Accelerator(mixed_precision="no", cpu=True)
+        fresh = FrozenPrefixCache.build(model, train_rows, image_processor, mode="memory", accelerator=fp32)
+        caplog.clear()
+        with caplog.at_level("INFO", logger="trainers.prefix_cache"):
+            stored = FrozenPrefixCache.build(model, train_rows, image_processor, mode="disk", cache_dir=cache_dir,
+                                             accelerator=fp32)
+    finally:
+        reset_accelerate()
+    assert "stale" in caplog.text
+    assert torch.equal(stored.fetch(everything), fresh.fetch(everything))
+
+
 def test_cache_refuses_augmentation_and_trainable_prefixes(tiny_clip, tokenizer, image_processor, train_rows):
     model = _capt_model(tiny_clip, tokenizer, image_processor)
     assert FrozenPrefixCache.build(model, train_rows, image_processor, mode="auto", augment=True) is None

@@ -11,7 +11,7 @@ Entries are keyed by training-set row index (the `indices` of a training batch, 
 CAPT's representative samples). They stay in memory below a size threshold, else they are written to disk as
 safetensors shards (never pickle) with a JSON description holding a fingerprint of everything they depend on: the
 frozen prefix's weights (embeddings, pre-layernorm, layers below `start_layer`), the image processor's settings,
-`start_layer`, and the training set. A disk cache whose fingerprint differs is rebuilt, so a changed backbone, image
+`start_layer`, the training set, and the precision it was computed in (Accelerate's mixed precision, the device). A disk cache whose fingerprint differs is rebuilt, so a changed backbone, image
 processor, adapter placement or few-shot sample never reads stale activations.
 
 Random augmentation would make the frozen activations differ every epoch; the cache then refuses (`mode` given
@@ -79,8 +79,12 @@ def _prefix_state(model, start_layer: int, parameters_only: bool = False):
             yield f"{prefix}.{name}", tensor
 
 
-def prefix_fingerprint(model, start_layer: int, image_processor, dataset=None) -> str:
-    """A SHA-256 of what the cached activations depend on (see the module docstring)."""
+def prefix_fingerprint(model, start_layer: int, image_processor, dataset=None, accelerator=None) -> str:
+    """A SHA-256 of what the cached activations depend on (see the module docstring).
+
+    `accelerator` supplies the autocast the activations are computed under (`mixed_precision`): a cache computed in
+    bf16 must not be read by an fp32 run.
+    """
     digest = hashlib.sha256()
     described = {
         "format": CACHE_FORMAT_VERSION,
@@ -88,6 +92,8 @@ def prefix_fingerprint(model, start_layer: int, image_processor, dataset=None) -
         "num_layers": len(_vision_layers(model)),
         "image_processor": image_processor.to_dict() if image_processor is not None else None,
         "attn_implementation": getattr(model.config.clip_config.vision_config, "_attn_implementation", None),
+        "mixed_precision": str(getattr(accelerator, "mixed_precision", "no")),
+        "device": _model_device(model).type,
     }
     if dataset is not None:
         # `datasets` fingerprints every dataset by its source files and the transforms applied (`select`, ...).
@@ -237,7 +243,7 @@ class FrozenPrefixCache:
             mode = "memory" if total_bytes <= memory_limit_bytes else "disk"
         if mode == "disk" and not cache_dir:
             raise ValueError("The disk frozen-prefix cache needs a folder (--prefix_cache_dir)")
-        fingerprint = prefix_fingerprint(model, start_layer, image_processor, rows.dataset)
+        fingerprint = prefix_fingerprint(model, start_layer, image_processor, rows.dataset, accelerator)
         described = (
             f"{num_rows} rows x {tuple(row_shape)} {str(dtype).replace('torch.', '')} = {total_bytes / 2**20:.1f} MiB, "
             f"entering vision layer {start_layer}"
