@@ -63,6 +63,10 @@ def test_config_file_errors(tmp_path, content, error):
         (["--train_dir", "x"], "go together"),
         (["--dataset", "oxford_pets"], "data_dir"),
         (["--prompt_generator", "json"], "prompt_file"),
+        (["--learning_rate", "0"], "--learning_rate must be positive"),
+        (["--learning_rate", "-0.1"], "--learning_rate must be positive"),
+        (["--max_eval_samples", "0"], "--max_eval_samples must be at least 1"),
+        (["--max_eval_samples", "-3"], "--max_eval_samples must be at least 1"),
     ],
 )
 def test_bad_flags(argv, error):

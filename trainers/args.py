@@ -235,6 +235,11 @@ def validate(model_args, data_args, capt_args, train_args) -> None:
                  "gradient_accumulation_steps"):
         if getattr(train_args, name) < 1:
             raise ValueError(f"--{name} must be at least 1, got {getattr(train_args, name)}")
+    if not train_args.learning_rate > 0:
+        raise ValueError(f"--learning_rate must be positive, got {train_args.learning_rate}")
+    if data_args.max_eval_samples is not None and data_args.max_eval_samples < 1:
+        raise ValueError(f"--max_eval_samples must be at least 1 (or left out for the whole test split), "
+                         f"got {data_args.max_eval_samples}")
     if train_args.push_to_hub and not train_args.hub_model_id:
         raise ValueError("--push_to_hub needs --hub_model_id (e.g. org/capt-oxfordpets)")
     sources = [bool(data_args.dataset_name), bool(data_args.dataset), bool(data_args.train_dir or data_args.test_dir)]
