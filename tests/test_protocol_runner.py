@@ -189,6 +189,23 @@ def test_evaluate_checkpoint_on_plain_clip(tmp_path, tiny_clip_dir):
         evaluate_capt.evaluate_checkpoint(tiny_clip_dir)
 
 
+def test_evaluate_checkpoint_on_a_local_multi_config_benchmark(tmp_path, tiny_clip_dir):
+    """A folder built by build_benchmark.py with several configs: --dataset_config_name picks one, and its template."""
+    from dataset_scripts.build_benchmark import build_benchmark
+
+    data = str(tmp_path / "data")
+    make_oxford_pets(data)
+    make_dtd(data)
+    for name in ("oxford_pets", "dtd"):
+        build_benchmark(name, data, str(tmp_path / "OUT"), show_progress=False)
+    from_folders = evaluate_capt.evaluate_checkpoint(tiny_clip_dir, "dtd", data)
+    from_parquet = evaluate_capt.evaluate_checkpoint(tiny_clip_dir, dataset_name=str(tmp_path / "OUT"),
+                                                     dataset_config_name="dtd")
+    assert from_parquet["template"] == from_folders["template"] == "{} texture."
+    for key in ("class_names", "num_samples", "accuracy", "confusion_matrix"):
+        assert from_parquet[key] == from_folders[key], key
+
+
 # --------------------------------------------------------------------------------------------------- Parquet data
 def test_runner_on_parquet_and_embedded_data(tmp_path, tiny_clip_dir, monkeypatch):
     folder = tmp_path / "fashion-like"

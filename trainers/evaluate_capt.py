@@ -25,7 +25,7 @@ from transformers import AutoTokenizer, HfArgumentParser, PretrainedConfig
 if __package__ in (None, ""):  # `python trainers/evaluate_capt.py` runs this file as a script
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dataset_scripts.coop_datasets import get_dataset_info, load_coop_dataset  # noqa: E402
+from dataset_scripts.coop_datasets import get_dataset_info, list_datasets, load_coop_dataset  # noqa: E402
 from modeling_capt import CaptForImageClassification, load_image_processor  # noqa: E402
 from modeling_capt.configuration_capt import DEFAULT_TEMPLATE  # noqa: E402
 from trainers.data import check_dataset, load_local_dataset, prompt_class_names  # noqa: E402
@@ -127,7 +127,7 @@ def load_evaluation_split(
         # ImageNet-A / -R: the reader keeps their 200 wnid folders, labelled in ImageNet's class order.
         splits = load_coop_dataset(dataset, data_dir)
     elif os.path.exists(dataset_name):
-        splits = load_local_dataset(dataset_name)
+        splits = load_local_dataset(dataset_name, config_name=dataset_config_name)
     else:
         import datasets
 
@@ -177,8 +177,8 @@ def evaluate_checkpoint(
         split (`str`, *optional*, defaults to `"test"`):
             The split to evaluate.
         template (`str`, *optional*):
-            Prompt template with one `{}`. Defaults to the CoOp dataset's hand-crafted template, else
-            `"a photo of a {}."`. A CoOp model keeps its learned context and ignores it.
+            Prompt template with one `{}`. Defaults to the CoOp dataset's hand-crafted template (also for a Parquet
+            benchmark whose `dataset_config_name` names one), else `"a photo of a {}."`. A CoOp model keeps its learned context and ignores it.
         image_column, label_column (`str`, *optional*):
             Column names of a `dataset_name` source.
         max_eval_samples (`int`, *optional*):
@@ -191,8 +191,13 @@ def evaluate_checkpoint(
         `dict` with `checkpoint`, `method`, `dataset`, `split`, `template`, `class_names`, `accuracy` (%),
         `num_samples`, `per_class_accuracy`, `top_confused_pairs` and `confusion_matrix`.
     """
-    if template is None:
-        template = get_dataset_info(dataset).template if dataset else DEFAULT_TEMPLATE
+    if template is None:  # as the trainer's: a CoOp benchmark's, or that of a Parquet benchmark's config
+        if dataset:
+            template = get_dataset_info(dataset).template
+        elif dataset_config_name in list_datasets():
+            template = get_dataset_info(dataset_config_name).template
+        else:
+            template = DEFAULT_TEMPLATE
     data, class_names = load_evaluation_split(
         dataset, data_dir, dataset_name=dataset_name, dataset_config_name=dataset_config_name, split=split,
         image_column=image_column, label_column=label_column, max_eval_samples=max_eval_samples,
