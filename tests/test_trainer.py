@@ -74,6 +74,15 @@ def test_bad_flags(argv, error):
         parse_args(argv)
 
 
+@pytest.mark.parametrize("flag", ["--model_name_or_path", "--bank_path", "--bank_base_model",
+                                  "--resume_from_checkpoint"])
+def test_missing_local_paths_are_named_before_any_work(tmp_path, flag):
+    missing = str(tmp_path / "missing" / "folder")
+    with pytest.raises(FileNotFoundError, match=f"{flag}.*{missing}"):
+        parse_args([flag, missing])
+    parse_args(["--bank_path", "org/bank-on-the-hub"])  # a Hub id is not checked locally
+
+
 # --------------------------------------------------------------------------------------------------- metrics
 def test_metrics_by_hand():
     matrix = confusion_matrix([0, 0, 1, 2, 2, 2], [0, 1, 1, 2, 0, 2], 3)

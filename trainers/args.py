@@ -242,6 +242,13 @@ def validate(model_args, data_args, capt_args, train_args) -> None:
                          f"got {data_args.max_eval_samples}")
     if train_args.push_to_hub and not train_args.hub_model_id:
         raise ValueError("--push_to_hub needs --hub_model_id (e.g. org/capt-oxfordpets)")
+    for flag, value in (("model_name_or_path", model_args.model_name_or_path), ("bank_path", capt_args.bank_path),
+                        ("bank_base_model", capt_args.bank_base_model)):
+        if value and _looks_like_local_path(value) and not os.path.exists(value):
+            raise FileNotFoundError(f"--{flag}: no such file or folder: {value}")
+    resume = train_args.resume_from_checkpoint
+    if resume and resume != "latest" and not os.path.isdir(resume):
+        raise FileNotFoundError(f"--resume_from_checkpoint: no checkpoint folder at {resume}")
     sources = [bool(data_args.dataset_name), bool(data_args.dataset), bool(data_args.train_dir or data_args.test_dir)]
     if sum(sources) > 1:
         raise ValueError("Give one data source: --dataset_name, --dataset/--data_dir, or --train_dir/--test_dir")
@@ -249,6 +256,14 @@ def validate(model_args, data_args, capt_args, train_args) -> None:
         raise ValueError("--dataset needs --data_dir (the root of the CoOp dataset folders)")
     if bool(data_args.train_dir) != bool(data_args.test_dir):
         raise ValueError("--train_dir and --test_dir go together")
+
+
+def _looks_like_local_path(value: str) -> bool:
+    """A value no Hub id can be (absolute, `./`/`../`/`~`, or more than one `/`): a missing one is a missing path,
+    not a repository to look up (which would fail with a confusing repo-id error)."""
+    value = str(value)
+    return (os.path.isabs(value) or value.startswith((".", "~")) or os.sep in value.replace("/", "", 1)
+            or value.count("/") > 1)
 
 
 def layers_to_transform(capt_args) -> list[int]:
