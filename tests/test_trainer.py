@@ -168,6 +168,51 @@ def test_resume_gives_the_uninterrupted_weights(run_args, tmp_path, method):
         torch.testing.assert_close(resumed[name], full[name], rtol=0, atol=0, msg=name)
 
 
+def test_interrupted_checkpoint_saves_leave_a_loadable_latest(tmp_path, monkeypatch):
+    """A crash while a checkpoint is written or replaced: `latest` finds a complete one, pruning does not crash."""
+    from trainers import train_capt
+
+    root = tmp_path / "checkpoints"
+
+    class Saver:  # the parts of Accelerator that _atomic_save_state uses
+        is_main_process, process_index = True, 0
+
+        def __init__(self, content):
+            self.content = content
+
+        def wait_for_everyone(self):
+            pass
+
+        def save_state(self, directory, **kwargs):
+            os.makedirs(directory)
+            for name in ("model.safetensors", "optimizer.bin"):
+                (tmp_path / directory / name).write_text(self.content)
+
+    train_capt._atomic_save_state(Saver("first"), str(root / "epoch_1"), 1)
+    train_capt._atomic_save_state(Saver("first"), str(root / "epoch_2"), 2)
+    # a crash inside the deletion of the checkpoint being replaced (resumed from epoch 1, saving epoch 2 again)
+    real_rmtree = train_capt.shutil.rmtree
+
+    def crashing_rmtree(path, *args, **kwargs):
+        for name in sorted(os.listdir(path))[:1]:
+            os.remove(os.path.join(path, name))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_capt.shutil, "rmtree", crashing_rmtree)
+    with pytest.raises(KeyboardInterrupt):
+        train_capt._atomic_save_state(Saver("second"), str(root / "epoch_2"), 2)
+    monkeypatch.setattr(train_capt.shutil, "rmtree", real_rmtree)
+    # and a crash after the progress file of epoch 3 was written, before its rename
+    os.makedirs(root / "epoch_3.tmp")
+    (root / "epoch_3.tmp" / train_capt.PROGRESS_FILE).write_text('{"epoch": 3}')
+
+    latest = train_capt._latest_checkpoint(str(tmp_path))
+    assert latest == str(root / "epoch_2")
+    assert sorted(os.listdir(latest)) == ["capt_progress.json", "model.safetensors", "optimizer.bin"]
+    train_capt._prune_checkpoints(str(root), 1)
+    assert train_capt._latest_checkpoint(str(tmp_path)) == str(root / "epoch_2")
+
+
 def test_push_to_hub_uploads_the_saved_folder(run_args, monkeypatch):
     calls = {}
 

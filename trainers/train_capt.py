@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import sys
 import time
@@ -124,12 +125,19 @@ def build_optimizer(model, train_args, steps_per_epoch):
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
 
 
+def _epoch_folders(root) -> list[str]:
+    """The `epoch_N` folders under `root`, oldest first (not the `.tmp` / `.old` folders of an interrupted save)."""
+    if not os.path.isdir(root):
+        return []
+    names = [d for d in os.listdir(root) if re.fullmatch(r"epoch_\d+", d) and os.path.isdir(os.path.join(root, d))]
+    return sorted(names, key=lambda d: int(d.split("_")[1]))
+
+
 def _prune_checkpoints(root, keep):
     """Delete all but the newest `keep` finished epoch checkpoints under `root` (0 keeps all)."""
     if keep <= 0 or not os.path.isdir(root):
         return
-    done = sorted((d for d in os.listdir(root) if d.startswith("epoch_") and not d.endswith(".tmp")),
-                  key=lambda d: int(d.split("_")[1]))
+    done = _epoch_folders(root)
     for old in done[:-keep]:
         shutil.rmtree(os.path.join(root, old), ignore_errors=True)
 
@@ -172,20 +180,22 @@ def _atomic_save_state(accelerator, directory, epoch, generators=None):
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         write_json_atomic(os.path.join(tmp, PROGRESS_FILE), {"epoch": epoch})
-        if os.path.exists(directory):
-            shutil.rmtree(directory)
+        old = directory + ".old"
+        if os.path.exists(old):
+            shutil.rmtree(old)
+        if os.path.exists(directory):  # set aside, not deleted in place: a crash never leaves half of it
+            os.replace(directory, old)
         os.replace(tmp, directory)
+        shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
 
 
 def _latest_checkpoint(output_dir):
     root = os.path.join(output_dir, "checkpoints")
-    if not os.path.isdir(root):
-        return None
-    done = [d for d in os.listdir(root) if d.startswith("epoch_") and os.path.isfile(os.path.join(root, d, PROGRESS_FILE))]
+    done = [d for d in _epoch_folders(root) if os.path.isfile(os.path.join(root, d, PROGRESS_FILE))]
     if not done:
         return None
-    return os.path.join(root, max(done, key=lambda d: int(d.split("_")[1])))
+    return os.path.join(root, done[-1])
 
 
 def evaluate_base_and_novel(model, loaders, splits, tokenizer, accelerator, name) -> dict:
