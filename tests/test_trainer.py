@@ -284,6 +284,25 @@ def test_bank_script_builds_a_bank_the_trainer_loads(run_args, tmp_path, tiny_cl
     assert summary["capt"]["bank_misclassified"] == int(bank.num_misclassified)
 
 
+def test_prompt_file_is_used_with_a_bank_that_stores_prompts(run_args, tmp_path):
+    """A bank saved by a run carries its (template) prompts; --prompt_generator json must still use the file."""
+    main(run_args + ["--method", "capt", "--num_train_epochs", "1", "--save_every_epochs", "0"])
+    saved = tmp_path / "out" / "confusion_bank"
+    stored = json.loads((saved / "bank_metadata.json").read_text())["semantic_prompts"]
+    assert stored and all(item["source"] == "template" for item in stored)
+    prompt_file = tmp_path / "prompts.json"
+    prompt_file.write_text(json.dumps({"version": 1, "pairs": [
+        {"classes": item["classes"], "commonality": f"both {item['classes'][0]}", "difference": "not alike"}
+        for item in stored
+    ]}))
+    reset_accelerate()
+    main(run_args + ["--method", "capt", "--num_train_epochs", "1", "--save_every_epochs", "0",
+                     "--bank_path", str(saved), "--prompt_generator", "json", "--prompt_file", str(prompt_file),
+                     "--output_dir", str(tmp_path / "again")])
+    used = json.loads((tmp_path / "again" / "confusion_bank" / "bank_metadata.json").read_text())["semantic_prompts"]
+    assert used and all(item["source"] == "json" and item["difference"] == "not alike" for item in used)
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
 def test_bank_script_refuses_cuda_without_a_gpu(tmp_path, tiny_clip_dir):
     from dataset_scripts.build_confusion_bank import main as build_bank_main

@@ -80,7 +80,11 @@ class CaptArguments:
     load_balance_coef: float = field(default=0.0, metadata={"help": "Weight of MGDE's load-balancing loss."})
     mgde_num_clusters: int = field(default=8, metadata={"help": "K-means centres per semantic expert."})
     mgde_top_k: int = field(default=2, metadata={"help": "Experts routed per sample."})
-    prompt_generator: str = field(default="template", metadata={"help": "template, json or lm."})
+    prompt_generator: str = field(
+        default="template",
+        metadata={"help": "template, json or lm. template reuses the prompts stored with a --bank_path bank; json and "
+                          "lm write every pair's prompts anew."},
+    )
     prompt_file: str | None = field(default=None, metadata={"help": "JSON prompts for --prompt_generator json."})
     prompt_lm: str | None = field(default=None, metadata={"help": "Causal LM for --prompt_generator lm."})
 

@@ -137,7 +137,12 @@ def prepare_bank_and_prompts(accelerator, capt_args, train_args, zeroshot, train
     if k < 1:
         raise ValueError("CAPT needs at least two training classes")
 
-    prompts = _prompts_from_data(bank.semantic_prompts)
+    # Prompts stored with a loaded bank are reused, unless the run asks for a generator of its own (--prompt_generator
+    # json or lm): then that generator answers every pair, as the flags say.
+    prompts = _prompts_from_data(bank.semantic_prompts) if capt_args.prompt_generator == "template" else {}
+    if bank.semantic_prompts and not prompts:
+        logger.info("--prompt_generator %s: the semantic prompts stored with the bank are not used",
+                    capt_args.prompt_generator)
     if capt_args.use_sem:
         pairs = confusion_pairs(bank, k, pseudo_gt=capt_args.pseudo_gt, use_statistics=capt_args.confusion_statistics,
                                 symmetric=capt_args.symmetric_statistics)
