@@ -343,9 +343,9 @@ class CaptModel(CaptPreTrainedModel):
     def get_class_text_features(self, chunk_size: int = 256) -> torch.Tensor:
         """L2-normalised text features of the class prompts, `(num_classes, projection_dim)`.
 
-        Computed once by the frozen text encoder and cached; recomputed only when the class list, the device/dtype, the
-        autocast precision, the mode or the weights (`load_state_dict`) change, and in every training step when the CoOp context is learnable
-        (its gradient flows).
+        Computed once by the frozen text encoder and cached; recomputed only when the class list, the device/dtype,
+        the autocast precision, the mode or the weights (`load_state_dict`) change, and in every training step when
+        the CoOp context is learnable (its gradient flows).
         """
         if not bool(self.class_attention_mask.any()):
             raise RuntimeError("The class prompts are empty: call set_class_names(class_names, tokenizer) first")

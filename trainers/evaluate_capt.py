@@ -178,7 +178,8 @@ def evaluate_checkpoint(
             The split to evaluate.
         template (`str`, *optional*):
             Prompt template with one `{}`. Defaults to the CoOp dataset's hand-crafted template (also for a Parquet
-            benchmark whose `dataset_config_name` names one), else `"a photo of a {}."`. A CoOp model keeps its learned context and ignores it.
+            benchmark whose `dataset_config_name` names one), else `"a photo of a {}."`. A CoOp model keeps its
+            learned context and ignores it.
         image_column, label_column (`str`, *optional*):
             Column names of a `dataset_name` source.
         max_eval_samples (`int`, *optional*):

@@ -7,12 +7,13 @@ adapted, where only the CLS token is kept) once, under `torch.inference_mode`, a
 tower from them with `model(hidden_states=..., start_layer=...)`. The class text features are cached by the model
 itself (`CaptModel.get_class_text_features`).
 
-Entries are keyed by training-set row index (the `indices` of a training batch, which are also the indices of
-CAPT's representative samples). They stay in memory below a size threshold, else they are written to disk as
-safetensors shards (never pickle) with a JSON description holding a fingerprint of everything they depend on: the
-frozen prefix's weights (embeddings, pre-layernorm, layers below `start_layer`), the image processor's settings,
-`start_layer`, the training set, and the precision it was computed in (Accelerate's mixed precision, the device). A disk cache whose fingerprint differs is rebuilt, so a changed backbone, image
-processor, adapter placement or few-shot sample never reads stale activations.
+Entries are keyed by training-set row index (the `indices` of a training batch, which are also the indices of CAPT's
+representative samples). They stay in memory below a size threshold, else they are written to disk as safetensors
+shards (never pickle) with a JSON description holding a fingerprint of everything they depend on: the frozen
+prefix's weights (embeddings, pre-layernorm, layers below `start_layer`), the image processor's settings,
+`start_layer`, the training set, and the precision it was computed in (Accelerate's mixed precision, the device). A
+disk cache whose fingerprint differs is rebuilt, so a changed backbone, image processor, adapter placement or
+few-shot sample never reads stale activations.
 
 Random augmentation would make the frozen activations differ every epoch; the cache then refuses (`mode` given
 explicitly) or steps aside (`mode="auto"`).
