@@ -42,6 +42,7 @@ def test_config_file_then_flags_override(tmp_path):
     json_config = tmp_path / "run.json"
     json_config.write_text(json.dumps({"method": "zeroshot"}))
     assert parse_args(["--config", str(json_config)])[0].method == "zeroshot"
+    assert parse_args([f"--config={json_config}"])[0].method == "zeroshot"
 
 
 @pytest.mark.parametrize(
@@ -67,6 +68,10 @@ def test_config_file_errors(tmp_path, content, error):
         (["--learning_rate", "-0.1"], "--learning_rate must be positive"),
         (["--max_eval_samples", "0"], "--max_eval_samples must be at least 1"),
         (["--max_eval_samples", "-3"], "--max_eval_samples must be at least 1"),
+        (["--save_every_epochs", "-1"], "--save_every_epochs must be 0 or more"),
+        (["--save_total_limit", "-1"], "--save_total_limit must be 0 or more"),
+        (["--method", "zeroshot", "--resume_from_checkpoint", "."], "zeroshot trains nothing"),
+        (["--config="], "--config needs a file path"),
     ],
 )
 def test_bad_flags(argv, error):
@@ -149,6 +154,19 @@ def test_resume_skips_finished_epochs(run_args, tmp_path, capsys):
     with pytest.raises(FileNotFoundError, match="no checkpoint folder"):
         reset_accelerate()
         main(run_args + ["--method", "coop", "--resume_from_checkpoint", str(tmp_path / "missing")])
+
+
+def test_resume_refuses_a_checkpoint_of_other_training_flags(run_args, tmp_path, monkeypatch):
+    from trainers import train_capt
+
+    main(run_args + ["--method", "coop", "--num_train_epochs", "1"])
+    metrics = (tmp_path / "out" / "metrics.json").read_text()
+    reset_accelerate()
+    monkeypatch.setattr(train_capt, "prepare_splits", lambda *a: pytest.fail("work started before the check"))
+    with pytest.raises(ValueError, match=r"other training flags \(--learning_rate: checkpoint 0.002, this run 0.01\)"):
+        main(run_args + ["--method", "coop", "--num_train_epochs", "2", "--learning_rate", "0.01",
+                         "--resume_from_checkpoint", "latest"])
+    assert (tmp_path / "out" / "metrics.json").read_text() == metrics  # nothing already saved is touched
 
 
 @pytest.mark.parametrize("method", ["coop", "capt"])
@@ -360,3 +378,27 @@ def test_bank_script_takes_a_capt_checkpoint_of_the_same_classes(run_args, tmp_p
     with pytest.raises(ValueError, match="classifies"):
         build_bank_main(["--model", str(tmp_path / "capt-other"), "--output_dir", str(tmp_path / "bank2")] + common)
     assert not (tmp_path / "bank2").exists()
+
+
+def test_a_failed_final_save_keeps_the_previous_model_folder(run_args, tmp_path, monkeypatch):
+    from trainers import train_capt
+
+    main(run_args + ["--method", "zeroshot"])
+    model_dir = tmp_path / "out" / "model"
+    before = {name: (model_dir / name).read_bytes() for name in os.listdir(model_dir)}
+    (model_dir / "stale.txt").write_text("from an earlier run")
+
+    def failing_card(folder, *args, **kwargs):
+        (tmp_path / "out" / "card-was-called").write_text(folder)
+        raise OSError("disk full")
+
+    reset_accelerate()
+    monkeypatch.setattr(train_capt, "write_model_card", failing_card)
+    with pytest.raises(OSError, match="disk full"):
+        main(run_args + ["--method", "zeroshot"])
+    assert {name: (model_dir / name).read_bytes() for name in os.listdir(model_dir) if name != "stale.txt"} == before
+    assert not any(name.startswith(".") for name in os.listdir(tmp_path / "out"))  # no staging folder left
+    monkeypatch.undo()
+    reset_accelerate()
+    main(run_args + ["--method", "zeroshot"])
+    assert not (model_dir / "stale.txt").exists()  # a new model folder holds only the new run's files

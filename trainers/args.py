@@ -135,6 +135,26 @@ class CaptTrainingArguments:
 
 ALL_ARGUMENTS = (ModelArguments, DataArguments, CaptArguments, CaptTrainingArguments)
 
+# Flags a resumed run may change: where things go, how they are reported, evaluated or executed (the frozen-prefix
+# cache and torch.compile give the same weights), and the epoch count (a longer run goes on from the checkpoint).
+# Every other flag decides the trained weights and must match the checkpoint's run.
+RESUMABLE_CHANGES = frozenset({
+    "output_dir", "num_train_epochs", "per_device_eval_batch_size", "report_to", "save_every_epochs",
+    "save_total_limit", "resume_from_checkpoint", "push_to_hub", "hub_model_id", "hub_private", "num_workers",
+    "heatmap", "prefix_cache", "prefix_cache_dir", "torch_compile", "torch_compile_backend", "max_eval_samples",
+    "fewshot_cache_dir",
+})
+
+
+def training_settings(*argument_groups) -> dict:
+    """The flags that decide the trained weights (all but `RESUMABLE_CHANGES`), as JSON values for a checkpoint."""
+    return {
+        f.name: getattr(group, f.name)
+        for group in argument_groups
+        for f in fields(group)
+        if f.name not in RESUMABLE_CHANGES
+    }
+
 
 def _read_config_file(path: str) -> dict:
     if not os.path.isfile(path):
@@ -180,9 +200,13 @@ def parse_args(argv: list[str] | None = None):
     """Parse `--config FILE` (YAML/JSON defaults) plus flags into the four argument dataclasses, validated."""
     argv = list(sys.argv[1:] if argv is None else argv)
     config = {}
+    for position, arg in enumerate(argv):  # `--config=FILE` is `--config FILE`
+        if arg.startswith("--config="):
+            argv[position : position + 1] = ["--config", arg.split("=", 1)[1]]
+            break
     if "--config" in argv:
         position = argv.index("--config")
-        if position + 1 >= len(argv):
+        if position + 1 >= len(argv) or not argv[position + 1]:
             raise ValueError("--config needs a file path")
         path = argv[position + 1]
         del argv[position : position + 2]
@@ -239,6 +263,11 @@ def validate(model_args, data_args, capt_args, train_args) -> None:
                  "gradient_accumulation_steps"):
         if getattr(train_args, name) < 1:
             raise ValueError(f"--{name} must be at least 1, got {getattr(train_args, name)}")
+    for name in ("save_every_epochs", "save_total_limit"):
+        if getattr(train_args, name) < 0:
+            raise ValueError(f"--{name} must be 0 or more, got {getattr(train_args, name)}")
+    if train_args.resume_from_checkpoint not in (None, "latest") and model_args.method == "zeroshot":
+        raise ValueError("--resume_from_checkpoint: --method zeroshot trains nothing, so there is nothing to resume")
     if not train_args.learning_rate > 0:
         raise ValueError(f"--learning_rate must be positive, got {train_args.learning_rate}")
     if data_args.max_eval_samples is not None and data_args.max_eval_samples < 1:

@@ -29,11 +29,11 @@ from transformers import AutoTokenizer, CLIPModel
 if __package__ in (None, ""):  # `accelerate launch trainers/train_capt.py` runs this file as a script
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dataset_scripts.atomic_io import write_json_atomic  # noqa: E402
+from dataset_scripts.atomic_io import make_staging_dir, replace_directory, write_json_atomic  # noqa: E402
 from dataset_scripts.coop_datasets import get_dataset_info, list_datasets  # noqa: E402
 from modeling_capt import CaptAdapterConfig, CaptForImageClassification, load_image_processor  # noqa: E402
 from trainers import capt_training  # noqa: E402
-from trainers.args import layers_to_transform, parse_args  # noqa: E402
+from trainers.args import layers_to_transform, parse_args, training_settings  # noqa: E402
 from trainers.data import (  # noqa: E402
     ImageClassificationCollator, IndexedImageDataset, RandomResizedCropFlip, prepare_splits, processor_crop_size,
 )
@@ -163,12 +163,13 @@ def _load_generators(directory, generators: dict, process_index: int) -> None:
             generator.set_state(states[name])
 
 
-def _atomic_save_state(accelerator, directory, epoch, generators=None):
+def _atomic_save_state(accelerator, directory, epoch, generators=None, settings=None):
     """`save_state` into a temporary folder, then rename: a crash never leaves a half-written checkpoint.
 
-    The finished epoch goes to a JSON file beside Accelerate's files (not `register_for_checkpointing`, whose
-    pickled custom states Accelerate reloads with `weights_only=False`). The confusion bank needs no checkpoint:
-    it is saved as Parquet in `OUTPUT_DIR/confusion_bank` and rebuilt identically on resume.
+    The finished epoch and the run's weight-deciding flags (`settings`, checked on resume) go to a JSON file beside
+    Accelerate's files (not `register_for_checkpointing`, whose pickled custom states Accelerate reloads with
+    `weights_only=False`). The confusion bank needs no checkpoint: it is saved as Parquet in
+    `OUTPUT_DIR/confusion_bank` and rebuilt identically on resume.
     """
     tmp = directory + ".tmp"
     if accelerator.is_main_process and os.path.exists(tmp):
@@ -179,14 +180,8 @@ def _atomic_save_state(accelerator, directory, epoch, generators=None):
         _save_generators(tmp, generators, accelerator.process_index)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        write_json_atomic(os.path.join(tmp, PROGRESS_FILE), {"epoch": epoch})
-        old = directory + ".old"
-        if os.path.exists(old):
-            shutil.rmtree(old)
-        if os.path.exists(directory):  # set aside, not deleted in place: a crash never leaves half of it
-            os.replace(directory, old)
-        os.replace(tmp, directory)
-        shutil.rmtree(old, ignore_errors=True)
+        write_json_atomic(os.path.join(tmp, PROGRESS_FILE), {"epoch": epoch, "settings": settings})
+        replace_directory(tmp, directory)  # the old epoch_N is set aside, not deleted in place
     accelerator.wait_for_everyone()
 
 
@@ -196,6 +191,50 @@ def _latest_checkpoint(output_dir):
     if not done:
         return None
     return os.path.join(root, done[-1])
+
+
+def _write_folder_atomically(final_dir, write) -> None:
+    """`write(folder)` into a staging folder, then swap it in: a crash leaves the previous folder whole, and nothing of
+    an earlier run's folder (another method's files) stays mixed with the new one."""
+    staged = make_staging_dir(final_dir)
+    try:
+        write(staged)
+        replace_directory(staged, final_dir)
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
+
+
+def resolve_resume(train_args, settings: dict) -> str | None:
+    """The checkpoint folder `--resume_from_checkpoint` names (`latest`: the newest finished one, or None), checked
+    before any work: it must be a finished checkpoint of a run with the same weight-deciding flags."""
+    resume = train_args.resume_from_checkpoint
+    if not resume:
+        return None
+    if resume == "latest":
+        resume = _latest_checkpoint(train_args.output_dir)
+        if resume is None:
+            logger.info("--resume_from_checkpoint latest: no finished checkpoint under %s, training from epoch 0",
+                        os.path.join(train_args.output_dir, "checkpoints"))
+            return None
+    if not os.path.isdir(resume):
+        raise FileNotFoundError(f"--resume_from_checkpoint: no checkpoint folder at {resume}")
+    progress_file = os.path.join(resume, PROGRESS_FILE)
+    if not os.path.isfile(progress_file):
+        raise FileNotFoundError(f"{resume} is not a finished checkpoint of this trainer (no {PROGRESS_FILE})")
+    with open(progress_file, encoding="utf-8") as handle:
+        saved = json.load(handle).get("settings")
+    if saved is None:
+        logger.warning("%s does not record its run's flags (an older checkpoint): they are not checked", resume)
+        return resume
+    changed = {name: (saved.get(name), value) for name, value in settings.items() if saved.get(name) != value}
+    if changed:
+        listed = "; ".join(f"--{name}: checkpoint {old!r}, this run {new!r}" for name, (old, new) in changed.items())
+        raise ValueError(
+            f"{resume} was written by a run with other training flags ({listed}). Resume with the same flags, or "
+            "train into a new --output_dir."
+        )
+    return resume
 
 
 def evaluate_base_and_novel(model, loaders, splits, tokenizer, accelerator, name) -> dict:
@@ -230,12 +269,15 @@ def summarize_results(result: dict, class_names) -> dict:
 
 
 def train_model(model, bank, splits, train_rows, image_processor, accelerator, method, data_args, capt_args,
-                train_args):
+                train_args, settings=None):
     """Train the trainable parts of `model` (CoOp context, or CAPT's adapters and MGDE) with Accelerate.
 
     One `prepare`, `accumulate` for gradient accumulation, atomic `save_state` checkpoints every
-    `--save_every_epochs`, and `--resume_from_checkpoint` that skips the finished epochs. Returns the prepared model.
+    `--save_every_epochs`, and `--resume_from_checkpoint` that skips the finished epochs. `settings` (the run's
+    weight-deciding flags, `training_settings`) is recorded in each checkpoint and checked on resume. Returns the
+    prepared model.
     """
+    settings = settings or {}
     eval_bs = train_args.per_device_eval_batch_size
     model.train()
     prefix_cache = FrozenPrefixCache.build(
@@ -265,15 +307,7 @@ def train_model(model, bank, splits, train_rows, image_processor, accelerator, m
     start_epoch = 0
     if train_args.report_to != "none":
         accelerator.init_trackers("capt", config={"method": method, "seed": train_args.seed, "shots": data_args.shots})
-    resume = train_args.resume_from_checkpoint
-    if resume == "latest":
-        resume = _latest_checkpoint(train_args.output_dir)
-    if resume:
-        if not os.path.isdir(resume):
-            raise FileNotFoundError(f"--resume_from_checkpoint: no checkpoint folder at {resume}")
-        progress_file = os.path.join(resume, PROGRESS_FILE)
-        if not os.path.isfile(progress_file):
-            raise FileNotFoundError(f"{resume} is not a finished checkpoint of this trainer (no {PROGRESS_FILE})")
+    resume = resolve_resume(train_args, settings)
     step_fn = None
     if method == "capt":
         step_fn = capt_training.CaptStep(model, bank, capt_args, train_rows, image_processor, accelerator,
@@ -282,7 +316,7 @@ def train_model(model, bank, splits, train_rows, image_processor, accelerator, m
     if resume:
         accelerator.load_state(resume)
         _load_generators(resume, generators, accelerator.process_index)
-        with open(progress_file, encoding="utf-8") as handle:
+        with open(os.path.join(resume, PROGRESS_FILE), encoding="utf-8") as handle:
             start_epoch = int(json.load(handle)["epoch"])
         logger.info("resumed from %s after epoch %d", resume, start_epoch)
     global_step = start_epoch * len(train_loader)
@@ -315,7 +349,8 @@ def train_model(model, bank, splits, train_rows, image_processor, accelerator, m
         accelerator.print(f"epoch {done}: mean loss {running / max(1, len(train_loader)):.4f}")
         if train_args.save_every_epochs and done % train_args.save_every_epochs == 0:
             checkpoint_root = os.path.join(train_args.output_dir, "checkpoints")
-            _atomic_save_state(accelerator, os.path.join(checkpoint_root, f"epoch_{done}"), done, generators)
+            _atomic_save_state(accelerator, os.path.join(checkpoint_root, f"epoch_{done}"), done, generators,
+                               settings)
             if accelerator.is_main_process:
                 _prune_checkpoints(checkpoint_root, train_args.save_total_limit)
     return model
@@ -323,6 +358,7 @@ def train_model(model, bank, splits, train_rows, image_processor, accelerator, m
 
 def main(argv=None):
     model_args, data_args, capt_args, train_args = parse_args(argv)
+    settings = training_settings(model_args, data_args, capt_args, train_args)
     accelerator = Accelerator(
         # the last layer's adapter skips its patch update (nothing reads those tokens), so its local branch may get no
         # gradient in a step: DDP must not wait for it
@@ -337,6 +373,8 @@ def main(argv=None):
     if not accelerator.is_local_main_process:
         logging.getLogger().setLevel(logging.WARNING)
     set_seed(train_args.seed)
+    # a wrong checkpoint, or one of a run with other flags, fails before any work
+    train_args.resume_from_checkpoint = resolve_resume(train_args, settings)
     os.makedirs(train_args.output_dir, exist_ok=True)
     started = time.time()
 
@@ -397,7 +435,7 @@ def main(argv=None):
         if method == "capt" and model.mgde is not None:
             model.init_semantic_experts(semantic.commonality_centres, semantic.difference_centres)
         model = train_model(model, bank, splits, train_rows, image_processor, accelerator, method, data_args,
-                            capt_args, train_args)
+                            capt_args, train_args, settings)
 
     # ---------------------------------------------------------------- evaluation of the trained model
     results[method] = evaluate_base_and_novel(model, loaders, splits, tokenizer, accelerator, method)
@@ -429,11 +467,15 @@ def main(argv=None):
     if accelerator.is_main_process:
         final_dir = os.path.join(train_args.output_dir, "model")
         unwrapped = accelerator.unwrap_model(model)
-        unwrapped.save_pretrained(final_dir, is_main_process=True, save_function=accelerator.save)
+
+        def write_model(folder):
+            unwrapped.save_pretrained(folder, is_main_process=True, save_function=accelerator.save)
+            write_model_card(folder, summary, train_names, repo_id=train_args.hub_model_id)
+
+        _write_folder_atomically(final_dir, write_model)
         if method != "zeroshot":
-            unwrapped.save_adapter(os.path.join(train_args.output_dir, "adapter"))
+            _write_folder_atomically(os.path.join(train_args.output_dir, "adapter"), unwrapped.save_adapter)
         write_json_atomic(os.path.join(train_args.output_dir, "metrics.json"), summary)
-        write_model_card(final_dir, summary, train_names, repo_id=train_args.hub_model_id)
         if train_args.heatmap:
             save_confusion_heatmaps(
                 os.path.join(train_args.output_dir, "confusion_heatmap.png"),
