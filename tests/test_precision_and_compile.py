@@ -59,6 +59,8 @@ def test_bf16_autocasts_training_and_evaluation_runs_in_inference_mode(base_args
     assert training and evaluation
     assert all(dtype == torch.bfloat16 for _, _, dtype in training)
     assert all(inference for _, inference, _ in evaluation)  # every evaluation forward: inference_mode
+    # the bank, zero-shot CLIP and the trained model are all evaluated in the run's precision
+    assert all(dtype == torch.bfloat16 for _, _, dtype in evaluation)
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert 0.0 <= metrics["capt"]["hm"] <= 100.0
 

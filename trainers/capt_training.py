@@ -125,8 +125,9 @@ def prepare_bank_and_prompts(accelerator, capt_args, train_args, zeroshot, train
                     f"not this run's classes {list(class_names)[:5]}..."
                 )
             base_id = capt_args.bank_base_model
-        bank = build_bank(base_model, train_rows, image_processor, train_args.per_device_eval_batch_size,
-                          class_names, template, base_id, make_loader)
+        with accelerator.autocast():  # the run's precision, as every evaluation of the run
+            bank = build_bank(base_model, train_rows, image_processor, train_args.per_device_eval_batch_size,
+                              class_names, template, base_id, make_loader)
     if len(bank) != len(train_rows):
         raise ValueError(f"The confusion bank holds {len(bank)} samples but the training set has {len(train_rows)}")
     if bank.num_misclassified == 0:

@@ -64,12 +64,16 @@ def resolve_template(model_args, data_args) -> str:
 
 @torch.inference_mode()
 def predict(model, loader, accelerator, desc: str) -> dict:
-    """Predictions, labels, row indices and normalised image embeddings over a loader, gathered without duplicates."""
+    """Predictions, labels, row indices and normalised image embeddings over a loader, gathered without duplicates.
+
+    Runs under the run's mixed precision (`accelerator.autocast`), so the zero-shot model (never `prepare`d) and
+    the trained one are evaluated in the same precision."""
     model = accelerator.unwrap_model(model)  # evaluation needs no DDP wrapper (and may change the class list)
     model.eval()
     outputs = {"preds": [], "labels": [], "indices": [], "probs": [], "embeds": []}
     for batch in tqdm(loader, desc=desc, disable=not accelerator.is_local_main_process, leave=False):
-        out = model(pixel_values=batch["pixel_values"])
+        with accelerator.autocast():
+            out = model(pixel_values=batch["pixel_values"])
         gathered = accelerator.gather_for_metrics(
             (out.logits.argmax(-1), batch["labels"], batch["indices"], out.logits.float().softmax(-1), out.image_embeds.float())
         )
