@@ -25,11 +25,13 @@ import logging
 import os
 import shutil
 import sys
+import tempfile
 from collections.abc import Sequence
 
 import pyarrow.parquet as pq
 import yaml
 from huggingface_hub import HfApi
+from huggingface_hub.errors import EntryNotFoundError
 from tqdm.auto import tqdm
 
 if __package__ in (None, ""):  # run as a script: make the repository root importable
@@ -212,11 +214,7 @@ def _read_card_metadata(card_path: str) -> dict:
     if not os.path.isfile(card_path):
         return {}
     with open(card_path, encoding="utf-8") as handle:
-        text = handle.read()
-    if not text.startswith("---"):
-        return {}
-    front_matter = text.split("---", 2)[1]
-    return yaml.safe_load(front_matter) or {}
+        return _front_matter(handle.read())
 
 
 def _config_metadata(record: dict) -> tuple[dict, dict]:
@@ -338,6 +336,35 @@ def write_dataset_card(output_dir: str | os.PathLike) -> str:
 # --------------------------------------------------------------------------------------------
 
 
+def _front_matter(text: str) -> dict:
+    if not text.startswith("---"):
+        return {}
+    metadata = yaml.safe_load(text.split("---", 2)[1]) or {}
+    return metadata if isinstance(metadata, dict) else {}
+
+
+def _remote_card_metadata(api, repo_id: str) -> dict:
+    """The YAML front matter of the Hub repo's current card (empty for a new repo or one without a card)."""
+    try:
+        path = api.hf_hub_download(repo_id, CARD_FILE, repo_type="dataset")
+    except EntryNotFoundError:
+        return {}
+    with open(path, encoding="utf-8") as handle:
+        return _front_matter(handle.read())
+
+
+def _merge_card_metadata(*cards: dict) -> dict:
+    """`configs` / `dataset_info` entries of several cards, by config name (later cards win)."""
+    merged = {"configs": {}, "dataset_info": {}}
+    for card in cards:
+        for key in merged:
+            entries = card.get(key) or []
+            for entry in [entries] if isinstance(entries, dict) else entries:
+                if isinstance(entry, dict):
+                    merged[key][entry.get("config_name", "default")] = entry
+    return {key: list(entries.values()) for key, entries in merged.items()}
+
+
 def push_benchmark_to_hub(
     output_dir: str | os.PathLike,
     repo_id: str,
@@ -349,23 +376,41 @@ def push_benchmark_to_hub(
 ):
     """Create the Hub dataset repo ``repo_id`` (if needed) and upload the card and configs of ``output_dir``.
 
-    Only ``README.md`` and the folders of ``config_names`` (default: every config in ``output_dir``) are
-    uploaded; the remote Parquet shards of those configs are replaced (``delete_patterns``), other configs
-    already on the Hub are left alone. Returns the :class:`huggingface_hub.CommitInfo`.
+    Only the folders of ``config_names`` (default: every config in ``output_dir``) are uploaded; the remote Parquet
+    shards of those configs are replaced (``delete_patterns``), other configs already on the Hub are left alone, and
+    so are their entries in the card: the uploaded ``README.md`` is the local card merged with the Hub's (pushed,
+    say, from another machine), in one commit. Returns the :class:`huggingface_hub.CommitInfo`.
     """
     output_dir = os.fspath(output_dir)
+    records = read_provenance_records(output_dir)
     if config_names is None:
-        config_names = [record["config_name"] for record in read_provenance_records(output_dir)]
+        config_names = [record["config_name"] for record in records]
     api = HfApi(token=token)
     api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
-    return api.upload_folder(
-        repo_id=repo_id,
-        repo_type="dataset",
-        folder_path=output_dir,
-        allow_patterns=[CARD_FILE] + [f"{name}/*" for name in config_names],
-        delete_patterns=[f"{name}/*.parquet" for name in config_names],
-        commit_message=commit_message or f"Add CoOp-protocol configs: {', '.join(config_names)}",
-    )
+    previous = _merge_card_metadata(_remote_card_metadata(api, repo_id), _read_card_metadata(
+        os.path.join(output_dir, CARD_FILE)))
+    # The upload's folder: the merged card, and the configs' files linked (copied where links are impossible).
+    staged = tempfile.mkdtemp(prefix=".hub-upload-", dir=output_dir)
+    try:
+        write_text_atomic(os.path.join(staged, CARD_FILE), render_dataset_card(records, previous))
+        for name in config_names:
+            os.makedirs(os.path.join(staged, name))
+            for entry in os.listdir(os.path.join(output_dir, name)):
+                source, target = os.path.join(output_dir, name, entry), os.path.join(staged, name, entry)
+                try:
+                    os.link(source, target)
+                except OSError:
+                    shutil.copy2(source, target)
+        return api.upload_folder(
+            repo_id=repo_id,
+            repo_type="dataset",
+            folder_path=staged,
+            allow_patterns=[CARD_FILE] + [f"{name}/*" for name in config_names],
+            delete_patterns=[f"{name}/*.parquet" for name in config_names],
+            commit_message=commit_message or f"Add CoOp-protocol configs: {', '.join(config_names)}",
+        )
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import tempfile
 
 import pyarrow.parquet as pq
 import pytest
@@ -133,6 +134,8 @@ class RecordingHfApi:
     """Stands in for huggingface_hub.HfApi: records the calls instead of reaching the Hub."""
 
     calls: list = []
+    remote_card: str | None = None  # the card already on the Hub (None: the repo has none)
+    uploaded_card: str | None = None
 
     def __init__(self, token=None):
         self.token = token
@@ -140,12 +143,24 @@ class RecordingHfApi:
     def create_repo(self, repo_id, **kwargs):
         RecordingHfApi.calls.append(("create_repo", repo_id, kwargs))
 
+    def hf_hub_download(self, repo_id, filename, **kwargs):
+        from huggingface_hub.errors import EntryNotFoundError
+
+        if RecordingHfApi.remote_card is None:
+            raise EntryNotFoundError(f"{filename} not in {repo_id}")
+        path = os.path.join(tempfile.mkdtemp(), filename)
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write(RecordingHfApi.remote_card)
+        return path
+
     def upload_folder(self, **kwargs):
         folder = kwargs["folder_path"]
         files = sorted(
             os.path.relpath(os.path.join(root, f), folder) for root, _, names in os.walk(folder) for f in names
         )
         RecordingHfApi.calls.append(("upload_folder", files, kwargs))
+        with open(os.path.join(folder, "README.md"), encoding="utf-8") as handle:
+            RecordingHfApi.uploaded_card = handle.read()
         return "https://huggingface.co/datasets/org/coop/commit/0"
 
 
@@ -172,17 +187,35 @@ def test_push_to_hub_uploads_the_built_folder(data_dir, tmp_path, monkeypatch):
     assert create_kwargs == {"repo_type": "dataset", "private": True, "exist_ok": True}
     assert upload == "upload_folder"
     assert upload_kwargs["repo_id"] == "org/coop" and upload_kwargs["repo_type"] == "dataset"
-    assert os.path.abspath(upload_kwargs["folder_path"]) == str(output_dir)
     assert upload_kwargs["allow_patterns"] == ["README.md", "oxford_pets/*"]
     assert upload_kwargs["delete_patterns"] == ["oxford_pets/*.parquet"]
-    assert (
-        "README.md" in files
-        and "oxford_pets/train-00000-of-00001.parquet" in files
-        and "dtd/test-00000-of-00001.parquet" in files
-    )
+    assert files == ["README.md"] + [f"oxford_pets/{name}" for name in sorted(os.listdir(output_dir / "oxford_pets"))]
+    assert not os.path.exists(upload_kwargs["folder_path"])  # the upload's staging folder is removed
 
     RecordingHfApi.calls = []
     push_benchmark_to_hub(output_dir, "org/coop")
     assert RecordingHfApi.calls[1][2]["allow_patterns"] == ["README.md", "oxford_pets/*", "dtd/*"]
     with open(output_dir / "dtd" / PROVENANCE_FILE, encoding="utf-8") as handle:
         assert json.load(handle)["splits"]["train"]["num_examples"] == 6
+
+
+def test_push_to_hub_keeps_the_configs_already_on_the_hub_in_the_card(data_dir, tmp_path, monkeypatch):
+    """A config pushed earlier from elsewhere stays loadable by name: its card entries are merged, not dropped."""
+    monkeypatch.setattr(build_benchmark, "HfApi", RecordingHfApi)
+    elsewhere = tmp_path / "elsewhere"
+    build_benchmark.build_benchmark("imagenet", data_dir, elsewhere, show_progress=False)
+    here = tmp_path / "here"
+    build_benchmark.build_benchmark("oxford_pets", data_dir, here, show_progress=False)
+    local_card = (here / "README.md").read_text(encoding="utf-8")
+
+    RecordingHfApi.calls, RecordingHfApi.remote_card = [], (elsewhere / "README.md").read_text(encoding="utf-8")
+    try:
+        push_benchmark_to_hub(here, "org/coop")
+    finally:
+        RecordingHfApi.remote_card = None
+    uploaded = yaml.safe_load(RecordingHfApi.uploaded_card.split("---", 2)[1])
+    assert [entry["config_name"] for entry in uploaded["configs"]] == ["imagenet", "oxford_pets"]
+    assert [entry["config_name"] for entry in uploaded["dataset_info"]] == ["imagenet", "oxford_pets"]
+    assert (here / "README.md").read_text(encoding="utf-8") == local_card  # the local card is left as it was
+    assert RecordingHfApi.calls[1][2]["allow_patterns"] == ["README.md", "oxford_pets/*"]
+
