@@ -201,6 +201,18 @@ def test_factory_maps_the_trainer_flags(tmp_path):
         get_prompt_generator("gpt")
 
 
+def test_factory_ignores_the_flag_of_another_generator(tmp_path):
+    """The trainer passes --prompt_file and --prompt_lm whatever --prompt_generator is: a flag set for another
+    generator (left in a config file, say) must not crash the generator that runs."""
+    path = save_prompts(TemplatePromptGenerator().generate([("a", "b")]), tmp_path / "p.json")
+    assert isinstance(get_prompt_generator("template", prompt_file=str(path), prompt_lm="some-lm"),
+                      TemplatePromptGenerator)
+    generator = get_prompt_generator("json", prompt_file=str(path), prompt_lm="some-lm")
+    assert isinstance(generator, JSONPromptGenerator) and generator.path == str(path)
+    lm = get_prompt_generator("lm", prompt_lm=ScriptedPipeline(), prompt_file=str(path))
+    assert isinstance(lm, LMPromptGenerator)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Parsing of LM answers
 # ----------------------------------------------------------------------------------------------------------------

@@ -712,7 +712,7 @@ def get_prompt_generator(kind: str, **kwargs: Any) -> SemanticPromptGenerator:
         kwargs:
             Forwarded to the generator's constructor. The trainer's flag names are accepted too: `prompt_file`
             (the `path` of `"json"`) and `prompt_lm` (the `model_or_pipeline` of `"lm"`). `None` values are dropped,
-            so unset flags can be passed straight through.
+            so unset flags can be passed straight through; a flag of another generator is ignored with a warning.
 
     Example:
 
@@ -724,7 +724,10 @@ def get_prompt_generator(kind: str, **kwargs: Any) -> SemanticPromptGenerator:
     ```
     """
     kwargs = {key: value for key, value in kwargs.items() if value is not None}
-    for flag, argument in (("prompt_file", "path"), ("prompt_lm", "model_or_pipeline")):
+    for flag, argument, owner in (("prompt_file", "path", "json"), ("prompt_lm", "model_or_pipeline", "lm")):
+        if flag in kwargs and kind != owner:  # the trainer passes both flags whichever generator runs
+            logger.warning("--%s is only used by --prompt_generator %s, not %s: ignored.", flag, owner, kind)
+            del kwargs[flag]
         if flag in kwargs:
             if argument in kwargs:
                 raise ValueError(f"Pass either `{flag}` or `{argument}`, not both.")
