@@ -91,8 +91,8 @@ def bench_building(args, clip, tokenizer, clock):
             build_bank(model, rows, processor, batch_size, names, model.config.template, "zero-shot",
                        lambda *_args, **_kwargs: batches)
 
-    with torch.inference_mode():
-        model.get_class_text_features()  # cached before timing, for both
+    with torch.inference_mode(), autocast:
+        model.get_class_text_features()  # cached before timing, for both (in the precision they run in)
     times = interleaved({"inference": plain_inference, "bank": bank_building}, repeats, args.device, clock)
     return len(rows), batch_size, repeats, times
 
@@ -158,6 +158,9 @@ def crossover(retrieval, batch_size: int) -> str:
 
 def main(argv=None):
     args = parse_args(__doc__.splitlines()[0], argv, add_arguments)
+    sizes = [int(float(size)) for size in args.sizes.split(",") if size.strip()]
+    if len(set(sizes)) < 2 or min(sizes) < 1:
+        raise SystemExit(f"--sizes needs two or more different positive bank sizes (a slope), got {args.sizes!r}")
     clock_name, clock = clock_for(args)
     clip, tokenizer, description = build_clip(args.model, args.num_classes, args.seed)
     num_images, batch_size, repeats, times = bench_building(args, clip, tokenizer, clock)
