@@ -47,6 +47,10 @@ def test_template_generator_accepts_custom_templates_and_rejects_unknown_fields(
 
     with pytest.raises(ValueError, match="commonality_template"):
         TemplatePromptGenerator(commonality_template="a photo of a {classname}.")
+    with pytest.raises(ValueError, match="difference_template"):  # attribute access on a field
+        TemplatePromptGenerator(difference_template="a {a.upper}, not a {b}.")
+    with pytest.raises(ValueError, match="not a format string"):
+        TemplatePromptGenerator(commonality_template="a {a} and {b")
 
 
 @pytest.mark.parametrize(

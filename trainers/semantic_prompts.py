@@ -68,6 +68,7 @@ import json
 import logging
 import os
 import re
+import string
 import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -182,9 +183,12 @@ class TemplatePromptGenerator:
             ("difference_template", difference_template),
         ):
             try:
-                template.format(a="a", b="b")
-            except (KeyError, IndexError, ValueError) as err:
-                raise ValueError(f"`{name}` may only use the fields {{a}} and {{b}}: {template!r} ({err!r}).") from err
+                fields = {field for _, field, _, _ in string.Formatter().parse(template) if field is not None}
+            except ValueError as err:  # unbalanced braces
+                raise ValueError(f"`{name}` is not a format string: {template!r} ({err}).") from err
+            if not fields <= {"a", "b"}:  # `{classname}`, `{0}`, `{}`, `{a.x}`, `{a[0]}`
+                raise ValueError(f"`{name}` may only use the fields {{a}} and {{b}}: {template!r} "
+                                 f"(has {sorted(fields - {'a', 'b'})}).")
         self.commonality_template = commonality_template
         self.difference_template = difference_template
 
