@@ -88,6 +88,23 @@ def test_missing_local_paths_are_named_before_any_work(tmp_path, flag):
     parse_args(["--bank_path", "org/bank-on-the-hub"])  # a Hub id is not checked locally
 
 
+
+def test_readme_flag_table_lists_every_trainer_flag():
+    """The README's table of the trainer's arguments names every flag of trainers/args.py, and no other."""
+    import re
+    from dataclasses import fields
+
+    from conftest import REPO_ROOT
+    from trainers.args import ALL_ARGUMENTS
+
+    readme = open(os.path.join(REPO_ROOT, "README.md"), encoding="utf-8").read()
+    section = readme[readme.index("## The trainer"):readme.index("### Bad input")]
+    table = "\n".join(line for line in section.splitlines() if line.startswith("| "))
+    named = set(re.findall(r"--([a-z_]+)", table))
+    flags = {f.name for group in ALL_ARGUMENTS for f in fields(group)}
+    assert flags - named == set(), "flags missing from the README table"
+    assert named - flags == set(), "README table names flags the trainer does not have"
+
 # --------------------------------------------------------------------------------------------------- metrics
 def test_metrics_by_hand():
     matrix = confusion_matrix([0, 0, 1, 2, 2, 2], [0, 1, 1, 2, 0, 2], 3)

@@ -54,7 +54,9 @@ class DataArguments:
     subsample_classes: str = field(
         default="base", metadata={"help": "base (train on base, evaluate base and novel), or all."}
     )
-    max_eval_samples: int | None = field(default=None, metadata={"help": "Cap each test split (for quick runs)."})
+    max_eval_samples: int | None = field(
+        default=None, metadata={"help": "Cap the test split, before its base/novel split (for quick runs)."}
+    )
     fewshot_cache_dir: str | None = field(default=None, metadata={"help": "Where few-shot indices are cached (JSON)."})
 
 
