@@ -306,7 +306,9 @@ def train_model(model, bank, splits, train_rows, image_processor, accelerator, m
         )
     shuffle_generator = train_loader.generator  # the sampler's; `prepare` keeps the same object
     steps_per_epoch = math.ceil(len(train_loader) / (accelerator.num_processes * train_args.gradient_accumulation_steps))
-    optimizer, scheduler = build_optimizer(model, train_args, steps_per_epoch)
+    # The prepared scheduler steps `num_processes` times per optimizer step (Accelerate's AcceleratedScheduler), so
+    # the schedule is laid out in those steps: the same learning rate per optimizer step whatever the process count.
+    optimizer, scheduler = build_optimizer(model, train_args, steps_per_epoch * accelerator.num_processes)
     model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
     start_epoch = 0
     if train_args.report_to != "none":
