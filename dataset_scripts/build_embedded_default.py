@@ -1046,6 +1046,8 @@ def _confusions_text(pairs: list[dict]) -> str:
 
 
 def write_dataset_card(out_dir: Path, info: dict) -> None:
+    import pyarrow.parquet as pq
+
     names = info["class_names"]
     is_fashion = info["source"].get("source") == "fashion-mnist-idx" or names == FASHION_MNIST_CLASSES
     meta = {
@@ -1068,9 +1070,12 @@ def write_dataset_card(out_dir: Path, info: dict) -> None:
                 {"name": "image", "dtype": "image"},
                 {"name": "label", "dtype": {"class_label": {"names": {str(i): n for i, n in enumerate(names)}}}},
             ],
+            # num_bytes (the Arrow size, read back from the written Parquet): without it `datasets` calls the
+            # card's splits malformed and drops them
             "splits": [
-                {"name": "train", "num_examples": info["sizes"]["pool"]},
-                {"name": "test", "num_examples": info["sizes"]["test"]},
+                {"name": split, "num_bytes": pq.read_table(out_dir / f"{split}.parquet").nbytes,
+                 "num_examples": info["sizes"][size]}
+                for split, size in (("train", "pool"), ("test", "test"))
             ],
         },
     }

@@ -132,6 +132,7 @@ def test_reduced_build_outputs_load_and_classify(reduced_build):
 
     folder = load_dataset(str(data_dir), cache_dir=str(cache))
     assert folder["test"].num_rows == 300 and folder["test"].features == ds["test"].features
+    assert_card_split_sizes(data_dir)
 
     # The tiny model classifies the test split clearly above chance.
     pred, true, _ = _independent_zero_shot(model_dir, ds["test"])
@@ -330,6 +331,18 @@ def test_shipped_default_reproduces_build_info(tmp_path):
 
     folder = load_dataset(str(SHIPPED_DATA), cache_dir=str(tmp_path))
     assert folder["train"].num_rows == info["sizes"]["pool"]
+    assert_card_split_sizes(SHIPPED_DATA)
+
+
+def assert_card_split_sizes(data_dir) -> None:
+    """The card's splits carry num_bytes and num_examples (`datasets` drops a splits entry missing either)."""
+    import pyarrow.parquet as pq
+    import yaml
+
+    card = yaml.safe_load((Path(data_dir) / "README.md").read_text().split("---", 2)[1])
+    for entry in card["dataset_info"]["splits"]:
+        table = pq.read_table(Path(data_dir) / f"{entry['name']}.parquet")
+        assert (entry["num_bytes"], entry["num_examples"]) == (table.nbytes, table.num_rows)
 
 
 # ------------------------------------------------------------------------------------------
