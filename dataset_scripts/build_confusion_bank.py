@@ -19,7 +19,7 @@ import os
 import sys
 
 import torch
-from transformers import AutoTokenizer, PretrainedConfig
+from transformers import PretrainedConfig
 
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -84,7 +84,8 @@ def main(argv=None):
         model = CaptForImageClassification.from_clip(args.model, class_names, template=template)
         base_id = f"zero-shot {args.model}"
     image_processor = load_image_processor(args.model, trust_remote_code=False)
-    AutoTokenizer.from_pretrained(args.model, trust_remote_code=False)  # fail early if there is no tokenizer
+    if getattr(model, "tokenizer", None) is None:  # fail early: the bank's semantic prompts need it
+        raise ValueError(f"{args.model} has no tokenizer (tokenizer.json / vocab files) to load")
     model.to(device).eval()
 
     rows = IndexedImageDataset(splits["train"], "train")

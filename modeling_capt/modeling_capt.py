@@ -6,6 +6,7 @@ reaches the other modeling files by relative imports so `save_pretrained` copies
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from dataclasses import dataclass
@@ -227,7 +228,9 @@ class CaptModel(CaptPreTrainedModel):
             if isinstance(layer, CaptAdaptedLayer):
                 layer.adapter.requires_grad_(True)
         hub_kwargs = {k: kwargs[k] for k in ("revision", "token", "cache_dir", "local_files_only") if k in kwargs}
-        for attribute, load in (("tokenizer", AutoTokenizer.from_pretrained), ("image_processor", load_image_processor)):
+        # the tokenizer is CLIP's: its config names it (the folder's own config.json is CAPT's, unknown to AutoTokenizer)
+        load_tokenizer = functools.partial(AutoTokenizer.from_pretrained, config=model.config.clip_config)
+        for attribute, load in (("tokenizer", load_tokenizer), ("image_processor", load_image_processor)):
             try:  # the checkpoint's own auto_map names only model classes: no remote code is needed here
                 setattr(model, attribute, load(pretrained_model_name_or_path, trust_remote_code=False, **hub_kwargs))
             except (OSError, ValueError, TypeError, KeyError) as err:

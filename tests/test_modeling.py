@@ -331,3 +331,14 @@ def test_class_features_cached_under_autocast_are_not_reused_outside_it(tiny_cli
     assert low.dtype == torch.bfloat16
     assert got.dtype == torch.float32
     torch.testing.assert_close(got, expected)
+
+
+def test_reloading_a_checkpoint_attaches_clips_tokenizer_without_a_model_type_warning(tmp_path, tiny_clip, tokenizer,
+                                                                                      caplog):
+    import logging
+
+    CaptForImageClassification.from_clip(tiny_clip, CLASS_NAMES, tokenizer=tokenizer).save_pretrained(tmp_path / "c")
+    with caplog.at_level(logging.WARNING):
+        loaded = CaptForImageClassification.from_pretrained(tmp_path / "c")
+    assert type(loaded.tokenizer).__name__.startswith("CLIPTokenizer")
+    assert not [r for r in caplog.records if "instantiate a model of type" in r.getMessage()]
