@@ -124,6 +124,8 @@ def test_base2novel_jsons_tables_and_resume(tmp_path, tiny_clip_dir, count_train
     # a result made with other settings is not mixed in
     with pytest.raises(ValueError, match="other settings"):
         run_protocol.run_protocol(argv[:-1] + ["2"])
+    with pytest.raises(ValueError, match="other settings"):  # nor by a table of what exists
+        run_protocol.run_protocol(argv[:split] + ["--table_only"] + argv[split:-1] + ["2"])
 
 
 # --------------------------------------------------------------------------------------------------- cross-dataset

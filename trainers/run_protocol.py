@@ -529,6 +529,8 @@ def render_tables(args, runs: list[Run]) -> str:
     records = {}
     for run in runs:
         record = read_record(run.json_path(args.output_dir))
+        if record is not None and "config" in record:  # a run of other settings is an error, with --table_only too
+            record = _finished_record(run, args.output_dir)
         if record is not None and run.train_run is None and args.protocol in ("cross_dataset", "domain_generalization"):
             records[(SOURCE_DATASET, run.seed, run.shots)] = record
         elif record is not None:
