@@ -376,6 +376,24 @@ def test_infonce_loss_by_hand():
     assert batched.item() == pytest.approx(0.897758, abs=1e-5)
 
 
+def test_infonce_loss_temperature_is_one_over_logit_scale():
+    """Eqs. 4-5 with tau = 1 / logit_scale: the cosines are multiplied by the scale (not divided, not ignored)."""
+    image = torch.tensor([[[2.0, 0.0], [0.0, 1.0]]])
+    text = torch.tensor([[[1.0, 0.0], [0.6, 0.8]]])
+    scale = 2.0  # cos [[1, 0.6], [0, 0.8]] -> logits [[2, 1.2], [0, 1.6]]
+    image_to_text = math.log(1 + math.exp(scale * (0.6 - 1.0))) + math.log(1 + math.exp(scale * (0.0 - 0.8)))
+    text_to_image = math.log(1 + math.exp(scale * (0.0 - 1.0))) + math.log(1 + math.exp(scale * (0.6 - 0.8)))
+    expected = (image_to_text + text_to_image) / 2  # each direction averaged over L = 2, then summed
+    assert expected == pytest.approx(0.597472, abs=1e-6)
+    for logit_scale in (scale, torch.tensor(scale)):
+        assert confusion_infonce_loss(image, text, logit_scale).item() == pytest.approx(expected, abs=1e-5)
+    # each sample's group is contrasted on its own: a second, different sample does not enter the first one's terms
+    other = torch.tensor([[[0.0, 1.0], [1.0, 0.0]]])
+    pair = confusion_infonce_loss(torch.cat([image, other]), torch.cat([text, other]), scale)
+    alone = confusion_infonce_loss(other, other, scale)
+    assert pair.item() == pytest.approx((expected + alone.item()) / 2, abs=1e-5)
+
+
 def test_infonce_loss_gradient_and_shape_check():
     image = torch.randn(4, 6, 8, requires_grad=True)
     loss = confusion_infonce_loss(image, torch.randn(4, 6, 8), 100.0)
