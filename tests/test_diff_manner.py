@@ -323,3 +323,58 @@ def test_skipping_the_last_layer_patch_update_keeps_the_cls_output():
     torch.testing.assert_close(cls_only[:, 0], full[:, 0])
     torch.testing.assert_close(cls_only[:, 1:], hidden[:, 1:])
     assert not torch.allclose(full[:, 1:], hidden[:, 1:])
+
+
+def _depthwise_conv3x3_by_hand(grid: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """`out[b, d, h, w] = bias[d] + sum_{i, j in 0..2} weight[d, 0, i, j] * pad(grid)[b, d, h + i, w + j]`."""
+    height, width = grid.shape[-2:]
+    padded = torch.nn.functional.pad(grid, (1, 1, 1, 1))
+    out = bias.view(1, -1, 1, 1).expand_as(grid).clone()
+    for i in range(3):
+        for j in range(3):
+            out = out + weight[:, 0, i, j].view(1, -1, 1, 1) * padded[:, :, i : i + height, j : j + width]
+    return out
+
+
+def _adapter_by_hand(adapter: CaptDiffMannerAdapter, states: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """METHODS.md CAPT 4 / paper Eqs. 9-10, written out: u = MHA(LN(cls), LN(X), LN(X));
+    X' = DWConv3x3(reshape(LN(X) + u)) on the row-major H x W grid; X += alpha W_out(X'); cls += alpha W_g(u)."""
+    batch, seq_len, dim = states.shape
+    side = int(round((seq_len - 1) ** 0.5))
+    norm = adapter.norm
+    normed = torch.nn.functional.layer_norm(states, (dim,), norm.weight, norm.bias, norm.eps)
+    cls, patches = states[:, :1], states[:, 1:]
+    a = alpha.view(batch, 1, 1)
+    if adapter.branches != "local":
+        u, _ = adapter.attention(normed[:, :1], normed[:, 1:], normed[:, 1:], need_weights=False)  # [B, 1, D]
+    else:
+        u = torch.zeros(batch, 1, dim)
+    if adapter.branches == "global":
+        mixed = u.expand(-1, seq_len - 1, -1)
+    else:
+        # patch n of CLIP's row-major patch sequence sits at row n // side, column n % side
+        grid = (normed[:, 1:] + u).view(batch, side, side, dim).permute(0, 3, 1, 2)
+        conv = _depthwise_conv3x3_by_hand(grid, adapter.local_conv.weight, adapter.local_conv.bias)
+        mixed = conv.permute(0, 2, 3, 1).reshape(batch, side * side, dim)
+    patches = patches + a * (mixed @ adapter.out_proj.weight.T + adapter.out_proj.bias)
+    if adapter.branches != "local":
+        cls = cls + a * (u @ adapter.global_proj.weight.T + adapter.global_proj.bias)
+    return torch.cat([cls, patches], dim=1)
+
+
+@pytest.mark.parametrize("branches", ["both", "global", "local"])
+def test_adapter_forward_by_hand(branches):
+    """Pins Eqs. 9-10 term by term (LN inputs, the global cue mixed into the conv input, the grid orientation, which
+    output map each token uses, the alpha scaling), which the identity/linearity/branch-shape tests leave open."""
+    torch.manual_seed(0)
+    adapter = randomise_(CaptDiffMannerAdapter(HIDDEN, num_heads=2, branches=branches), seed=3)
+    with torch.no_grad():
+        adapter.norm.weight.add_(1.0)  # a LayerNorm away from the identity, but not near zero
+        if branches != "global":  # a kernel with no symmetry, so a transposed grid or flipped kernel shows
+            adapter.local_conv.weight.copy_(torch.randn(adapter.local_conv.weight.shape))
+    # a 4 x 4 grid with a non-symmetric pattern
+    states = torch.randn(2, 1 + 4 * 4, HIDDEN, generator=torch.Generator().manual_seed(7))
+    alpha = torch.tensor([0.7, 2.3])
+    with torch.no_grad():
+        expected = _adapter_by_hand(adapter, states, alpha)
+        torch.testing.assert_close(adapter(states, alpha=alpha), expected, atol=1e-5, rtol=1e-5)
