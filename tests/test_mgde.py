@@ -192,3 +192,54 @@ def test_adapter_config_rejects_non_integer_mgde_sizes(field, value):
 
     with pytest.raises(ValueError, match=f"{field} must be an integer"):
         CaptAdapterConfig(**{field: value})
+
+
+def test_mgde_forward_by_hand(clip):
+    """Eq. 11 term by term in eval mode: f + sum_{i in top-k(f W_r)} g_i softmax_topk(f W_r)_i Expert_i(LN_i(f)),
+    experts in router order (sample, commonality, difference), with Eq. 12's first layer w(centres) recomputed."""
+    torch.manual_seed(0)
+    mgde = make_mgde(clip, top_k=2, router_init_std=1.0)
+    with torch.no_grad():
+        mgde.expert_gates.copy_(torch.tensor([0.5, 1.3, -0.7]))  # distinct gates, so a mixed-up order shows
+        for expert in (mgde.commonality_expert, mgde.difference_expert):  # move away from the initial values
+            expert.w.weight.add_(0.1 * torch.randn_like(expert.w.weight))
+            expert.fc2.weight.add_(0.1 * torch.randn_like(expert.fc2.weight))
+    f = features(batch=8)
+    assert clip.config.vision_config.hidden_act == "quick_gelu"
+    act = lambda x: x * torch.sigmoid(1.702 * x)  # noqa: E731 (CLIP's quick_gelu)
+
+    def norm(module, x):
+        return torch.nn.functional.layer_norm(x, (HIDDEN,), module.weight, module.bias, module.eps)
+
+    with torch.no_grad():
+        sample = mgde.sample_expert
+        outputs = [sample.fc2(act(sample.fc1(norm(sample.norm, f))))]
+        for expert in (mgde.commonality_expert, mgde.difference_expert):
+            f_e = expert.centres @ expert.w.weight.T  # Eq. 12: (n_clusters, D)
+            outputs.append(act(norm(expert.norm, f) @ f_e.T) @ expert.fc2.weight.T)
+        logits = f @ mgde.router.weight.T
+        expected = f.clone()
+        for b in range(f.shape[0]):
+            top = sorted(range(3), key=lambda i: -float(logits[b, i]))[:2]
+            weights = torch.softmax(logits[b, top], dim=0)
+            for weight, i in zip(weights, top):
+                expected[b] += weight * mgde.expert_gates[i] * outputs[i][b]
+        routing = mgde.route(f)
+        chosen = {tuple(sorted(row)) for row in routing.expert_indices.tolist()}
+        assert len(chosen) > 1, "the test needs samples routed to different experts"
+        torch.testing.assert_close(mgde(f)[0], expected, atol=1e-5, rtol=1e-5)
+
+
+def test_balance_loss_by_hand():
+    """Switch-Transformer balance loss: E * sum_i dispatch_i * mean_b softmax(f W_r)_{b, i}, dispatch_i the share of
+    the batch's top-k assignments that went to expert i."""
+    mgde = CaptMGDE(HIDDEN, PROJECTION, CLUSTERS, intermediate_size=37, top_k=2, router_noise_std=0.0)
+    with torch.no_grad():
+        mgde.router.weight.zero_()
+    logits = torch.tensor([[3.0, 1.0, 0.0], [0.0, 2.0, 1.0], [1.0, 0.0, 2.5], [2.0, 1.5, 0.0]])
+    # top-2: {0,1}, {1,2}, {2,0}, {0,1} -> counts [3, 3, 2] of 8 assignments
+    dispatch = torch.tensor([3.0, 3.0, 2.0]) / 8
+    expected = 3 * (dispatch * logits.softmax(-1).mean(0)).sum()
+    mgde.router = torch.nn.Identity()  # so that route() sees these logits as f W_r
+    routing = mgde.route(logits)
+    torch.testing.assert_close(routing.balance_loss, expected)
