@@ -122,3 +122,27 @@ def test_capt_step_loss_by_hand(setup):
     assert layer.alpha_count.item() == 4
     assert layer.alpha_running.item() == pytest.approx(sum(alphas) / 4, abs=1e-5)
     assert math.isfinite(loss.item()) and loss.requires_grad
+
+
+def test_bank_embeddings_are_frozen_clip_features_whatever_the_base_model(setup, tiny_clip):
+    """METHODS.md CAPT 1 / paper Eq. 8: the bank stores the *frozen* image embedding e_j (retrieval compares samples
+    through the frozen encoder E_I), also when the base model is a trained CAPT checkpoint whose adapters and MGDE
+    move the image features; its probabilities C_j are the trained model's own."""
+    from trainers.capt_training import build_bank
+
+    model, _, rows = setup
+    model.eval()
+    labels = torch.arange(NUM_CLASSES).repeat_interleave(PER_CLASS)
+
+    def make_loader(dataset, image_processor, batch_size, shuffle, num_workers, split):
+        return [{"pixel_values": rows.pixels[i : i + 5], "indices": torch.arange(i, min(i + 5, len(rows))),
+                 "labels": labels[i : i + 5]} for i in range(0, len(rows), 5)]
+
+    bank = build_bank(model, SimpleNamespace(dataset=None), None, 5, model.config.class_names, model.config.template,
+                      "capt", make_loader)
+    with torch.no_grad():
+        frozen = F.normalize(tiny_clip.get_image_features(pixel_values=rows.pixels).pooler_output, dim=-1)
+        adapted = model(pixel_values=rows.pixels)
+    assert not torch.allclose(adapted.image_embeds, frozen, atol=1e-3)  # the base model's own features differ
+    torch.testing.assert_close(bank.embeds, frozen, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(bank.probs, adapted.logits.softmax(-1), atol=1e-5, rtol=1e-5)

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from dataset_scripts.confusion_bank import load_bank, save_bank
 from modeling_capt import CaptForImageClassification
+from modeling_capt.diff_manner import adapters_disabled
 from modeling_capt.confusion import (
     CaptConfusionBank,
     adapter_alpha,
@@ -59,21 +60,38 @@ class SemanticState:
         return int(self.commonality_centres.shape[0])
 
 
+def frozen_image_embeds(model, pixel_values: torch.Tensor) -> torch.Tensor:
+    """CLIP's own L2-normalised image embedding (the frozen encoder `E_I` of paper Eq. 8): the vision tower with the
+    Diff-Manner adapters disabled, no MGDE, then CLIP's post-layernorm and visual projection."""
+    with adapters_disabled(model.clip.vision_model):
+        hidden = model.encode_image_hidden(pixel_values, cls_only=True)
+    pooled = model.clip.vision_model.post_layernorm(hidden[:, 0])
+    return F.normalize(model.clip.visual_projection(pooled).float(), dim=-1)
+
+
 @torch.inference_mode()
 def build_bank(base_model, train_rows, image_processor, batch_size, class_names, template, base_model_id, make_loader):
-    """Run the base model over the training set, batch by batch, and keep what CAPT mines from."""
+    """Run the base model over the training set, batch by batch, and keep what CAPT mines from.
+
+    `probs` are the base model's own (`C_j`); `embeds` are always the frozen CLIP embedding `e_j` (METHODS.md CAPT 1,
+    paper Eq. 8): for a zero-shot or CoOp base model that is its own image embedding, for a CAPT checkpoint (whose
+    adapters and MGDE move the image features) it is computed with the adapters off and without MGDE.
+    """
     base_model.eval()
     loader = make_loader(train_rows.dataset, image_processor, batch_size, False, 0, "train")
     device = next(base_model.parameters()).device
+    adapted = bool(base_model.adapted_layer_names) or base_model.mgde is not None
 
     def batches():
         for batch in tqdm(loader, desc="confusion bank", leave=False):
-            out = base_model(pixel_values=batch["pixel_values"].to(device))
+            pixel_values = batch["pixel_values"].to(device)
+            out = base_model(pixel_values=pixel_values)
+            embeds = frozen_image_embeds(base_model, pixel_values) if adapted else out.image_embeds.float()
             yield {
                 "indices": batch["indices"],
                 "labels": batch["labels"],
                 "probs": out.logits.float().softmax(-1),
-                "embeds": out.image_embeds.float(),
+                "embeds": embeds,
             }
 
     return CaptConfusionBank.build(batches(), class_names, template=template, base_model=base_model_id)
