@@ -310,3 +310,26 @@ def test_paper_numbers_are_consistent():
     assert paper_results.FEW_SHOT["capt"]["average"][16] == paper_results.BASE2NOVEL["capt"]["average"]["base"]
     assert paper_results.paper_value("base2novel", "capt", "dtd", "hm") == 79.51
     assert paper_results.paper_value("few_shot", "capt", "dtd", 4) is None
+
+
+def test_coop_benchmarks_train_for_the_papers_epochs_unless_told(tmp_path):
+    def epochs(runner_args, trainer_args):
+        args, trainer = run_protocol.parse_runner_args(runner_args + ["--output_dir", str(tmp_path / "runs"), "--"]
+                                                       + trainer_args)
+        found = {}
+        for run in run_protocol.plan_runs(args, trainer):
+            argv = run.trainer_argv
+            flags = [argv[i + 1] for i, arg in enumerate(argv) if arg == "--num_train_epochs"]
+            found[run.source.key] = (flags, run.config["trainer_args"])
+        return found
+
+    coop = ["--protocol", "base2novel", "--datasets", "dtd", "eurosat", "--data_dir", str(tmp_path), "--seeds", "1"]
+    found = epochs(coop, [])
+    assert found["dtd"] == (["25"], ["--num_train_epochs", "25"])  # METHODS.md: 25 epochs, 50 on EuroSAT
+    assert found["eurosat"] == (["50"], ["--num_train_epochs", "50"])
+    assert epochs(coop, ["--num_train_epochs", "3"])["eurosat"][0] == ["3"]
+    config = tmp_path / "run.yaml"
+    config.write_text("num_train_epochs: 4\n")
+    assert epochs(coop, ["--config", str(config)])["dtd"][0] == []  # the file's value stands
+    embedded = ["--protocol", "base2novel", "--embedded", "--seeds", "1"]
+    assert [flags for flags, _ in epochs(embedded, []).values()] == [[]]  # not a CoOp benchmark: the trainer's default

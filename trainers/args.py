@@ -158,7 +158,7 @@ def training_settings(*argument_groups) -> dict:
     }
 
 
-def _read_config_file(path: str) -> dict:
+def read_config_file(path: str) -> dict:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"--config file not found: {path}")
     with open(path, encoding="utf-8") as handle:
@@ -212,7 +212,7 @@ def parse_args(argv: list[str] | None = None):
             raise ValueError("--config needs a file path")
         path = argv[position + 1]
         del argv[position : position + 2]
-        config = _read_config_file(path)
+        config = read_config_file(path)
         _check_types(config, path)
     parser = HfArgumentParser(ALL_ARGUMENTS)
     parser.set_defaults(**config)

@@ -2,7 +2,7 @@
 """Run a whole evaluation protocol of the CoOp family (one trainer run per dataset and seed) and tabulate it.
 
     python trainers/run_protocol.py --protocol base2novel --data_dir $DATA --method capt --seeds 1 2 3 \\
-        --output_dir runs -- --model_name_or_path openai/clip-vit-base-patch16 --num_train_epochs 25
+        --output_dir runs -- --model_name_or_path openai/clip-vit-base-patch16
     python trainers/run_protocol.py --protocol few_shot --datasets dtd eurosat --data_dir $DATA --shots 1 2 4 8 16 \\
         --output_dir runs -- --model_name_or_path openai/clip-vit-base-patch16
     python trainers/run_protocol.py --protocol cross_dataset --data_dir $DATA --output_dir runs -- ...
@@ -19,8 +19,9 @@ Protocols (`PROTOCOL.md`):
   their 200 classes). A finished ImageNet run of either of these two protocols is reused by the other.
 
 Flags after `--` go to `trainers/train_capt.py` unchanged (model, epochs, CAPT options, ...); the runner sets the
-data, seed, shots, class subsampling, method and output folder itself. Model selection never sees test data: the
-trainer keeps the last epoch.
+data, seed, shots, class subsampling, method and output folder itself. On the CoOp benchmarks it trains for the
+paper's 25 epochs (50 on EuroSAT) unless those flags set `--num_train_epochs`. Model selection never sees test data:
+the trainer keeps the last epoch.
 
 Layout under `--output_dir RUNS`:
 
@@ -58,7 +59,7 @@ if __package__ in (None, ""):  # `python trainers/run_protocol.py` runs this fil
 
 from dataset_scripts.coop_datasets import get_dataset_info, list_datasets  # noqa: E402
 from trainers import evaluate_capt, train_capt  # noqa: E402
-from trainers.args import EMBEDDED_DATA, METHODS, parse_args  # noqa: E402
+from trainers.args import EMBEDDED_DATA, METHODS, parse_args, read_config_file  # noqa: E402
 from trainers.metrics import harmonic_mean  # noqa: E402
 from trainers.paper_results import DISPLAY_NAMES, METHOD_NAMES, SOURCES, paper_value  # noqa: E402
 from dataset_scripts.atomic_io import write_json_atomic  # noqa: E402
@@ -92,6 +93,10 @@ RUNNER_FLAGS = (
     "--dataset", "--data_dir", "--dataset_name", "--train_dir", "--test_dir", "--seed", "--shots",
     "--subsample_classes", "--method", "--output_dir",
 )
+#: METHODS.md's training length for the CoOp benchmarks (the CAPT paper's): given to the trainer when the flags after
+#: `--` set no `--num_train_epochs` (other data keeps the trainer's default).
+PAPER_EPOCHS, PAPER_EPOCHS_BY_DATASET = 25, {"eurosat": 50}
+
 #: Trainer outputs needed only while a run is unfinished (epoch checkpoints, image caches): deleted once it is done.
 TRANSIENT_OUTPUTS = ("checkpoints", "prefix_cache")
 
@@ -210,6 +215,19 @@ def parse_runner_args(argv: list[str] | None = None):
     return args, trainer_args
 
 
+def _sets_epochs(trainer_args: list[str]) -> bool:
+    """Whether the trainer flags set `--num_train_epochs`, directly or in a `--config` file."""
+    if _has_flag(trainer_args, "--num_train_epochs"):
+        return True
+    for position, arg in enumerate(trainer_args):
+        path = arg.split("=", 1)[1] if arg.startswith("--config=") else None
+        if arg == "--config" and position + 1 < len(trainer_args):
+            path = trainer_args[position + 1]
+        if path is not None and "num_train_epochs" in read_config_file(path):
+            return True
+    return False
+
+
 def _has_flag(argv: list[str], flag: str) -> bool:
     """Whether `argv` gives `flag` (as `--flag value` or `--flag=value`; `HfArgumentParser` also reads `-` for `_`)."""
     names = {arg.split("=", 1)[0] for arg in argv if arg.startswith("--")}
@@ -241,6 +259,9 @@ def data_sources(args) -> list[DataSource]:
 
 # --------------------------------------------------------------------------------------------------- planning
 def _train_run(protocol, source, seed, shots, method, subsample, trainer_args, runs_dir) -> Run:
+    if source.coop and not _sets_epochs(trainer_args):  # recorded in the config: it decides the results
+        epochs = PAPER_EPOCHS_BY_DATASET.get(source.key, PAPER_EPOCHS)
+        trainer_args = [*trainer_args, "--num_train_epochs", str(epochs)]
     config = {
         "kind": "train",
         "data": source.identity,
