@@ -194,7 +194,12 @@ def prepare_bank_and_prompts(accelerator, capt_args, train_args, zeroshot, train
 
 
 class CaptStep:
-    """One CAPT training step: mine confusion classes, retrieve representatives, forward, and the losses."""
+    """One CAPT training step: mine confusion classes, retrieve representatives, forward, and the losses.
+
+    The representatives go through the model in the same forward as their sample, so each is encoded with its
+    sample's `alpha_j` (the weight of the confusion they stand for) and, like the batch, with MGDE in training mode
+    (router noise, expert dropout). METHODS.md leaves both open.
+    """
 
     def __init__(self, model, bank: CaptConfusionBank, capt_args, train_rows, image_processor, accelerator, seed=0,
                  prefix_cache=None):
