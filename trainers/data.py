@@ -15,6 +15,7 @@ import os
 import re
 
 import datasets
+import numpy as np
 import torch
 from datasets import ClassLabel, DatasetDict
 from PIL import Image
@@ -238,10 +239,38 @@ class RandomResizedCropFlip:
                 f"{self.ratio[1]:.4g}), flip_probability={self.flip_probability})")
 
 
+def to_rgb(image: Image.Image) -> Image.Image:
+    """An 8-bit RGB copy of a decoded image of any PIL mode.
+
+    - 16-bit greyscale (`I;16*`, as Pillow decodes 16-bit PNG and TIFF) is scaled to 8 bits (`/ 257`); `I` and `F`
+      images are read as 16-bit when a value exceeds 255 (`F` in `[0, 1]` as fractions of white). A plain
+      `convert("RGB")` clips them instead, which turns almost every 16-bit image white.
+    - An image with transparency (`RGBA`, `LA`, `PA`, a `P` or `L` image with a transparent colour) is composited onto
+      white, as the CLIP image processor does (`transformers.image_transforms.convert_to_rgb`); a plain
+      `convert("RGB")` shows whatever the transparent pixels hide, often black.
+    """
+    if image.mode == "RGB":
+        return image
+    if image.mode.startswith("I;16") or image.mode in ("I", "F"):
+        values = np.asarray(image, dtype=np.float64)
+        peak = float(values.max()) if values.size else 0.0
+        if image.mode.startswith("I;16") or peak > 255:
+            values = values / 257.0
+        elif image.mode == "F" and peak <= 1.0:
+            values = values * 255.0
+        image = Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8))  # mode L
+    if "A" in image.getbands() or image.info.get("transparency") is not None:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
 class ImageClassificationCollator:
     """Turns rows `{image, label}` into `pixel_values`, `labels` and `indices` with the CLIP image processor.
 
-    `augment` (e.g. [`RandomResizedCropFlip`]) is applied to every decoded RGB image first (training only). An image
+    Every image is made 8-bit RGB first ([`to_rgb`]: 16-bit images scaled, transparency composited onto white), then
+    `augment` (e.g. [`RandomResizedCropFlip`]) is applied to it (training only). An image
     that cannot be decoded raises an error naming its split and row index.
     """
 
@@ -255,7 +284,7 @@ class ImageClassificationCollator:
         for row in rows:
             image = row["image"]
             if getattr(image, "mode", "RGB") != "RGB":
-                image = image.convert("RGB")
+                image = to_rgb(image)
             if self.augment is not None:
                 image = self.augment(image)
             images.append(image)
