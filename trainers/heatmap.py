@@ -22,9 +22,33 @@ def _colour(value: float) -> tuple[int, int, int]:
     return (int(255 - 225 * value), int(255 - 180 * value), int(255 - 90 * value))
 
 
+#: Largest side, in pixels, of a panel's grid: with many classes the cells shrink to fit (1000 classes at 36 px a cell
+#: made a 36000 x 36000 panel, gigabytes of memory and minutes of drawing for a PNG no viewer opens).
+MAX_GRID_SIZE = 2048
+#: Smallest cell that still gets its row and column labels (the default font is about 11 px high).
+MIN_LABELLED_CELL = 12
+
+
+def heatmap_cell_size(num_classes: int, cell: int = 36, max_grid: int = MAX_GRID_SIZE) -> int:
+    """Side of one cell: `cell`, shrunk so that the grid stays within `max_grid` pixels (at least 1)."""
+    return max(1, min(cell, max_grid // max(num_classes, 1)))
+
+
 def draw_confusion_heatmap(matrix: Sequence[Sequence[int]], class_names: Sequence[str], title: str,
-                           cell: int = 36) -> Image.Image:
-    """One row-normalised confusion matrix as an image: rows are true classes, columns predictions."""
+                           cell: int = 36, max_grid: int = MAX_GRID_SIZE) -> Image.Image:
+    """One row-normalised confusion matrix as an image: rows are true classes, columns predictions.
+
+    Cells are `cell` pixels wide with their counts written in; with more classes than `max_grid // cell` they shrink
+    to fit `max_grid` pixels, the counts are left out, and below `MIN_LABELLED_CELL` pixels the class labels too.
+    """
+    size = len(class_names)
+    full = heatmap_cell_size(size, cell, max_grid)
+    if full == cell:
+        return _draw_full(matrix, class_names, title, cell)
+    return _draw_compact(matrix, class_names, title, full)
+
+
+def _draw_full(matrix, class_names, title, cell):
     font = ImageFont.load_default()
     size = len(class_names)
     label_width = 8 + 7 * max(len(name) for name in class_names)
@@ -43,11 +67,40 @@ def draw_confusion_heatmap(matrix: Sequence[Sequence[int]], class_names: Sequenc
             if value:
                 ink = "white" if normalised[i][j] > 0.55 else "black"
                 draw.text((x0 + 4, y0 + cell // 2 - 5), str(value), fill=ink, font=font)
+    _draw_column_labels(image, class_names, label_width, top + size * cell + 4, cell, font)
+    return image
+
+
+def _draw_column_labels(image, class_names, left, y, cell, font):
+    label_width = 8 + 7 * max(len(name) for name in class_names)
     for j, name in enumerate(class_names):  # column labels, rotated
         label = Image.new("RGB", (label_width, 12), "white")
         ImageDraw.Draw(label).text((0, 0), name, fill="black", font=font)
         label = label.rotate(90, expand=True)
-        image.paste(label, (label_width + j * cell + cell // 2 - 6, top + size * cell + 4))
+        image.paste(label, (left + j * cell + cell // 2 - 6, y))
+
+
+def _draw_compact(matrix, class_names, title, cell):
+    """Many classes: the grid is one pixel per cell scaled up (no per-cell drawing), without counts."""
+    font = ImageFont.load_default()
+    size = len(class_names)
+    labelled = cell >= MIN_LABELLED_CELL
+    label_width = 8 + 7 * max(len(name) for name in class_names) if labelled else 8
+    top = 40
+    grid_size = size * cell
+    width = max(label_width + grid_size + 10, 8 + 7 * (len(title) + 40))
+    height = top + grid_size + (label_width + 12 if labelled else 10)
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+    note = "" if labelled else f" ({size} classes: labels left out; row i = true class i, column j = predicted j)"
+    draw.text((label_width, 8), title + note, fill="black", font=font)
+    grid = Image.new("RGB", (size, size))
+    grid.putdata([_colour(value) for row in _row_normalised(matrix) for value in row])
+    image.paste(grid.resize((grid_size, grid_size), Image.NEAREST), (label_width, top))
+    if labelled:
+        for i in range(size):
+            draw.text((4, top + i * cell + cell // 2 - 5), class_names[i], fill="black", font=font)
+        _draw_column_labels(image, class_names, label_width, top + grid_size + 4, cell, font)
     return image
 
 
