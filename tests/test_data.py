@@ -63,3 +63,45 @@ def test_transparency_is_composited_onto_white_as_the_clip_processor_does(image_
 def test_opaque_modes_convert_as_pillow_does(mode):
     image = Image.new(mode, (4, 4))
     assert np.array_equal(np.asarray(to_rgb(image)), np.asarray(image.convert("RGB")))
+
+
+def _write_split_files(root, columns, features, num_classes=4, per_class=2):
+    for split in ("train", "test"):
+        rows = {name: [] for name in features}
+        for i in range(num_classes * per_class):
+            for name, make in columns.items():
+                rows[name].append(make(i % num_classes))
+        datasets.Dataset.from_dict(rows, features=datasets.Features(features)).to_parquet(
+            str(root / f"{split}-00000.parquet")
+        )
+
+
+def _data_args(path, **overrides):
+    from types import SimpleNamespace
+
+    values = dict(dataset=None, data_dir=None, train_dir=None, test_dir=None, dataset_name=str(path),
+                  dataset_config_name=None, image_column="image", label_column="label", shots=1,
+                  subsample_classes="base", max_eval_samples=None, fewshot_cache_dir=None)
+    values.update(overrides)
+    return SimpleNamespace(**values)
+
+
+def test_label_column_beside_another_column_named_label(tmp_path):
+    """A CIFAR-100-like source: `--label_column fine_label --image_column img`, and a string column `label` too."""
+    from trainers.data import prepare_splits
+    from trainers.evaluate_capt import load_evaluation_split
+
+    names = ["apple", "bear", "cup", "dolphin"]
+    _write_split_files(
+        tmp_path,
+        {"img": lambda y: Image.new("RGB", (8, 8), (60 * y, 0, 0)), "label": lambda y: f"coarse {y // 2}",
+         "fine_label": lambda y: y, "image": lambda y: None},
+        {"img": datasets.Image(), "label": datasets.Value("string"), "fine_label": datasets.ClassLabel(names=names),
+         "image": datasets.Value("string")},
+    )
+    splits = prepare_splits(_data_args(tmp_path, image_column="img", label_column="fine_label"), seed=1)
+    assert splits["train_names"] == ["apple", "bear"] and splits["novel_names"] == ["cup", "dolphin"]
+    assert splits["train"].column_names == ["image", "label"]
+    assert sorted(splits["train"]["label"]) == [0, 1] and splits["train"][0]["image"].size == (8, 8)
+    data, class_names = load_evaluation_split(dataset_name=str(tmp_path), image_column="img", label_column="fine_label")
+    assert class_names == names and data.column_names == ["image", "label"] and data["label"] == [0, 1, 2, 3] * 2

@@ -108,6 +108,20 @@ def check_dataset(dataset, image_column: str, label_column: str, split: str) -> 
     return list(feature.names)
 
 
+def standard_columns(data, image_column: str, label_column: str):
+    """`data` (a `Dataset` or `DatasetDict`) with only its image and label columns, named `image` and `label`.
+
+    The other columns are dropped first: a source whose `--label_column` is, say, `fine_label` may also hold a column
+    named `label` (or `image`), which renaming onto would collide with; and the rows decode faster without them.
+    """
+    data = data.select_columns([image_column, label_column])
+    if label_column != "label":
+        data = data.rename_column(label_column, "label")
+    if image_column != "image":
+        data = data.rename_column(image_column, "image")
+    return data
+
+
 def prompt_class_names(names) -> list[str]:
     """Class names as they enter prompts: CoOp's split files write `american_bulldog`; prompts say `american bulldog`."""
     return [name.replace("_", " ") for name in names]
@@ -124,10 +138,7 @@ def prepare_splits(data_args, seed: int) -> dict:
     test_names = check_dataset(raw["test"], data_args.image_column, data_args.label_column, "test")
     if test_names != names:
         raise ValueError("The train and test splits name different classes")
-    if data_args.label_column != "label":
-        raw = raw.rename_column(data_args.label_column, "label")
-    if data_args.image_column != "image":
-        raw = raw.rename_column(data_args.image_column, "image")
+    raw = standard_columns(raw, data_args.image_column, data_args.label_column)
 
     train = raw["train"]
     if data_args.shots and data_args.shots > 0:

@@ -28,7 +28,7 @@ if __package__ in (None, ""):  # `python trainers/evaluate_capt.py` runs this fi
 from dataset_scripts.coop_datasets import get_dataset_info, list_datasets, load_coop_dataset  # noqa: E402
 from modeling_capt import CaptForImageClassification, load_image_processor  # noqa: E402
 from modeling_capt.configuration_capt import DEFAULT_TEMPLATE  # noqa: E402
-from trainers.data import check_dataset, load_local_dataset, prompt_class_names  # noqa: E402
+from trainers.data import check_dataset, load_local_dataset, prompt_class_names, standard_columns  # noqa: E402
 from trainers.metrics import top_confused_pairs  # noqa: E402
 from dataset_scripts.atomic_io import write_json_atomic  # noqa: E402
 from trainers.train_capt import evaluate_split, make_loader  # noqa: E402
@@ -136,10 +136,7 @@ def load_evaluation_split(
         raise ValueError(f"{dataset or dataset_name} has no {split!r} split (splits: {list(splits)})")
     data = splits[split]
     class_names = prompt_class_names(check_dataset(data, image_column, label_column, split))
-    if label_column != "label":
-        data = data.rename_column(label_column, "label")
-    if image_column != "image":
-        data = data.rename_column(image_column, "image")
+    data = standard_columns(data, image_column, label_column)
     if max_eval_samples:  # the same subset the trainer's --max_eval_samples takes
         data = data.shuffle(seed=0).select(range(min(max_eval_samples, len(data))))
     return data, class_names
