@@ -105,3 +105,24 @@ def test_label_column_beside_another_column_named_label(tmp_path):
     assert sorted(splits["train"]["label"]) == [0, 1] and splits["train"][0]["image"].size == (8, 8)
     data, class_names = load_evaluation_split(dataset_name=str(tmp_path), image_column="img", label_column="fine_label")
     assert class_names == names and data.column_names == ["image", "label"] and data["label"] == [0, 1, 2, 3] * 2
+
+
+def test_imagefolder_test_tree_without_a_class_folder(tmp_path):
+    """A class with no test image has no test folder: the test labels are read by name in the training classes."""
+    from trainers.data import prepare_splits
+
+    for split, classes in (("train", ["ant", "bee", "cat", "dog"]), ("test", ["ant", "bee", "dog"])):
+        for label, name in enumerate(classes):
+            (tmp_path / split / name).mkdir(parents=True)
+            for i in range(2):
+                Image.new("RGB", (8, 8), (40 * label, i, 0)).save(tmp_path / split / name / f"{i}.png")
+    args = _data_args(None, dataset_name=None, train_dir=str(tmp_path / "train"), test_dir=str(tmp_path / "test"))
+    splits = prepare_splits(args, seed=1)
+    assert splits["train_names"] == ["ant", "bee"] and splits["novel_names"] == ["cat", "dog"]
+    assert list(splits["test"]["label"]) == [0, 0, 1, 1]
+    assert list(splits["test_novel"]["label"]) == [1, 1]  # dog, not cat
+    assert [image.getpixel((0, 0))[0] for image in splits["test_novel"]["image"]] == [80, 80]  # the dog folder's
+    (tmp_path / "test" / "eel").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "test" / "eel" / "0.png")
+    with pytest.raises(ValueError, match="name different classes"):
+        prepare_splits(args, seed=1)

@@ -122,6 +122,17 @@ def standard_columns(data, image_column: str, label_column: str):
     return data
 
 
+def relabel_by_name(dataset, label_column: str, names: list[str]):
+    """`dataset` with its `ClassLabel` column re-expressed in `names` (a superset of its own class names)."""
+    own = dataset.features[label_column].names
+    new_label_of = np.array([names.index(name) for name in own], dtype=np.int64)
+    column = dataset.with_format("arrow")[label_column]
+    labels = np.asarray(column.to_numpy() if hasattr(column, "to_numpy") else column, dtype=np.int64)
+    return dataset.remove_columns(label_column).add_column(
+        label_column, new_label_of[labels], feature=ClassLabel(names=list(names))
+    )
+
+
 def prompt_class_names(names) -> list[str]:
     """Class names as they enter prompts: CoOp's split files write `american_bulldog`; prompts say `american bulldog`."""
     return [name.replace("_", " ") for name in names]
@@ -137,7 +148,13 @@ def prepare_splits(data_args, seed: int) -> dict:
     names = check_dataset(raw["train"], data_args.image_column, data_args.label_column, "train")
     test_names = check_dataset(raw["test"], data_args.image_column, data_args.label_column, "test")
     if test_names != names:
-        raise ValueError("The train and test splits name different classes")
+        unknown = [name for name in test_names if name not in names]
+        if unknown or len(set(test_names)) != len(test_names):
+            raise ValueError(f"The train and test splits name different classes (test classes not in train: "
+                             f"{unknown[:5]})")
+        # e.g. an ImageFolder test tree without a folder for a class that has no test image: read the test labels
+        # by name in the training split's classes
+        raw["test"] = relabel_by_name(raw["test"], data_args.label_column, names)
     raw = standard_columns(raw, data_args.image_column, data_args.label_column)
 
     train = raw["train"]
