@@ -38,6 +38,11 @@ def test_relative_local_folder_and_coop_benchmark_name_are_not_hub_datasets(tmp_
     assert "datasets" not in _metadata(tmp_path, _summary("openai/clip-vit-base-patch16", "oxford_pets"))
 
 
+def test_the_embedded_default_is_not_a_hub_dataset_from_any_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # where `embedded/fashion-subset` does not exist, but reads like a Hub id
+    assert "datasets" not in _metadata(tmp_path, _summary("openai/clip-vit-base-patch16", "embedded/fashion-subset"))
+
+
 def test_hub_ids_are_kept_and_quoted(tmp_path):
     metadata = _metadata(tmp_path, _summary("openai/clip-vit-base-patch16", "tanganke/dtd"))
     assert metadata["base_model"] == "openai/clip-vit-base-patch16"

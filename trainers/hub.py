@@ -38,8 +38,8 @@ def push_folder_to_hub(folder: str, repo_id: str, private: bool = False, repo_ty
     )
 
 
-CARD_TEMPLATE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "hub_cards",
-                             "capt_model_card.md")
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CARD_TEMPLATE = os.path.join(REPO_ROOT, "hub_cards", "capt_model_card.md")
 
 
 def _results_table(summary: dict) -> str:
@@ -65,7 +65,10 @@ def _hub_id(value) -> str | None:
     The Hub validates a card's `base_model` and `datasets` and refuses the whole upload (HTTP 400) when they hold a
     local path, so only Hub ids go into the card's metadata (the body still names whatever was used).
     """
-    if not isinstance(value, str) or not value or os.path.exists(value) or value in list_datasets():
+    if not isinstance(value, str) or not value or value in list_datasets():
+        return None
+    # a local path, from here or inside this package (the embedded default's `embedded/...`, from any folder)
+    if os.path.exists(value) or os.path.exists(os.path.join(REPO_ROOT, value)):
         return None
     try:
         validate_repo_id(value)
