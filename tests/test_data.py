@@ -126,3 +126,13 @@ def test_imagefolder_test_tree_without_a_class_folder(tmp_path):
     Image.new("RGB", (8, 8)).save(tmp_path / "test" / "eel" / "0.png")
     with pytest.raises(ValueError, match="name different classes"):
         prepare_splits(args, seed=1)
+
+
+def test_fewshot_cache_key_tells_the_configs_of_a_benchmark_apart():
+    from trainers.data import fewshot_cache_key
+
+    dtd = fewshot_cache_key(_data_args("/data/coop", dataset_config_name="dtd"))
+    eurosat = fewshot_cache_key(_data_args("/data/coop", dataset_config_name="eurosat"))
+    assert dtd != eurosat and dtd.endswith("dtd") and "/" not in dtd
+    assert fewshot_cache_key(_data_args(None, dataset_name=None, dataset="oxford_pets")) == "oxford_pets"
+    assert fewshot_cache_key(_data_args(None, dataset_name=None)) == "embedded-fashion-subset"

@@ -133,6 +133,15 @@ def relabel_by_name(dataset, label_column: str, names: list[str]):
     )
 
 
+def fewshot_cache_key(data_args) -> str:
+    """The name of the training data in the few-shot index cache: the CoOp benchmark, the `datasets` source (with its
+    config: one cache file per config of a benchmark folder), the training folder, or the embedded default."""
+    key = data_args.dataset or data_args.dataset_name or data_args.train_dir or "embedded-fashion-subset"
+    if data_args.dataset_name and data_args.dataset_config_name:
+        key = f"{key}-{data_args.dataset_config_name}"
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(key)).strip("_")
+
+
 def prompt_class_names(names) -> list[str]:
     """Class names as they enter prompts: CoOp's split files write `american_bulldog`; prompts say `american bulldog`."""
     return [name.replace("_", " ") for name in names]
@@ -159,10 +168,9 @@ def prepare_splits(data_args, seed: int) -> dict:
 
     train = raw["train"]
     if data_args.shots and data_args.shots > 0:
-        key = data_args.dataset or data_args.dataset_name or data_args.train_dir or "embedded-fashion-subset"
-        key = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(key)).strip("_")
         indices = few_shot_indices(
-            DatasetDict(train=train), data_args.shots, seed, dataset_name=key, cache_dir=data_args.fewshot_cache_dir
+            DatasetDict(train=train), data_args.shots, seed, dataset_name=fewshot_cache_key(data_args),
+            cache_dir=data_args.fewshot_cache_dir,
         )
         train = train.select(indices["train"])
     test = raw["test"]
