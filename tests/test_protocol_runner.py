@@ -179,6 +179,16 @@ def test_cross_dataset_and_domain_generalization_use_the_targets_classes(
     accuracy = record["results"]["capt"]["accuracy"]
     assert table_row(dg["table"], "CAPT", "ImageNet-A")[0] == f"{accuracy:.2f} ± 0.00 ({accuracy - 57.73:+.2f})"
 
+    # ImageNet trained again (both of its JSONs deleted): the evaluations of the old checkpoint are made again
+    for protocol in ("cross_dataset", "domain_generalization"):
+        os.remove(os.path.join(runs, protocol, "imagenet", "seed1.json"))
+    count_trainer_runs.clear()
+    again = run_protocol.run_protocol(["--protocol", "cross_dataset", "--datasets", "dtd"] + common)
+    assert (again["run"], again["skipped"], len(count_trainer_runs)) == (2, 0, 1)
+    again = run_protocol.run_protocol(["--protocol", "domain_generalization", "--datasets", "imagenet_a"] + common)
+    assert (again["run"], again["skipped"], len(count_trainer_runs)) == (2, 0, 1)  # ImageNet reused, A re-scored
+    assert run_protocol.run_protocol(["--protocol", "cross_dataset", "--datasets", "dtd"] + common)["skipped"] == 2
+
 
 def test_evaluate_checkpoint_on_plain_clip(tmp_path, tiny_clip_dir):
     data = str(tmp_path / "data")

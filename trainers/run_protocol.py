@@ -31,7 +31,8 @@ Layout under `--output_dir RUNS`:
     RUNS/fewshot_indices/                               the sampled few-shot indices (JSON), shared by protocols
 
 Resumable: a run whose JSON exists is not run again (a JSON made with other settings is an error, not silently
-mixed into the tables), and an interrupted run resumes from its last epoch checkpoint. Once a run's JSON is
+mixed into the tables; an evaluation of an ImageNet run trained again since is made again), and an interrupted run
+resumes from its last epoch checkpoint. Once a run's JSON is
 written, its epoch checkpoints and image caches are deleted, and so is its full `model/` copy unless a later
 evaluation needs it or `--keep_models` is given; the small `adapter/` export stays (see `evaluate_capt.py`).
 
@@ -50,6 +51,7 @@ import shutil
 import statistics
 import sys
 import time
+import uuid
 from dataclasses import dataclass, field
 
 from accelerate.state import AcceleratorState, GradientState
@@ -392,6 +394,7 @@ def execute_train_run(run: Run, runs_dir: str, keep_model: bool) -> dict:
         "results": {name: _result_columns(run.protocol, summary[name]) for name in dict.fromkeys(["zeroshot", method])},
         "metrics_file": os.path.relpath(os.path.join(output_dir, "metrics.json"), runs_dir),
         "checkpoint": _tidy_output(run, runs_dir, keep_model),
+        "run_id": uuid.uuid4().hex,  # evaluations of this checkpoint record it: a retrained run invalidates them
         "wall_time_s": round(time.time() - started, 1),
     }
 
@@ -423,6 +426,7 @@ def execute_evaluation(run: Run, runs_dir: str, data_dir: str) -> dict:
         "config": run.config,
         "results": {trained["method"]: {"accuracy": result["accuracy"]}},
         "trained_run": os.path.relpath(run.train_run.json_path(runs_dir), runs_dir),
+        "trained_run_id": trained.get("run_id"),
         "checkpoint": trained["checkpoint"],
         "template": result["template"],
         "class_names": result["class_names"],
@@ -438,7 +442,14 @@ def execute_runs(runs: list[Run], runs_dir: str, data_dir: str | None, keep_mode
     counts = {"run": 0, "skipped": 0}
     for position, run in enumerate(runs, 1):
         path = run.json_path(runs_dir)
-        if _finished_record(run, runs_dir) is not None:
+        record = _finished_record(run, runs_dir)
+        if record is not None and run.train_run is not None:
+            trained = read_record(run.train_run.json_path(runs_dir)) or {}
+            if trained.get("run_id") != record.get("trained_run_id"):  # the checkpoint it scored was retrained
+                logger.info("[%d/%d] %s: %s was trained again since, evaluating again", position, len(runs),
+                            run.relative_dir, run.train_run.relative_dir)
+                record = None
+        if record is not None:
             counts["skipped"] += 1
             logger.info("[%d/%d] %s: finished earlier, skipped", position, len(runs), run.relative_dir)
             continue
