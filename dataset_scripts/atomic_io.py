@@ -69,3 +69,20 @@ def replace_directory(new_dir: str | os.PathLike, final_dir: str | os.PathLike) 
         os.replace(retired, final_dir)
         raise
     shutil.rmtree(retired, ignore_errors=True)
+
+
+def write_directory_atomic(final_dir: str | os.PathLike, write):
+    """`write(folder)` into a new staging folder beside `final_dir`, then [`replace_directory`] it into place.
+
+    A failure leaves the previous `final_dir` whole (and removes the staging folder), and nothing of the previous
+    folder stays mixed with the new one. Returns what `write` returns.
+    """
+    staged = make_staging_dir(final_dir)
+    try:
+        result = write(staged)
+        replace_directory(staged, final_dir)
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
+    return result
+

@@ -41,7 +41,7 @@ from datasets import ClassLabel, Dataset  # noqa: E402
 from datasets.table import embed_table_storage  # noqa: E402
 from datasets.utils.py_utils import convert_file_size_to_int  # noqa: E402
 
-from dataset_scripts.atomic_io import make_staging_dir, replace_directory, write_text_atomic  # noqa: E402
+from dataset_scripts.atomic_io import write_directory_atomic, write_text_atomic  # noqa: E402
 from dataset_scripts.coop_datasets import get_dataset_info, list_datasets, read_coop_dataset  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -145,8 +145,7 @@ def build_benchmark(
     read_provenance_records(output_dir)  # the card lists every config: fail on a broken record before writing
     dataset_dict, report = read_coop_dataset(info.name, data_dir, verify_images=verify_images)
 
-    temp_dir = make_staging_dir(os.path.join(output_dir, info.name))
-    try:
+    def write_config(temp_dir):
         total_rows = sum(len(dataset) for dataset in dataset_dict.values())
         with tqdm(total=total_rows, desc=f"Writing {info.name}", unit="img", disable=not show_progress) as progress:
             splits = {
@@ -176,10 +175,9 @@ def build_benchmark(
         write_text_atomic(
             os.path.join(temp_dir, PROVENANCE_FILE), json.dumps(record, indent=2, ensure_ascii=False) + "\n"
         )
-        replace_directory(temp_dir, os.path.join(output_dir, info.name))
-    except BaseException:
-        shutil.rmtree(temp_dir, ignore_errors=True)
-        raise
+        return record
+
+    record = write_directory_atomic(os.path.join(output_dir, info.name), write_config)
     write_dataset_card(output_dir)
     return record
 

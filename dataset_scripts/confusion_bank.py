@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +33,7 @@ import yaml
 from datasets import ClassLabel, Features, List, Value
 from huggingface_hub import HfApi, snapshot_download
 
-from dataset_scripts.atomic_io import make_staging_dir, replace_directory
+from dataset_scripts.atomic_io import write_directory_atomic
 from modeling_capt.confusion import CaptConfusionBank, top_confused_pairs
 
 
@@ -164,18 +163,16 @@ def save_bank(bank: CaptConfusionBank, output_dir: str | os.PathLike, semantic_p
     except TypeError as err:
         raise TypeError(f"semantic_prompts must be JSON-serialisable data: {err}") from None
 
-    staged = Path(make_staging_dir(output_dir))
-    try:
+    def write(folder):
+        staged = Path(folder)
         (staged / "data").mkdir()
         # The table carries the features (ClassLabel names included) in its schema metadata.
         table = bank_to_dataset(bank).data.table
         pq.write_table(table, staged / DATA_FILE)
         (staged / METADATA_FILE).write_text(metadata_text + "\n", encoding="utf-8")
         (staged / CARD_FILE).write_text(_dataset_card(bank, metadata, table.nbytes), encoding="utf-8")
-        replace_directory(staged, output_dir)
-    except BaseException:
-        shutil.rmtree(staged, ignore_errors=True)
-        raise
+
+    write_directory_atomic(output_dir, write)
     return output_dir
 
 

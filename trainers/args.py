@@ -198,20 +198,24 @@ def _check_types(config: dict, path: str) -> None:
             raise ValueError(f"--config {path}: {key} must be {kind.__name__}, got {type(value).__name__} {value!r}")
 
 
+def split_config_flag(argv: list[str]) -> tuple[str | None, list[str]]:
+    """The file of `--config FILE` (or `--config=FILE`) in `argv`, if any, and `argv` without it."""
+    argv = list(argv)
+    for position, arg in enumerate(argv):
+        if arg == "--config" or arg.startswith("--config="):
+            path = arg.split("=", 1)[1] if "=" in arg else (argv[position + 1] if position + 1 < len(argv) else "")
+            if not path:
+                raise ValueError("--config needs a file path")
+            del argv[position : position + (1 if "=" in arg else 2)]
+            return path, argv
+    return None, argv
+
+
 def parse_args(argv: list[str] | None = None):
     """Parse `--config FILE` (YAML/JSON defaults) plus flags into the four argument dataclasses, validated."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+    path, argv = split_config_flag(list(sys.argv[1:] if argv is None else argv))
     config = {}
-    for position, arg in enumerate(argv):  # `--config=FILE` is `--config FILE`
-        if arg.startswith("--config="):
-            argv[position : position + 1] = ["--config", arg.split("=", 1)[1]]
-            break
-    if "--config" in argv:
-        position = argv.index("--config")
-        if position + 1 >= len(argv) or not argv[position + 1]:
-            raise ValueError("--config needs a file path")
-        path = argv[position + 1]
-        del argv[position : position + 2]
+    if path is not None:
         config = read_config_file(path)
         _check_types(config, path)
     parser = HfArgumentParser(ALL_ARGUMENTS)

@@ -15,6 +15,7 @@ from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from dataset_scripts.atomic_io import write_text_atomic
 from dataset_scripts.coop_datasets import list_datasets
+from trainers.args import REPO_ROOT
 
 
 logger = logging.getLogger(__name__)
@@ -38,7 +39,6 @@ def push_folder_to_hub(folder: str, repo_id: str, private: bool = False, repo_ty
     )
 
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CARD_TEMPLATE = os.path.join(REPO_ROOT, "hub_cards", "capt_model_card.md")
 
 

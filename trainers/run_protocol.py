@@ -61,7 +61,7 @@ if __package__ in (None, ""):  # `python trainers/run_protocol.py` runs this fil
 
 from dataset_scripts.coop_datasets import get_dataset_info, list_datasets  # noqa: E402
 from trainers import evaluate_capt, train_capt  # noqa: E402
-from trainers.args import EMBEDDED_DATA, METHODS, parse_args, read_config_file  # noqa: E402
+from trainers.args import EMBEDDED_DATA, METHODS, parse_args, read_config_file, split_config_flag  # noqa: E402
 from trainers.metrics import harmonic_mean  # noqa: E402
 from trainers.paper_results import DISPLAY_NAMES, METHOD_NAMES, SOURCES, paper_value  # noqa: E402
 from dataset_scripts.atomic_io import write_json_atomic  # noqa: E402
@@ -221,13 +221,8 @@ def _sets_epochs(trainer_args: list[str]) -> bool:
     """Whether the trainer flags set `--num_train_epochs`, directly or in a `--config` file."""
     if _has_flag(trainer_args, "--num_train_epochs"):
         return True
-    for position, arg in enumerate(trainer_args):
-        path = arg.split("=", 1)[1] if arg.startswith("--config=") else None
-        if arg == "--config" and position + 1 < len(trainer_args):
-            path = trainer_args[position + 1]
-        if path is not None and "num_train_epochs" in read_config_file(path):
-            return True
-    return False
+    path, _ = split_config_flag(trainer_args)
+    return path is not None and "num_train_epochs" in read_config_file(path)
 
 
 def _has_flag(argv: list[str], flag: str) -> bool:
@@ -326,14 +321,20 @@ def read_record(path: str) -> dict | None:
 def _finished_record(run: Run, runs_dir: str) -> dict | None:
     """The run's JSON if it exists; an error if it was made with other settings."""
     record = read_record(run.json_path(runs_dir))
-    if record is not None and record.get("config") != run.config:
+    if record is not None:
+        _check_settings(run, record, runs_dir)
+    return record
+
+
+def _check_settings(run: Run, record: dict, runs_dir: str) -> None:
+    """An error naming both settings if the run's JSON `record` was made with other settings than `run`'s."""
+    if record.get("config") != run.config:
         raise ValueError(
             f"{run.json_path(runs_dir)} was made with other settings than this invocation's:\n"
             f"  recorded: {json.dumps(record.get('config'), sort_keys=True)}\n"
             f"  now:      {json.dumps(run.config, sort_keys=True)}\n"
             "Use another --output_dir, or delete the file (and its folder) to run it again."
         )
-    return record
 
 
 def _result_columns(protocol: str, entry: dict) -> dict:
@@ -562,7 +563,7 @@ def render_tables(args, runs: list[Run]) -> str:
     for run in runs:
         record = read_record(run.json_path(args.output_dir))
         if record is not None and "config" in record:  # a run of other settings is an error, with --table_only too
-            record = _finished_record(run, args.output_dir)
+            _check_settings(run, record, args.output_dir)
         if record is not None and run.train_run is None and args.protocol in ("cross_dataset", "domain_generalization"):
             records[(SOURCE_DATASET, run.seed, run.shots)] = record
         elif record is not None:

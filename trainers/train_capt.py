@@ -29,7 +29,7 @@ from transformers import AutoTokenizer, CLIPModel
 if __package__ in (None, ""):  # `accelerate launch trainers/train_capt.py` runs this file as a script
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dataset_scripts.atomic_io import make_staging_dir, replace_directory, write_json_atomic  # noqa: E402
+from dataset_scripts.atomic_io import replace_directory, write_directory_atomic, write_json_atomic  # noqa: E402
 from dataset_scripts.coop_datasets import get_dataset_info, list_datasets  # noqa: E402
 from modeling_capt import CaptAdapterConfig, CaptForImageClassification, load_image_processor  # noqa: E402
 from trainers import capt_training  # noqa: E402
@@ -197,18 +197,6 @@ def _latest_checkpoint(output_dir):
     return os.path.join(root, done[-1])
 
 
-def _write_folder_atomically(final_dir, write) -> None:
-    """`write(folder)` into a staging folder, then swap it in: a crash leaves the previous folder whole, and nothing of
-    an earlier run's folder (another method's files) stays mixed with the new one."""
-    staged = make_staging_dir(final_dir)
-    try:
-        write(staged)
-        replace_directory(staged, final_dir)
-    except BaseException:
-        shutil.rmtree(staged, ignore_errors=True)
-        raise
-
-
 def resolve_resume(train_args, settings: dict) -> str | None:
     """The checkpoint folder `--resume_from_checkpoint` names (`latest`: the newest finished one, or None), checked
     before any work: it must be a finished checkpoint of a run with the same weight-deciding flags."""
@@ -273,13 +261,13 @@ def summarize_results(result: dict, class_names) -> dict:
 
 
 def train_model(model, bank, splits, train_rows, image_processor, accelerator, method, data_args, capt_args,
-                train_args, settings=None):
+                train_args, settings=None, resume=None):
     """Train the trainable parts of `model` (CoOp context, or CAPT's adapters and MGDE) with Accelerate.
 
     One `prepare`, `accumulate` for gradient accumulation, atomic `save_state` checkpoints every
-    `--save_every_epochs`, and `--resume_from_checkpoint` that skips the finished epochs. `settings` (the run's
-    weight-deciding flags, `training_settings`) is recorded in each checkpoint and checked on resume. Returns the
-    prepared model.
+    `--save_every_epochs`, and resuming from `resume` (the checkpoint folder `resolve_resume` found), skipping its
+    finished epochs. `settings` (the run's weight-deciding flags, `training_settings`) is recorded in each checkpoint.
+    Returns the prepared model.
     """
     settings = settings or {}
     eval_bs = train_args.per_device_eval_batch_size
@@ -313,7 +301,6 @@ def train_model(model, bank, splits, train_rows, image_processor, accelerator, m
     start_epoch = 0
     if train_args.report_to != "none":
         accelerator.init_trackers("capt", config={"method": method, "seed": train_args.seed, "shots": data_args.shots})
-    resume = resolve_resume(train_args, settings)
     step_fn = None
     if method == "capt":
         step_fn = capt_training.CaptStep(model, bank, capt_args, train_rows, image_processor, accelerator,
@@ -379,8 +366,7 @@ def main(argv=None):
     if not accelerator.is_local_main_process:
         logging.getLogger().setLevel(logging.WARNING)
     set_seed(train_args.seed)
-    # a wrong checkpoint, or one of a run with other flags, fails before any work
-    train_args.resume_from_checkpoint = resolve_resume(train_args, settings)
+    resume = resolve_resume(train_args, settings)  # a wrong checkpoint, or one of other flags, fails before any work
     os.makedirs(train_args.output_dir, exist_ok=True)
     started = time.time()
 
@@ -441,7 +427,7 @@ def main(argv=None):
         if method == "capt" and model.mgde is not None:
             model.init_semantic_experts(semantic.commonality_centres, semantic.difference_centres)
         model = train_model(model, bank, splits, train_rows, image_processor, accelerator, method, data_args,
-                            capt_args, train_args, settings)
+                            capt_args, train_args, settings, resume)
 
     # ---------------------------------------------------------------- evaluation of the trained model
     results[method] = evaluate_base_and_novel(model, loaders, splits, tokenizer, accelerator, method)
@@ -478,9 +464,9 @@ def main(argv=None):
             unwrapped.save_pretrained(folder, is_main_process=True, save_function=accelerator.save)
             write_model_card(folder, summary, train_names, repo_id=train_args.hub_model_id)
 
-        _write_folder_atomically(final_dir, write_model)
+        write_directory_atomic(final_dir, write_model)
         if method != "zeroshot":
-            _write_folder_atomically(os.path.join(train_args.output_dir, "adapter"), unwrapped.save_adapter)
+            write_directory_atomic(os.path.join(train_args.output_dir, "adapter"), unwrapped.save_adapter)
         write_json_atomic(os.path.join(train_args.output_dir, "metrics.json"), summary)
         if train_args.heatmap:
             save_confusion_heatmaps(
