@@ -51,7 +51,7 @@ def draw_confusion_heatmap(matrix: Sequence[Sequence[int]], class_names: Sequenc
 def _draw_full(matrix, class_names, title, cell):
     font = ImageFont.load_default()
     size = len(class_names)
-    label_width = 8 + 7 * max(len(name) for name in class_names)
+    label_width = _label_width(class_names)
     top = 40
     width, height = label_width + size * cell + 10, top + size * cell + label_width + 12
     image = Image.new("RGB", (width, height), "white")
@@ -71,8 +71,13 @@ def _draw_full(matrix, class_names, title, cell):
     return image
 
 
+def _label_width(class_names) -> int:
+    """Pixels taken by the longest class name in the default font (about 7 px a character)."""
+    return 8 + 7 * max(len(name) for name in class_names)
+
+
 def _draw_column_labels(image, class_names, left, y, cell, font):
-    label_width = 8 + 7 * max(len(name) for name in class_names)
+    label_width = _label_width(class_names)
     for j, name in enumerate(class_names):  # column labels, rotated
         label = Image.new("RGB", (label_width, 12), "white")
         ImageDraw.Draw(label).text((0, 0), name, fill="black", font=font)
@@ -85,7 +90,7 @@ def _draw_compact(matrix, class_names, title, cell):
     font = ImageFont.load_default()
     size = len(class_names)
     labelled = cell >= MIN_LABELLED_CELL
-    label_width = 8 + 7 * max(len(name) for name in class_names) if labelled else 8
+    label_width = _label_width(class_names) if labelled else 8
     top = 40
     grid_size = size * cell
     width = max(label_width + grid_size + 10, 8 + 7 * (len(title) + 40))
