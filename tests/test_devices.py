@@ -2,7 +2,8 @@
 reference.
 
 CI has no GPU, so there every test runs its `cpu` case (the reference against itself: the code path is exercised and
-the CPU run is shown to be deterministic). On a machine with CUDA the `cuda` cases check what the CPU suite cannot:
+the CPU run is shown to be deterministic; the training cases run the model's forwards on a random stream of their own,
+as a GPU would). On a machine with CUDA the `cuda` cases check what the CPU suite cannot:
 tensors that must move between host and device (the frozen-prefix cache, the Confusion Bank, a CPU random generator),
 and training and evaluation on the GPU: in fp32 against the CPU run, in bf16 and fp16 for finite weights and complete
 evaluation. TF32 is switched off for the comparisons, so fp32 on the GPU must match the CPU to float32 rounding.
@@ -12,7 +13,9 @@ evaluation. TF32 is switched off for the comparisons, so fp32 on the GPU must ma
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import functools
 import os
 
 import pytest
@@ -25,6 +28,7 @@ from modeling_capt.confusion import retrieve_representatives
 from trainers.capt_training import build_bank
 from trainers.data import IndexedImageDataset
 from trainers.prefix_cache import FrozenPrefixCache
+from trainers import train_capt
 from trainers.train_capt import main, make_loader
 
 from conftest import CLASS_NAMES, pixel_batch, reset_accelerate, write_image_dataset
@@ -164,11 +168,44 @@ def trainer_args(tmp_path, tiny_clip_dir):
     ]
 
 
-def train(monkeypatch, device_type, args, output_dir):
+@contextlib.contextmanager
+def forwards_on_another_random_stream(monkeypatch):
+    """Every model forward draws its random numbers (MGDE's router noise and expert dropout) from a stream of its own,
+    as on a GPU, where they come from the device's generator and never equal the CPU run's draws; the CPU generators
+    the trainer seeds itself (shuffling, retrieval, k-means) are left alone, as on a GPU."""
+    stream = torch.Generator().manual_seed(12345).get_state()
+    original = CaptForImageClassification.forward
+
+    def forward(self, *args, **kwargs):
+        nonlocal stream
+        with torch.random.fork_rng(devices=[]):
+            torch.set_rng_state(stream)
+            output = original(self, *args, **kwargs)
+            stream = torch.get_rng_state()
+        return output
+
+    with monkeypatch.context() as patch:
+        patch.setattr(CaptForImageClassification, "forward", forward)
+        yield
+
+
+def without_random_regularisers(monkeypatch):
+    """Train with MGDE's router noise and expert dropout off. A device draws them from its own generator (CUDA's
+    Philox, not the CPU's Mersenne Twister), so with them on, fp32 weights on two devices differ by whole noise draws,
+    not by rounding; every other random choice of a run comes from CPU generators the trainer seeds itself."""
+    monkeypatch.setattr(train_capt, "CaptAdapterConfig", functools.partial(
+        CaptAdapterConfig, mgde_router_noise_std=0.0, mgde_expert_dropout=0.0))
+
+
+def train(monkeypatch, device_type, args, output_dir, reference=False):
+    """One trainer run on `device_type`. The CPU case (`reference=False`) stands in for a GPU: its forwards draw
+    from another random stream, so what a GPU comparison would see differ, the CPU suite sees too."""
     use_device(monkeypatch, device_type)
     if device_type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    summary = main(args + ["--output_dir", str(output_dir)])
+    emulate = device_type == "cpu" and not reference
+    with forwards_on_another_random_stream(monkeypatch) if emulate else contextlib.nullcontext():
+        summary = main(args + ["--output_dir", str(output_dir)])
     if device_type == "cuda":
         assert torch.cuda.max_memory_allocated() > 0, "the run did not use the GPU"
     return summary, load_file(os.path.join(output_dir, "adapter", "adapter_model.safetensors"))
@@ -195,13 +232,16 @@ def assert_same_training(run, reference, fp32=True):
 
 @pytest.mark.parametrize("device_type,precision", PRECISIONS, ids=[f"{d}-{p}" for d, p in PRECISIONS])
 def test_training_on_the_device_matches_the_cpu(device_type, precision, trainer_args, tmp_path, monkeypatch, no_tf32):
-    reference = train(monkeypatch, "cpu", trainer_args, tmp_path / "cpu")
+    if precision == "no":  # compared weight by weight; half precision runs with the regularisers on the device
+        without_random_regularisers(monkeypatch)
+    reference = train(monkeypatch, "cpu", trainer_args, tmp_path / "cpu", reference=True)
     run = train(monkeypatch, device_type, trainer_args + ["--mixed_precision", precision], tmp_path / "run")
     assert_same_training(run, reference, fp32=precision == "no")
 
 
 @pytest.mark.parametrize("extra", [["--random_samples"], ["--prefix_cache", "off"]], ids=["random_samples", "no_cache"])
 def test_training_variants_on_the_device_match_the_cpu(device, extra, trainer_args, tmp_path, monkeypatch):
-    reference = train(monkeypatch, "cpu", trainer_args + extra, tmp_path / "cpu")
+    without_random_regularisers(monkeypatch)
+    reference = train(monkeypatch, "cpu", trainer_args + extra, tmp_path / "cpu", reference=True)
     run = train(monkeypatch, device.type, trainer_args + extra, tmp_path / "run")
     assert_same_training(run, reference)
