@@ -5,6 +5,7 @@ passing through the same adapted encoder with the sample's `alpha_j = s * mean_c
 
 from __future__ import annotations
 
+import contextlib
 import math
 from types import SimpleNamespace
 
@@ -39,6 +40,9 @@ class FakeAccelerator:
 
     def unwrap_model(self, model):
         return model
+
+    def autocast(self):
+        return contextlib.nullcontext()
 
 
 def capt_args(**overrides):
@@ -146,3 +150,28 @@ def test_bank_embeddings_are_frozen_clip_features_whatever_the_base_model(setup,
     assert not torch.allclose(adapted.image_embeds, frozen, atol=1e-3)  # the base model's own features differ
     torch.testing.assert_close(bank.embeds, frozen, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(bank.probs, adapted.logits.softmax(-1), atol=1e-5, rtol=1e-5)
+
+
+def test_mixed_precision_steps_reuse_the_class_text_features(setup, monkeypatch):
+    """Under Accelerate's mixed precision the prepared forward runs in autocast: the step must read the class text
+    features in that precision too, or the model's cache (keyed by the autocast dtype) is recomputed twice per step,
+    once outside and once inside the forward (the whole text encoder over every class: 1000 prompts on ImageNet)."""
+    from accelerate import Accelerator
+
+    model, bank, rows = setup
+    accelerator = Accelerator(cpu=True, mixed_precision="bf16")
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    prepared, optimizer = accelerator.prepare(model, optimizer)
+    step = CaptStep(prepared, bank, capt_args(), rows, image_processor=None, accelerator=accelerator)
+    batch_indices = torch.tensor([1, 4, 8, 10])
+    batch = {"indices": batch_indices, "labels": bank.labels[batch_indices], "pixel_values": rows.pixels[batch_indices]}
+    calls = []
+    encode_text = type(model).encode_text
+    monkeypatch.setattr(type(model), "encode_text", lambda self, *a, **k: calls.append(1) or encode_text(self, *a, **k))
+    for _ in range(3):
+        loss, _ = step(batch)
+        accelerator.backward(loss)
+        optimizer.step()
+        optimizer.zero_grad()
+    assert math.isfinite(loss.item())
+    assert len(calls) == 1  # computed in the first step, then read from the cache

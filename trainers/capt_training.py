@@ -250,7 +250,10 @@ class CaptStep:
         else:
             classes = select_confusion_classes(probs, bank.confusion_matrix, labels, self.k, pseudo_gt=False,
                                                use_statistics=False)
-        text = unwrapped.get_class_text_features()
+        # Read in the prepared forward's precision (autocast), so the model's text cache, keyed by it, serves both
+        # this read and the forward; the losses below take it in float32, as the forward's outputs.
+        with self.accelerator.autocast():
+            text = unwrapped.get_class_text_features().float()
         logit_scale = unwrapped.clip.logit_scale.exp()
         batch_size = labels.shape[0]
         logs = {}
