@@ -34,6 +34,7 @@ BENCHMARKS = {
     "memory": "bench_memory.py",
 }
 MODELS = ("vit-b16", "embedded")
+STDERR_TAIL_LINES = 40
 RESULT_LINE = re.compile(r"^([a-z_]+)=([-+0-9.eE]+|nan|inf)$")
 INTERVAL_LINE = re.compile(r"^(?P<label>.+?): median [-0-9.]+ over (?P<rounds>\d+) rounds; 95 % interval of the "
                            r"median \[(?P<low>[-0-9.]+), (?P<high>[-0-9.]+)\]")
@@ -86,11 +87,17 @@ def run_one(benchmark: str, model: str, args, extra: list[str]) -> dict:
     seconds = time.perf_counter() - start
     shown = ["python", os.path.relpath(command[1], os.path.dirname(HERE))] + command[2:]
     record = {"benchmark": benchmark, "model": model, "command": " ".join(shown), "returncode": process.returncode,
-              "seconds": round(seconds, 1), **parse_output(process.stdout)}
+              "seconds": round(seconds, 1), **parse_output(process.stdout),
+              "stdout": process.stdout.splitlines()}  # the script's own tables (times, images/s, per-size rows)
     print(f"$ {record['command']}", flush=True)
+    if args.verbose:
+        print("\n".join("    " + line for line in record["stdout"]), flush=True)
     if process.returncode != 0:
-        record["error"] = process.stderr.strip().splitlines()[-1:] or ["(no output)"]
+        stderr = process.stderr.strip().splitlines()
+        record["error"] = stderr[-1:] or ["(no output)"]
+        record["stderr_tail"] = stderr[-STDERR_TAIL_LINES:]  # the traceback: a one-shot GPU run must show why
         print(f"  failed ({process.returncode}): {record['error'][0]}", flush=True)
+        print("\n".join("    " + line for line in record["stderr_tail"]), flush=True)
     else:
         print("  " + ", ".join(f"{k}={v:g}" for k, v in record["results"].items()) + f"  ({seconds:.0f} s)", flush=True)
     return record
@@ -134,7 +141,9 @@ def main(argv=None):
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--benchmarks", default=",".join(BENCHMARKS), help="Comma list of " + ", ".join(BENCHMARKS))
     parser.add_argument("--models", default=",".join(MODELS), help="Comma list of " + ", ".join(MODELS))
-    parser.add_argument("--output", default=None, help="JSON file of every result (written atomically).")
+    parser.add_argument("--output", default=None,
+                        help="JSON file of every result and each script's full output (written atomically).")
+    parser.add_argument("--verbose", action="store_true", help="Print each script's own output as it finishes.")
     args = parser.parse_args(argv)
     benchmarks = [name.strip() for name in args.benchmarks.split(",") if name.strip()]
     models = [name.strip() for name in args.models.split(",") if name.strip()]
@@ -145,20 +154,28 @@ def main(argv=None):
     import torch  # only to name the device; the scripts pick it themselves
 
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    records = [run_one(benchmark, model, args, extra) for benchmark in benchmarks for model in models]
-    rows = table(records, device)
-    print()
-    print(markdown(rows))
     summary = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "device": device if device == "cpu" else torch.cuda.get_device_name(0),
+        "device": torch.cuda.get_device_name(0) if device == "cuda" and torch.cuda.is_available() else device,
         "torch": torch.__version__,
         "python": platform.python_version(),
         "quick": args.quick,
         "extra_args": extra,
-        "runs": records,
-        "table": rows,
+        "complete": False,
+        "runs": [],
+        "table": [],
     }
+    records = summary["runs"]
+    for benchmark in benchmarks:
+        for model in models:
+            records.append(run_one(benchmark, model, args, extra))
+            if args.output:  # after every script: a run stopped at a time limit keeps what it measured
+                summary["table"] = table(records, device)
+                write_json_atomic(args.output, summary)
+    rows = summary["table"] = table(records, device)
+    summary["complete"] = True
+    print()
+    print(markdown(rows))
     if args.output:
         write_json_atomic(args.output, summary)
         print(f"\nsaved {args.output}")

@@ -110,6 +110,30 @@ def test_run_all_runs_the_scripts_and_saves_json(tmp_path):
     assert "| inference_ratio | embedded |" in result.stdout
 
 
+def test_run_all_keeps_each_output_and_saves_after_every_script(tmp_path, monkeypatch, capsys):
+    """A one-shot GPU run must bring back the scripts' own tables, a failure's traceback, and what finished before a
+    time limit stopped it."""
+    import run_all
+
+    output = tmp_path / "results.json"
+    first, second = tmp_path / "first.py", tmp_path / "second.py"
+    first.write_text('print("clip  12.5 ms / batch")\nprint("inference_ratio=0.5")\n')
+    second.write_text(f"import json\nprint('runs_saved=%d' % len(json.load(open({str(output)!r}))['runs']))\n"
+                      "raise RuntimeError('boom on the device')\n")
+    monkeypatch.setattr(run_all, "BENCHMARKS", {"first": str(first), "second": str(second)})
+    argv = ["--benchmarks", "first,second", "--models", "embedded", "--device", "cpu", "--output", str(output)]
+    assert run_all.main(argv + ["--verbose"]) == 1
+    summary = json.loads(output.read_text())
+    assert summary["complete"] is True
+    first_run, second_run = summary["runs"]
+    assert first_run["stdout"] == ["clip  12.5 ms / batch", "inference_ratio=0.5"]
+    assert second_run["results"] == {"runs_saved": 1.0}  # the JSON held the first record while the second ran
+    assert second_run["returncode"] == 1 and second_run["error"] == ["RuntimeError: boom on the device"]
+    assert second_run["stderr_tail"][0].startswith("Traceback")
+    printed = capsys.readouterr().out
+    assert "    clip  12.5 ms / batch" in printed and "    Traceback (most recent call last):" in printed
+
+
 def test_run_all_rejects_unknown_names():
     result = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "run_all.py"), "--models", "vit-l14"],
                             capture_output=True, text=True, cwd=REPO)
