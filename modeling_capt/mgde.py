@@ -357,7 +357,8 @@ class CaptMGDE(nn.Module):
         if self.training and self.router_noise_std > 0:
             logits = logits + torch.randn_like(logits) * self.router_noise_std
         top_logits, top_indices = logits.topk(self.top_k, dim=-1)
-        weights = torch.zeros_like(logits).scatter(-1, top_indices, top_logits.softmax(dim=-1))
+        top_weights = top_logits.softmax(dim=-1)  # float32 under CUDA autocast, whatever the logits' dtype
+        weights = top_weights.new_zeros(logits.shape).scatter(-1, top_indices, top_weights)
         probs = logits.softmax(dim=-1)
         dispatch = torch.zeros_like(logits).scatter(-1, top_indices, 1.0).mean(dim=0) / self.top_k
         balance_loss = self.num_experts * (dispatch * probs.mean(dim=0)).sum()

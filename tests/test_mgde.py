@@ -63,6 +63,24 @@ def test_router_weights_sum_to_one_over_top_k(clip, top_k):
         torch.testing.assert_close(routing.router_probs.sum(-1), torch.ones(5))
 
 
+@pytest.mark.parametrize("training", [False, True])
+def test_routing_under_an_autocast_that_keeps_softmax_in_float32(clip, monkeypatch, training):
+    """CUDA's autocast runs `softmax` in float32 while the router's `Linear` gives float16/bfloat16 logits (the CPU's
+    autocast keeps both in the low precision, so a CPU bf16 run never sees the mix). Emulated here: under CPU bf16
+    autocast, softmax returns float32 as on CUDA. The top-k weights must not be scattered into a low-precision
+    tensor of another dtype (a RuntimeError on the GPU in every mixed-precision CAPT forward)."""
+    softmax = torch.Tensor.softmax
+    monkeypatch.setattr(torch.Tensor, "softmax", lambda self, *args, **kwargs: softmax(self.float(), *args, **kwargs))
+    mgde = make_mgde(clip).train(training)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        routing = mgde.route(features())
+        refined, _ = mgde(features())
+    assert routing.router_logits.dtype == torch.bfloat16  # the emulation holds: low-precision logits ...
+    assert routing.expert_weights.dtype == torch.float32  # ... and float32 weights, as the softmax gives them
+    torch.testing.assert_close(routing.expert_weights.sum(-1), torch.ones(5))
+    assert torch.isfinite(refined).all()
+
+
 def test_balance_loss():
     mgde = CaptMGDE(HIDDEN, PROJECTION, CLUSTERS, intermediate_size=37, router_noise_std=0.0)
     with torch.no_grad():
