@@ -148,6 +148,13 @@ def test_k_larger_than_classes_is_clamped():
     with pytest.warns(UserWarning, match="k_pairs=5"):
         classes = select_confusion_classes(PROBS, MATRIX, torch.tensor([1, 3, 0]), k=5)
     assert classes.shape == (3, 3)
+    # k = K is one too many as well (a sample has K - 1 other classes): the clamp starts at K, not at K + 1
+    labels = torch.tensor([1, 2, 0])  # row 1 misclassified (g = 3), the others right
+    with pytest.warns(UserWarning, match="k_pairs=4"):
+        classes = select_confusion_classes(PROBS, MATRIX, labels, k=4)
+    assert classes.shape == (3, 3)
+    assert not (classes == labels.unsqueeze(-1)).any()
+    assert all(len(set(row)) == 3 for row in classes.tolist())
 
 
 def test_confusion_pairs_by_hand():
@@ -157,6 +164,29 @@ def test_confusion_pairs_by_hand():
     # Rows 3, 4 (y=g=1): n = M[:, 1] = [1,0,0] -> S = [0.2, -inf, 0.1] -> class 0 -> (0,1).
     assert confusion_pairs(bank, k_pairs=1, return_counts=True) == [(0, 1, 3), (0, 2, 3)]
     assert confusion_pairs(bank, k_pairs=1) == [(0, 1), (0, 2)]
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [{}, {"pseudo_gt": False}, {"use_statistics": False}, {"symmetric": True}],
+    ids=["default", "real_gt", "no_statistics", "symmetric"],
+)
+def test_confusion_pairs_follow_k_and_the_miner_flags(flags):
+    """The pairs are `(y_j, c)` over every sample's confusion classes, mined with the given `k` and flags (chunked)."""
+    bank = random_bank(num_samples=120, num_classes=6, seed=7)
+    classes = select_confusion_classes(bank.probs, bank.confusion_matrix, bank.labels, k=2, **flags)
+    expected = {}
+    for y, row in zip(bank.labels.tolist(), classes.tolist()):
+        for c in row:
+            pair = (min(y, c), max(y, c))
+            expected[pair] = expected.get(pair, 0) + 1
+    counted = confusion_pairs(bank, k_pairs=2, return_counts=True, chunk_size=17, **flags)
+    assert {(a, b): n for a, b, n in counted} == expected
+    assert sum(n for _, _, n in counted) == 2 * len(bank)
+    # the flags matter on this bank: each mining gives other pairs than k = 1 and than the default mining
+    assert counted != confusion_pairs(bank, k_pairs=1, return_counts=True, **flags)
+    if flags:
+        assert counted != confusion_pairs(bank, k_pairs=2, return_counts=True)
 
 
 # ------------------------------------------------------------------ Confusion Bank
@@ -309,6 +339,20 @@ def test_retrieval_ties_go_to_the_lowest_bank_row(retrieval_path):
     torch.testing.assert_close(cosine, torch.tensor([[1.0], [1.0]]))
 
 
+@pytest.mark.parametrize("pseudo_gt", [True, False])
+def test_a_sample_never_retrieves_itself_or_its_own_class(retrieval_path, pseudo_gt):
+    """Its own row would be its best match (cos 1); it is out of reach because no confusion class is its label.
+    With the paper's plain ranking (pseudo-GT, own label kept) a misclassified sample's label can be a confusion
+    class and the sample is in that class's pool of misclassified samples."""
+    bank = random_bank(num_samples=150, num_classes=5, seed=9)
+    classes = select_confusion_classes(bank.probs, bank.confusion_matrix, bank.labels, k=4, pseudo_gt=pseudo_gt)
+    rows, cosine = retrieve_representatives(bank.embeds, classes, bank)
+    own = torch.arange(len(bank)).unsqueeze(-1)
+    assert not (rows == own).any()
+    assert not (bank.labels[rows] == bank.labels.unsqueeze(-1)).any()
+    assert (cosine < 1 - 1e-4).all()
+
+
 def test_both_retrieval_paths_agree_on_a_large_bank(monkeypatch):
     from modeling_capt import confusion
 
@@ -337,6 +381,21 @@ def test_random_retrieval_picks_pool_members_reproducibly():
             assert first[0][b, slot] in bank.pool_rows(int(classes[b, slot])).tolist()
     expected = torch.nn.functional.normalize(query, dim=-1).unsqueeze(1) * bank.embeds[first[0]]
     torch.testing.assert_close(first[1], expected.sum(-1))
+
+
+def test_random_retrieval_draws_uniformly_from_the_pool():
+    """`random_samples=True` (paper Table 8) ignores the similarity: every pool member is drawn, about equally often,
+    not only the representative (rows 1 and 4 for this query, see `test_retrieval_by_hand`)."""
+    bank = small_bank()
+    draws = 400
+    query = torch.tensor([[0.6, 0.8]]).expand(draws, -1)
+    classes = torch.tensor([[0, 1]]).expand(draws, -1)
+    rows, _ = retrieve_representatives(query, classes, bank, random_samples=True,
+                                       generator=torch.Generator().manual_seed(0))
+    for slot, pool in ((0, [0, 1]), (1, [3, 4])):
+        counts = torch.bincount(rows[:, slot], minlength=6)
+        assert set(torch.nonzero(counts).reshape(-1).tolist()) == set(pool)
+        assert all(150 <= int(counts[row]) <= 250 for row in pool)  # binomial(400, 1/2): mean 200, std 10
 
 
 def test_empty_pool_is_an_error_only_when_needed():
@@ -425,6 +484,12 @@ def test_correction_and_break_rates():
     assert correction_rate(base, new, labels) == pytest.approx(2 / 3)
     assert break_rate(base, new, labels) == pytest.approx(1 / 3)
     assert math.isnan(correction_rate(labels, new, labels))
+    # the rates are over the base model's wrong (resp. right) samples only, not over all samples:
+    # wrong before on 0 and 3, right before on 1 and 2; the new model fixes 0 and keeps 1 and 2 -> 1/2 and 0,
+    # while its accuracy over all samples is 3/4 and its error over all samples 1/4
+    labels, base, new = torch.tensor([0, 1, 2, 3]), torch.tensor([1, 1, 2, 0]), torch.tensor([0, 1, 2, 1])
+    assert correction_rate(base, new, labels) == pytest.approx(1 / 2)
+    assert break_rate(base, new, labels) == 0.0
     assert math.isnan(break_rate((labels + 1) % 6, new, labels))
 
 
