@@ -75,57 +75,151 @@ def setup(tiny_clip, tokenizer):
     return model, bank, FakeRows(pixels)
 
 
+def mined_classes(bank, j, y, args):
+    """Sample `j`'s confusion classes as the flags say: with SEM, the score S and the pseudo-GT as configured; without
+    SEM, the base model's most probable wrong classes (no statistics, true label)."""
+    from modeling_capt.confusion import select_confusion_classes
+
+    if args.use_sem:
+        flags = dict(pseudo_gt=args.pseudo_gt, use_statistics=args.confusion_statistics,
+                     symmetric=args.symmetric_statistics)
+    else:
+        flags = dict(pseudo_gt=False, use_statistics=False)
+    return select_confusion_classes(bank.probs[j : j + 1], bank.confusion_matrix, torch.tensor([y]), k=args.k_pairs,
+                                    **flags)
+
+
 def loss_by_hand(model, bank, pixels, batch_indices, args):
     """Every quantity from METHODS.md, sample by sample, images encoded one at a time."""
-    from modeling_capt.confusion import retrieve_representatives, select_confusion_classes
+    from modeling_capt.confusion import retrieve_representatives
 
     k = args.k_pairs
     labels = bank.labels[batch_indices]
     text = model.get_class_text_features()
     scale = model.clip.logit_scale.exp()
     ce_terms, confuse_terms, alphas = [], [], []
-    for j, y in zip(batch_indices.tolist(), labels.tolist()):
-        classes = select_confusion_classes(bank.probs[j : j + 1], bank.confusion_matrix, torch.tensor([y]), k=k)
-        reps, cosine = retrieve_representatives(bank.embeds[j : j + 1], classes, bank)
-        alpha = args.alpha_scale * cosine.clamp_min(0).mean() ** args.alpha_gamma
+    classes = torch.cat([mined_classes(bank, j, y, args) for j, y in zip(batch_indices.tolist(), labels.tolist())])
+    if args.use_sam and args.random_samples:  # the step's draws: one call, its generator seeded with 0
+        random_reps, random_cosine = retrieve_representatives(bank.embeds[batch_indices], classes, bank,
+                                                              random_samples=True,
+                                                              generator=torch.Generator().manual_seed(0))
+    for position, (j, y) in enumerate(zip(batch_indices.tolist(), labels.tolist())):
+        own = classes[position : position + 1]
+        if args.use_sam and args.random_samples:
+            reps, cosine = random_reps[position : position + 1], random_cosine[position : position + 1]
+        elif args.use_sam:
+            reps, cosine = retrieve_representatives(bank.embeds[j : j + 1], own, bank)
+        if args.use_sam:
+            alpha = args.alpha_scale * cosine.clamp_min(0).mean() ** args.alpha_gamma
+        else:
+            alpha = torch.tensor(float(args.alpha_scale))
         alphas.append(float(alpha))
 
         def embed(index):
             out = model(pixel_values=pixels[index : index + 1], alpha=alpha.view(1))
             return out.image_embeds[0]
 
-        image = torch.stack([embed(j)] + [embed(int(bank.indices[r])) for r in reps[0]])  # (k + 1, P)
-        texts = text[torch.cat([torch.tensor([y]), classes[0]])]  # (k + 1, P)
+        texts = text[torch.cat([torch.tensor([y]), own[0]])]  # (k + 1, P)
+        if args.use_sam:
+            image = torch.stack([embed(j)] + [embed(int(bank.indices[r])) for r in reps[0]])  # (k + 1, P)
+            sims = scale * image @ texts.T  # (L, L): image i vs text i'
+            targets = torch.arange(k + 1)
+            confuse_terms.append(F.cross_entropy(sims, targets) + F.cross_entropy(sims.T, targets))
+        else:  # no representatives: the sample against its own and its confusion classes' texts
+            image = embed(j)[None]
+            confuse_terms.append(F.cross_entropy(scale * image @ texts.T, torch.tensor([0])))
         ce_terms.append(F.cross_entropy(scale * image[:1] @ text.T, torch.tensor([y])))
-        sims = scale * image @ texts.T  # (L, L): image i vs text i'
-        targets = torch.arange(k + 1)
-        confuse_terms.append(F.cross_entropy(sims, targets) + F.cross_entropy(sims.T, targets))
     ce = torch.stack(ce_terms).mean()
     confuse = torch.stack(confuse_terms).mean()
     return ce + args.lambda_confuse * confuse, ce, confuse, alphas
 
 
-def test_capt_step_loss_by_hand(setup):
-    model, bank, rows = setup
-    args = capt_args()
-    batch_indices = torch.tensor([1, 4, 8, 10])  # one sample of each class
+def check_step(model, bank, rows, args, batch_indices):
+    """Run one CaptStep on the batch and compare it with `loss_by_hand`; returns the hand-computed loss."""
     batch = {"indices": batch_indices, "labels": bank.labels[batch_indices], "pixel_values": rows.pixels[batch_indices]}
     step = CaptStep(model, bank, args, rows, image_processor=None, accelerator=FakeAccelerator())
-
     with torch.no_grad():
         expected, ce, confuse, alphas = loss_by_hand(model, bank, rows.pixels, batch_indices, args)
-    assert len(set(round(a, 4) for a in alphas)) == 4  # per-sample alphas, so mixing them up shows
+    if args.use_sam:
+        assert len(set(round(a, 4) for a in alphas)) == len(alphas)  # per-sample alphas, so mixing them up shows
+    else:
+        assert alphas == [args.alpha_scale] * len(alphas)
     assert (bank.preds[batch_indices] != bank.labels[batch_indices]).any()  # the g-first branch is exercised
     loss, logs = step(batch)
     torch.testing.assert_close(loss, expected, atol=1e-4, rtol=1e-4)
     assert logs["train/ce"] == pytest.approx(float(ce), abs=1e-4)
     assert logs["train/confuse"] == pytest.approx(float(confuse), abs=1e-4)
-    assert logs["train/alpha"] == pytest.approx(sum(alphas) / len(alphas), abs=1e-5)
+    if args.use_sam:
+        assert logs["train/alpha"] == pytest.approx(sum(alphas) / len(alphas), abs=1e-5)
     # the inference alpha is the running mean of the samples' training alphas (not the representatives' copies)
     layer = model.clip.vision_model.encoder.layers[-1]
-    assert layer.alpha_count.item() == 4
-    assert layer.alpha_running.item() == pytest.approx(sum(alphas) / 4, abs=1e-5)
+    assert layer.alpha_count.item() == len(alphas)
+    assert layer.alpha_running.item() == pytest.approx(sum(alphas) / len(alphas), abs=1e-5)
     assert math.isfinite(loss.item()) and loss.requires_grad
+    return expected
+
+
+def test_capt_step_loss_by_hand(setup):
+    model, bank, rows = setup
+    check_step(model, bank, rows, capt_args(), torch.tensor([1, 4, 8, 10]))  # one sample of each class
+
+
+def designed_bank(names, embeds):
+    """A bank on which each mining flag changes the confusion class (k = 1) of a sample of the batch [0, 3, 7, 10].
+
+    Predictions (3 samples per class): class 0 -> [0, 0, 1], class 1 -> [1, 1, 2], class 2 -> [2, 3, 3],
+    class 3 -> [3, 1, 1], so M[0,1] = 1, M[1,2] = 1, M[2,3] = 2, M[3,1] = 2 and the other cells are 0.
+
+    - row 0 (y = g = 0), C = [.5, .16, .18, .16]: column 0 of M is empty, S = C -> class 2; symmetric statistics
+      n = M[i,0] + M[0,i] = [0, 1, 0, 0] -> S_1 = 2 * .16 = .32 -> class 1.
+    - row 3 (y = g = 1), C = [.2, .45, .25, .1]: n = M[:, 1] = [1, 0, 0, 2], sum 3, S = [.2667, -, .25, .1667]
+      -> class 0; without statistics (also SEM off) -> class 2; symmetric n = [1, 0, 1, 2], sum 4,
+      S = [.25, -, .3125, .15] -> class 2.
+    - row 7 (y = 2, predicted 3), C = [.1, .22, .28, .4]: pseudo-GT -> g = 3 first; real GT: n = M[:, 2] =
+      [0, 1, 0, 0], S = [.1, .44, -, .4] -> class 1.
+    - row 10 (y = 3, predicted 1): class 1 whatever the flags.
+    """
+    preds = [0, 0, 1, 1, 1, 2, 2, 3, 3, 3, 1, 1]
+    probs = torch.full((12, NUM_CLASSES), 0.1)
+    probs[torch.arange(12), torch.tensor(preds)] = 0.7
+    probs[0] = torch.tensor([0.5, 0.16, 0.18, 0.16])
+    probs[3] = torch.tensor([0.2, 0.45, 0.25, 0.1])
+    probs[7] = torch.tensor([0.1, 0.22, 0.28, 0.4])
+    labels = torch.arange(NUM_CLASSES).repeat_interleave(PER_CLASS)
+    bank = CaptConfusionBank.from_tensors(torch.arange(12), labels, probs, embeds, names)
+    assert bank.preds.tolist() == preds
+    return bank
+
+
+VARIANTS = {
+    "real_gt": ({"pseudo_gt": False}, {7}),
+    "no_statistics": ({"confusion_statistics": False}, {3}),
+    "symmetric": ({"symmetric_statistics": True}, {0, 3}),
+    "no_sem": ({"use_sem": False}, {3}),
+    "s_gamma": ({"alpha_scale": 3.0, "alpha_gamma": 2.0}, set()),
+    "random_samples": ({"random_samples": True}, set()),
+    "no_sam": ({"use_sam": False}, set()),
+}
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_capt_step_follows_the_flags(setup, variant):
+    """Each SEM / SAM flag reaches the step: the step matches the hand computation under the flag, and the flag
+    changes the loss on this batch (a step that dropped it would compute the default's loss)."""
+    model, setup_bank, rows = setup
+    bank = designed_bank(setup_bank.class_names, setup_bank.embeds + 0.5)  # positive cosines: every alpha > 0
+    overrides, changed_rows = VARIANTS[variant]
+    args, default = capt_args(k_pairs=1, **overrides), capt_args(k_pairs=1)
+    batch_indices = torch.tensor([0, 3, 7, 10])
+    labels = bank.labels[batch_indices].tolist()
+    mined = {j: mined_classes(bank, j, y, args).item() for j, y in zip(batch_indices.tolist(), labels)}
+    default_mined = {j: mined_classes(bank, j, y, default).item() for j, y in zip(batch_indices.tolist(), labels)}
+    assert default_mined == {0: 2, 3: 0, 7: 3, 10: 1}  # as the docstring of designed_bank computes
+    assert {j for j in mined if mined[j] != default_mined[j]} == changed_rows
+    expected = check_step(model, bank, rows, args, batch_indices)
+    with torch.no_grad():
+        baseline = loss_by_hand(model, bank, rows.pixels, batch_indices, default)[0]
+    assert not torch.allclose(expected, baseline, atol=1e-3, rtol=1e-3)
 
 
 def test_bank_embeddings_are_frozen_clip_features_whatever_the_base_model(setup, tiny_clip):
@@ -175,3 +269,33 @@ def test_mixed_precision_steps_reuse_the_class_text_features(setup, monkeypatch)
         optimizer.zero_grad()
     assert math.isfinite(loss.item())
     assert len(calls) == 1  # computed in the first step, then read from the cache
+
+
+def test_correction_metrics_match_predictions_to_bank_rows_by_index(monkeypatch):
+    """The trained model's predictions come back in any order (shards of several processes): each is matched to its
+    bank row by training-set index, and the test predictions of the two models by test index."""
+    import trainers.train_capt as train_capt
+    from trainers.capt_training import correction_metrics
+
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    base_preds = [1, 0, 0, 1, 2, 0]  # the bank's misclassified samples: indices 10, 12 and 15
+    bank = CaptConfusionBank.from_tensors(torch.arange(10, 16), labels, F.one_hot(torch.tensor(base_preds), 3).float(),
+                                          torch.eye(6), ["a", "b", "c"])
+    order = torch.tensor([5, 3, 0, 4, 1, 2])
+    new_preds = torch.tensor([0, 0, 0, 1, 2, 2])  # corrects 10 and 15, keeps 12 wrong: 2 of 3
+    shuffled = {"indices": bank.indices[order], "preds": new_preds[order], "labels": labels[order]}
+    monkeypatch.setattr(train_capt, "predict", lambda *args, **kwargs: shuffled)
+
+    accelerator = FakeAccelerator()
+    accelerator.prepare = lambda loader: loader
+    test_labels = torch.tensor([0, 1, 2, 0])
+    zeroshot = {"indices": torch.arange(4), "preds": torch.tensor([1, 1, 0, 0]), "labels": test_labels}
+    trained_order = torch.tensor([3, 1, 2, 0])  # wrong before: 0, 2 -> fixes 0; right before: 1, 3 -> breaks 3
+    trained = {"indices": trained_order, "preds": torch.tensor([0, 1, 1, 2])[trained_order],
+               "labels": test_labels[trained_order]}
+    result = correction_metrics(None, bank, SimpleNamespace(dataset=None), None, accelerator, zeroshot, trained,
+                                None, None, lambda *args: None, 4)
+    assert result["correction_rate"] == pytest.approx(200 / 3)
+    assert result["bank_misclassified"] == 3
+    assert result["test_correction_rate"] == pytest.approx(50.0)
+    assert result["test_break_rate"] == pytest.approx(50.0)
