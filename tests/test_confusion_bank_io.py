@@ -67,6 +67,17 @@ def test_round_trip_through_parquet(bank, tmp_path):
     assert loaded.semantic_prompts == PROMPTS
 
 
+def test_round_trip_keeps_the_pool_fallback(tmp_path):
+    """A bank saved with `fallback="none"` loads with it (its candidate pools stay those of the saved bank)."""
+    labels, preds = torch.tensor([0, 0, 1, 1]), torch.tensor([1, 0, 1, 1])  # class 1 has no misclassified sample
+    bank = CaptConfusionBank.from_tensors(torch.arange(4), labels, torch.nn.functional.one_hot(preds, 2).float(),
+                                          torch.eye(4), ["a", "b"], fallback="none")
+    assert bank.pool_rows(1).tolist() == []
+    loaded = bank_io.load_bank(bank_io.save_bank(bank, tmp_path / "bank"))
+    assert_same_bank(loaded, bank)
+    assert loaded.pool_rows(0).tolist() == [0] and loaded.pool_rows(1).tolist() == []
+
+
 def test_saved_bank_reads_as_a_plain_dataset(bank, tmp_path):
     folder = bank_io.save_bank(bank, tmp_path / "bank")
     dataset = datasets.load_dataset(str(folder), split="train", cache_dir=str(tmp_path / "cache"))
