@@ -299,3 +299,34 @@ def test_correction_metrics_match_predictions_to_bank_rows_by_index(monkeypatch)
     assert result["bank_misclassified"] == 3
     assert result["test_correction_rate"] == pytest.approx(50.0)
     assert result["test_break_rate"] == pytest.approx(50.0)
+
+
+def test_a_bank_of_other_training_data_is_refused(tmp_path):
+    """--bank_path: a bank whose rows are not this training set's (same classes and size, other labels per index)
+    is an error before any training, not a silent mismatch (its rows would be mined for the wrong samples)."""
+    from dataset_scripts.confusion_bank import save_bank
+    from trainers.capt_training import prepare_bank_and_prompts
+
+    names = ["cat", "dog", "fox"]
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    probs = F.one_hot(torch.tensor([1, 0, 1, 2, 2, 0]), 3).float()
+    bank = CaptConfusionBank.from_tensors(torch.arange(6), labels, probs, torch.eye(6), names)
+    save_bank(bank, tmp_path / "bank")
+    args = SimpleNamespace(bank_path=str(tmp_path / "bank"), bank_base_model=None, k_pairs=1, use_sem=False,
+                           prompt_generator="template", mgde_num_clusters=2)
+
+    def prepare(train_labels):
+        rows = FakeRows(torch.zeros(len(train_labels), 3, 2, 2))
+        rows.dataset = {"label": train_labels}
+        return prepare_bank_and_prompts(
+            SimpleNamespace(is_main_process=False), args, SimpleNamespace(seed=0, output_dir=str(tmp_path)),
+            SimpleNamespace(get_class_text_features=lambda: torch.eye(3)), rows, None, None, names,
+            "a photo of a {}.", None, None,
+        )
+
+    loaded, _ = prepare([0, 0, 1, 1, 2, 2])
+    assert torch.equal(loaded.labels, labels)
+    with pytest.raises(ValueError, match=r"training sample 1 is a 'dog' here but a 'cat' in the bank \(4 of 6"):
+        prepare([0, 1, 0, 2, 1, 2])
+    with pytest.raises(ValueError, match="holds 6 samples but the training set has 5"):
+        prepare([0, 0, 1, 1, 2])

@@ -124,6 +124,34 @@ def _prompts_from_data(data) -> dict:
     }
 
 
+def check_bank_matches_training_set(bank: CaptConfusionBank, train_labels, class_names) -> None:
+    """Raise a `ValueError` unless the bank describes this training set sample by sample: one row per training-set
+    index `0..N-1`, with the training set's label.
+
+    A bank of other data (another dataset, split or class subset of the same size) would otherwise be used silently:
+    its rows would be looked up for the wrong images, and a sample's own label could then reach its confusion
+    classes and its own row the retrieval (the Sample Confusion Miner relies on the bank's labels being the batch's).
+    The images themselves are not recorded, so a bank of another few-shot draw with the same labels passes.
+    """
+    labels = torch.as_tensor(list(train_labels), dtype=torch.long)
+    if len(bank) != len(labels):
+        raise ValueError(f"The confusion bank holds {len(bank)} samples but the training set has {len(labels)}")
+    if not torch.equal(bank.indices.cpu(), torch.arange(len(labels))):
+        raise ValueError(
+            f"The confusion bank's training-set indices {bank.indices[:5].tolist()}... are not those of this training "
+            f"set (0..{len(labels) - 1})"
+        )
+    differ = torch.nonzero(bank.labels.cpu() != labels).reshape(-1)
+    if differ.numel():
+        i = int(differ[0])
+        raise ValueError(
+            f"The confusion bank does not describe this training set: training sample {i} is a "
+            f"{class_names[int(labels[i])]!r} here but a {class_names[int(bank.labels[i])]!r} in the bank "
+            f"({differ.numel()} of {len(labels)} labels differ). Build the bank from the same data, --shots, --seed "
+            "and --subsample_classes as the run."
+        )
+
+
 def prepare_bank_and_prompts(accelerator, capt_args, train_args, zeroshot, train_rows, image_processor, tokenizer,
                              class_names, template, model_args, make_loader):
     """Build (or load) the Confusion Bank, mine the semantic confusion pairs and embed their prompts.
@@ -146,8 +174,7 @@ def prepare_bank_and_prompts(accelerator, capt_args, train_args, zeroshot, train
         with accelerator.autocast():  # the run's precision, as every evaluation of the run
             bank = build_bank(base_model, train_rows, image_processor, train_args.per_device_eval_batch_size,
                               class_names, template, base_id, make_loader)
-    if len(bank) != len(train_rows):
-        raise ValueError(f"The confusion bank holds {len(bank)} samples but the training set has {len(train_rows)}")
+    check_bank_matches_training_set(bank, train_rows.dataset["label"], class_names)
     if bank.num_misclassified == 0:
         logger.warning("The base model misclassifies no training sample: SAM falls back to each class's samples")
     k = min(capt_args.k_pairs, len(class_names) - 1)
