@@ -26,7 +26,7 @@ if __package__ in (None, ""):
 
 from dataset_scripts.confusion_bank import push_bank_to_hub, save_bank  # noqa: E402
 from modeling_capt import CaptForImageClassification, load_image_processor  # noqa: E402
-from trainers.args import EMBEDDED_MODEL, DataArguments  # noqa: E402
+from trainers.args import EMBEDDED_MODEL, DataArguments, check_local_path  # noqa: E402
 from trainers.capt_training import build_bank  # noqa: E402
 from trainers.data import IndexedImageDataset, prepare_splits  # noqa: E402
 from trainers.metrics import top_confused_pairs  # noqa: E402
@@ -68,6 +68,10 @@ def main(argv=None):
     )
     if args.dataset and not args.data_dir:
         raise ValueError("--dataset needs --data_dir")
+    check_local_path("model", args.model)
+    check_local_path("dataset_name", args.dataset_name)
+    for flag in ("data_dir", "train_dir", "test_dir"):
+        check_local_path(flag, getattr(args, flag), always_local=True)
     splits = prepare_splits(data_args, args.seed)
     class_names = splits["train_names"]
     device = torch.device(args.device if args.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu")

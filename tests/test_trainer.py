@@ -88,6 +88,19 @@ def test_missing_local_paths_are_named_before_any_work(tmp_path, flag):
     parse_args(["--bank_path", "org/bank-on-the-hub"])  # a Hub id is not checked locally
 
 
+@pytest.mark.parametrize("flag", ["--dataset_name", "--train_dir", "--test_dir", "--data_dir", "--prompt_file"])
+def test_missing_data_paths_are_named_before_any_work(tmp_path, flag):
+    """A mistyped local data path is named as missing (not looked up on the Hub, not found after model loading)."""
+    missing = str(tmp_path / "missing" / "folder")
+    existing = str(tmp_path)
+    partner = {"--train_dir": ["--test_dir", existing], "--test_dir": ["--train_dir", existing],
+               "--data_dir": ["--dataset", "oxford_pets"], "--prompt_file": ["--prompt_generator", "json"]}
+    with pytest.raises(FileNotFoundError, match=f"{flag}.*{missing}"):
+        parse_args([flag, missing] + partner.get(flag, []))
+    with pytest.raises(FileNotFoundError, match="--dataset_name.*no such file"):
+        parse_args(["--dataset_name", "./my-data"])
+
+
 
 def test_readme_flag_table_lists_every_trainer_flag():
     """The README's table of the trainer's arguments names every flag of trainers/args.py, and no other."""
@@ -339,6 +352,26 @@ def test_prompt_file_is_used_with_a_bank_that_stores_prompts(run_args, tmp_path)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
+@pytest.mark.parametrize("script", ["evaluate", "bank"])
+def test_scripts_name_a_missing_local_checkpoint_or_data_path(tmp_path, tiny_clip_dir, script):
+    """evaluate_capt.py and build_confusion_bank.py name a mistyped local path instead of failing on a Hub lookup."""
+    from dataset_scripts.build_confusion_bank import main as bank_main
+    from trainers.evaluate_capt import main as evaluate_main
+
+    missing = str(tmp_path / "no-such-model")
+    if script == "evaluate":
+        calls = [(["--checkpoint", missing, "--dataset_name", str(tmp_path)], "--checkpoint"),
+                 (["--checkpoint", tiny_clip_dir, "--dataset_name", "./no-such-data"], "--dataset_name")]
+    else:
+        out = ["--output_dir", str(tmp_path / "bank")]
+        calls = [(["--model", missing] + out, "--model"),
+                 (["--model", tiny_clip_dir, "--dataset_name", "./no-such-data"] + out, "--dataset_name"),
+                 (["--model", tiny_clip_dir, "--train_dir", missing, "--test_dir", missing] + out, "--train_dir")]
+    for argv, flag in calls:
+        with pytest.raises(FileNotFoundError, match=f"{flag}: no such file or folder"):
+            (evaluate_main if script == "evaluate" else bank_main)(argv)
+
+
 def test_bank_script_refuses_cuda_without_a_gpu(tmp_path, tiny_clip_dir):
     from dataset_scripts.build_confusion_bank import main as build_bank_main
 

@@ -282,9 +282,9 @@ def validate(model_args, data_args, capt_args, train_args) -> None:
     if train_args.push_to_hub and not train_args.hub_model_id:
         raise ValueError("--push_to_hub needs --hub_model_id (e.g. org/capt-oxfordpets)")
     for flag, value in (("model_name_or_path", model_args.model_name_or_path), ("bank_path", capt_args.bank_path),
-                        ("bank_base_model", capt_args.bank_base_model)):
-        if value and _looks_like_local_path(value) and not os.path.exists(value):
-            raise FileNotFoundError(f"--{flag}: no such file or folder: {value}")
+                        ("bank_base_model", capt_args.bank_base_model), ("dataset_name", data_args.dataset_name),
+                        ("prompt_lm", capt_args.prompt_lm)):
+        check_local_path(flag, value)
     resume = train_args.resume_from_checkpoint
     if resume and resume != "latest" and not os.path.isdir(resume):
         raise FileNotFoundError(f"--resume_from_checkpoint: no checkpoint folder at {resume}")
@@ -295,6 +295,17 @@ def validate(model_args, data_args, capt_args, train_args) -> None:
         raise ValueError("--dataset needs --data_dir (the root of the CoOp dataset folders)")
     if bool(data_args.train_dir) != bool(data_args.test_dir):
         raise ValueError("--train_dir and --test_dir go together")
+    # always local paths, never Hub ids: a missing one is named here, before any model or data is loaded
+    for flag, value in (("train_dir", data_args.train_dir), ("test_dir", data_args.test_dir),
+                        ("data_dir", data_args.data_dir), ("prompt_file", capt_args.prompt_file)):
+        check_local_path(flag, value, always_local=True)
+
+
+def check_local_path(flag: str, value: str | None, always_local: bool = False) -> None:
+    """Raise `FileNotFoundError` naming `--flag` when `value` is a local path (or, `always_local`, any value) that
+    does not exist. Hub ids are left to their loaders."""
+    if value and (always_local or _looks_like_local_path(value)) and not os.path.exists(value):
+        raise FileNotFoundError(f"--{flag}: no such file or folder: {value}")
 
 
 def _looks_like_local_path(value: str) -> bool:

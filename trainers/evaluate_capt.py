@@ -28,6 +28,7 @@ if __package__ in (None, ""):  # `python trainers/evaluate_capt.py` runs this fi
 from dataset_scripts.coop_datasets import get_dataset_info, list_datasets, load_coop_dataset  # noqa: E402
 from modeling_capt import CaptForImageClassification, load_image_processor  # noqa: E402
 from modeling_capt.configuration_capt import DEFAULT_TEMPLATE  # noqa: E402
+from trainers.args import check_local_path  # noqa: E402
 from trainers.data import check_dataset, load_local_dataset, prompt_class_names, standard_columns  # noqa: E402
 from trainers.metrics import top_confused_pairs  # noqa: E402
 from dataset_scripts.atomic_io import write_json_atomic  # noqa: E402
@@ -231,6 +232,9 @@ def evaluate_checkpoint(
 
 def main(argv=None) -> dict:
     (args,) = HfArgumentParser(EvaluationArguments).parse_args_into_dataclasses(args=argv)
+    for flag in ("checkpoint", "dataset_name"):  # a mistyped local path is named, not looked up on the Hub
+        check_local_path(flag, getattr(args, flag))
+    check_local_path("data_dir", args.data_dir, always_local=True)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     options = {key: value for key, value in vars(args).items() if key not in ("checkpoint", "output_file")}
     result = evaluate_checkpoint(args.checkpoint, **options)
