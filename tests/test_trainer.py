@@ -316,6 +316,43 @@ def test_bad_data_fails_before_training(tmp_path, tiny_clip_dir):
     assert not os.path.exists(tmp_path / "out" / "checkpoints")
 
 
+def _image_folder(root, counts: dict) -> str:
+    """An ImageFolder tree `root/<split>/<class>/<i>.png` of grayscale images, `counts[split][class]` per class."""
+    rng = np.random.default_rng(0)
+    for split, per_class in counts.items():
+        for name, count in per_class.items():
+            os.makedirs(os.path.join(root, split, name), exist_ok=True)
+            for index in range(count):
+                Image.fromarray(rng.integers(0, 255, (32, 32), dtype=np.uint8)).save(
+                    os.path.join(root, split, name, f"{index}.png"))
+    return str(root)
+
+
+def test_a_training_class_without_images_fails_before_any_work(tmp_path, tiny_clip_dir, monkeypatch, caplog):
+    """An ImageFolder whose test tree has a class folder the training tree lacks: CAPT stops before loading CLIP,
+    naming the class (it failed after zero-shot evaluation and the bank, deep in the representative retrieval)."""
+    import trainers.train_capt as train_capt
+
+    tree = _image_folder(tmp_path / "data", {"train": {"golden_retriever": 2, "red_fox": 2, "tabby_cat": 2},
+                                            "test": {"golden_retriever": 1, "gray_wolf": 1, "red_fox": 1,
+                                                     "tabby_cat": 1}})
+    argv = ["--model_name_or_path", tiny_clip_dir, "--dataset_name", tree, "--output_dir", str(tmp_path / "out"),
+            "--shots", "4", "--num_train_epochs", "1", "--heatmap", "false"]
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before the data was checked")
+
+    monkeypatch.setattr(train_capt.CLIPModel, "from_pretrained", no_model)
+    with pytest.raises(ValueError, match=r"no image of the class\(es\) \['gray_wolf'\]"):
+        main(argv)
+    assert "--shots 4: 4 of 4 classes have fewer training images" in caplog.text
+    monkeypatch.undo()
+    reset_accelerate()
+    summary = main(argv + ["--method", "coop"])  # trains nothing on it, but still classifies it: a warning
+    assert summary["coop"]["per_class_accuracy"].keys() == {"golden retriever", "gray wolf"}
+    assert "no image of the class(es) ['gray_wolf']" in caplog.text
+
+
 def test_bank_script_builds_a_bank_the_trainer_loads(run_args, tmp_path, tiny_clip_dir):
     from dataset_scripts.build_confusion_bank import main as build_bank_main
     from dataset_scripts.confusion_bank import load_bank

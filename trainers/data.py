@@ -20,7 +20,7 @@ import torch
 from datasets import ClassLabel, DatasetDict
 from PIL import Image
 
-from dataset_scripts.fewshot import few_shot_indices, subsample_classes
+from dataset_scripts.fewshot import few_shot_indices, label_array, subsample_classes
 
 from .args import EMBEDDED_DATA
 
@@ -168,6 +168,7 @@ def prepare_splits(data_args, seed: int) -> dict:
 
     train = raw["train"]
     if data_args.shots and data_args.shots > 0:
+        warn_fewer_images_than_shots(train, data_args.shots)
         indices = few_shot_indices(
             DatasetDict(train=train), data_args.shots, seed, dataset_name=fewshot_cache_key(data_args),
             cache_dir=data_args.fewshot_cache_dir,
@@ -186,6 +187,28 @@ def prepare_splits(data_args, seed: int) -> dict:
         result["novel_names"] = prompt_class_names(novel["test"].features["label"].names)
     result.update(train=train, test=test, train_names=prompt_class_names(train.features["label"].names))
     return result
+
+
+def class_counts(dataset) -> np.ndarray:
+    """Rows per class of a dataset with a `ClassLabel` `label` column (0 for a class without rows)."""
+    return np.bincount(label_array(dataset), minlength=dataset.features["label"].num_classes)
+
+
+def warn_fewer_images_than_shots(train, shots: int) -> None:
+    """Warn when classes hold fewer than `shots` training images: they are used whole (CoOp's rule), so the
+    training set is smaller than `shots` per class."""
+    counts = class_counts(train)
+    short = [(name, int(count)) for name, count in zip(train.features["label"].names, counts) if count < shots]
+    if short:
+        listed = ", ".join(f"{name!r} ({count})" for name, count in short[:5]) + (", ..." if len(short) > 5 else "")
+        logger.warning("--shots %d: %d of %d classes have fewer training images, used whole: %s", shots, len(short),
+                       len(counts), listed)
+
+
+def classes_without_images(dataset) -> list[str]:
+    """The class names of a dataset's `ClassLabel` `label` column that no row has."""
+    counts = class_counts(dataset)
+    return [name for name, count in zip(dataset.features["label"].names, counts) if count == 0]
 
 
 def processor_crop_size(image_processor) -> tuple[int, int]:

@@ -35,7 +35,8 @@ from modeling_capt import CaptAdapterConfig, CaptForImageClassification, load_im
 from trainers import capt_training  # noqa: E402
 from trainers.args import layers_to_transform, parse_args, training_settings  # noqa: E402
 from trainers.data import (  # noqa: E402
-    ImageClassificationCollator, IndexedImageDataset, RandomResizedCropFlip, prepare_splits, processor_crop_size,
+    ImageClassificationCollator, IndexedImageDataset, RandomResizedCropFlip, classes_without_images, prepare_splits,
+    processor_crop_size,
 )
 from trainers.heatmap import save_confusion_heatmaps  # noqa: E402
 from trainers.hub import push_folder_to_hub, write_model_card  # noqa: E402
@@ -372,6 +373,14 @@ def main(argv=None):
 
     # ---------------------------------------------------------------- data and the frozen zero-shot model
     splits = prepare_splits(data_args, train_args.seed)
+    empty = classes_without_images(splits["train"])
+    if empty:  # e.g. an ImageFolder test tree with a class folder the training tree lacks
+        message = (f"The training split has no image of the class(es) {empty[:10]}, which are "
+                   f"{'base' if data_args.subsample_classes == 'base' else 'training'} classes")
+        if model_args.method == "capt":  # its Confusion Bank and representative samples need every class
+            raise ValueError(f"{message}: CAPT needs training images of every class it trains on. Add images of "
+                             "them, or remove them from the dataset.")
+        logger.warning("%s: they are still classified, but nothing is trained on them", message)
     template = resolve_template(model_args, data_args)
     tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path)
     image_processor = load_image_processor(model_args.model_name_or_path)
