@@ -136,3 +136,32 @@ def test_fewshot_cache_key_tells_the_configs_of_a_benchmark_apart():
     assert dtd != eurosat and dtd.endswith("dtd") and "/" not in dtd
     assert fewshot_cache_key(_data_args(None, dataset_name=None, dataset="oxford_pets")) == "oxford_pets"
     assert fewshot_cache_key(_data_args(None, dataset_name=None)) == "embedded-fashion-subset"
+
+
+def test_save_to_disk_folders_load_as_a_source(tmp_path):
+    """`DatasetDict.save_to_disk` (for --dataset_name) and `Dataset.save_to_disk` (for --train_dir/--test_dir) folders
+    load; they failed with "the data split is empty (Instruction "train" corresponds to no data!)"."""
+    from trainers.data import prepare_splits
+    from trainers.evaluate_capt import load_evaluation_split
+
+    names = ["ant", "bee", "cat", "dog"]
+    features = datasets.Features({"img": datasets.Image(), "fine_label": datasets.ClassLabel(names=names)})
+
+    def split(per_class):
+        rows = [(Image.new("L", (8, 8), 40 * y), y) for y in range(4) for _ in range(per_class)]
+        return datasets.Dataset.from_dict({"img": [r[0] for r in rows], "fine_label": [r[1] for r in rows]},
+                                          features=features)
+
+    datasets.DatasetDict(train=split(3), test=split(2)).save_to_disk(str(tmp_path / "dict"))
+    splits = prepare_splits(_data_args(tmp_path / "dict", image_column="img", label_column="fine_label"), seed=1)
+    assert splits["train_names"] == ["ant", "bee"] and len(splits["train"]) == 2 and len(splits["test"]) == 4
+    data, class_names = load_evaluation_split(dataset_name=str(tmp_path / "dict"), image_column="img",
+                                              label_column="fine_label")
+    assert class_names == names and len(data) == 8
+
+    split(3).save_to_disk(str(tmp_path / "train"))
+    split(2).save_to_disk(str(tmp_path / "test"))
+    args = _data_args(None, dataset_name=None, train_dir=str(tmp_path / "train"), test_dir=str(tmp_path / "test"),
+                      image_column="img", label_column="fine_label", shots=2)
+    splits = prepare_splits(args, seed=1)
+    assert len(splits["train"]) == 4 and len(splits["test"]) == 4 and splits["novel_names"] == ["cat", "dog"]

@@ -30,7 +30,8 @@ logger = logging.getLogger(__name__)
 
 def load_local_dataset(path: str, split: str | None = None, config_name: str | None = None):
     """A Parquet file, a folder of Parquet files, a `datasets` folder with a card (`config_name` picks one of its
-    configs, e.g. a folder written by `dataset_scripts/build_benchmark.py`), or an ImageFolder tree."""
+    configs, e.g. a folder written by `dataset_scripts/build_benchmark.py`), a folder written by `save_to_disk`, or
+    an ImageFolder tree."""
     try:
         return _load_local_unchecked(path, split, config_name)
     except ValueError as err:
@@ -46,6 +47,10 @@ def _load_local_unchecked(path: str, split: str | None, config_name: str | None 
         if not path.endswith(".parquet"):
             raise ValueError(f"Unsupported data file {path}: give a .parquet file or a folder")
         return datasets.load_dataset("parquet", data_files={split or "train": path})
+    if os.path.isfile(os.path.join(path, "dataset_dict.json")):  # `DatasetDict.save_to_disk`
+        return datasets.load_from_disk(path)
+    if os.path.isfile(os.path.join(path, "state.json")) and os.path.isfile(os.path.join(path, "dataset_info.json")):
+        return DatasetDict({split or "train": datasets.load_from_disk(path)})  # `Dataset.save_to_disk`
     parquet = sorted(glob.glob(os.path.join(path, "*.parquet")))
     if parquet and split is not None:
         return datasets.load_dataset("parquet", data_files={split: parquet})
