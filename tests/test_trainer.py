@@ -186,6 +186,22 @@ def test_resume_skips_finished_epochs(run_args, tmp_path, capsys):
         main(run_args + ["--method", "coop", "--resume_from_checkpoint", str(tmp_path / "missing")])
 
 
+def test_a_shorter_run_into_the_same_output_dir_keeps_its_own_checkpoint(run_args, tmp_path):
+    """A 1-epoch run into the folder of a 3-epoch run: pruning deleted the new epoch_1 and kept the old epoch_3, which
+    `--resume_from_checkpoint latest` then resumed (training nothing and saving the old run's weights)."""
+    main(run_args + ["--method", "coop", "--num_train_epochs", "3"])
+    reset_accelerate()
+    main(run_args + ["--method", "coop", "--num_train_epochs", "1"])
+    assert sorted(os.listdir(tmp_path / "out" / "checkpoints")) == ["epoch_1"]
+    reset_accelerate()
+    main(run_args + ["--method", "coop", "--num_train_epochs", "3", "--save_total_limit", "0",
+                     "--output_dir", str(tmp_path / "longer")])
+    reset_accelerate()
+    with pytest.raises(ValueError, match="after epoch 3, past this run's --num_train_epochs 1"):
+        main(run_args + ["--method", "coop", "--num_train_epochs", "1", "--output_dir", str(tmp_path / "longer"),
+                         "--resume_from_checkpoint", "latest"])
+
+
 def test_resume_refuses_a_checkpoint_of_other_training_flags(run_args, tmp_path, monkeypatch):
     from trainers import train_capt
 

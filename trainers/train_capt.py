@@ -138,11 +138,20 @@ def _epoch_folders(root) -> list[str]:
     return sorted(names, key=lambda d: int(d.split("_")[1]))
 
 
-def _prune_checkpoints(root, keep):
-    """Delete all but the newest `keep` finished epoch checkpoints under `root` (0 keeps all)."""
+def _prune_checkpoints(root, keep, newest: int | None = None):
+    """Delete all but the newest `keep` finished epoch checkpoints under `root` (0 keeps all).
+
+    `newest` is the epoch this run has just saved: a checkpoint of a later epoch is left over from an earlier run into
+    the same output folder (a run of more epochs), so it counts as older than every checkpoint of this run. Without
+    this, pruning deleted the checkpoint just written and kept the earlier run's, which `--resume_from_checkpoint
+    latest` then resumed.
+    """
     if keep <= 0 or not os.path.isdir(root):
         return
     done = _epoch_folders(root)
+    if newest is not None:
+        epoch = lambda name: int(name.split("_")[1])  # noqa: E731
+        done = [d for d in done if epoch(d) > newest] + [d for d in done if epoch(d) <= newest]
     for old in done[:-keep]:
         shutil.rmtree(os.path.join(root, old), ignore_errors=True)
 
@@ -216,7 +225,14 @@ def resolve_resume(train_args, settings: dict) -> str | None:
     if not os.path.isfile(progress_file):
         raise FileNotFoundError(f"{resume} is not a finished checkpoint of this trainer (no {PROGRESS_FILE})")
     with open(progress_file, encoding="utf-8") as handle:
-        saved = json.load(handle).get("settings")
+        progress = json.load(handle)
+    saved = progress.get("settings")
+    if int(progress.get("epoch", 0)) > train_args.num_train_epochs:
+        raise ValueError(
+            f"{resume} was saved after epoch {progress['epoch']}, past this run's --num_train_epochs "
+            f"{train_args.num_train_epochs}: it cannot be resumed into this run (give --num_train_epochs "
+            f"{progress['epoch']} or more, or train into a new --output_dir)"
+        )
     if saved is None:
         logger.warning("%s does not record its run's flags (an older checkpoint): they are not checked", resume)
         return resume
@@ -346,7 +362,7 @@ def train_model(model, bank, splits, train_rows, image_processor, accelerator, m
             _atomic_save_state(accelerator, os.path.join(checkpoint_root, f"epoch_{done}"), done, generators,
                                settings)
             if accelerator.is_main_process:
-                _prune_checkpoints(checkpoint_root, train_args.save_total_limit)
+                _prune_checkpoints(checkpoint_root, train_args.save_total_limit, newest=done)
     return model
 
 
