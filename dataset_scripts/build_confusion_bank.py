@@ -24,7 +24,7 @@ from transformers import PretrainedConfig
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dataset_scripts.confusion_bank import push_bank_to_hub, save_bank  # noqa: E402
+from dataset_scripts.confusion_bank import METADATA_FILE, push_bank_to_hub, save_bank  # noqa: E402
 from modeling_capt import CaptForImageClassification, load_image_processor  # noqa: E402
 from trainers.args import EMBEDDED_MODEL, DataArguments, check_local_path  # noqa: E402
 from trainers.capt_training import build_bank  # noqa: E402
@@ -45,6 +45,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--data_dir", default=None)
     parser.add_argument("--train_dir", default=None)
     parser.add_argument("--test_dir", default=None)
+    parser.add_argument("--image_column", default="image", help="Column holding the images (as the trainer's)")
+    parser.add_argument("--label_column", default="label", help="ClassLabel column holding the labels")
     parser.add_argument("--shots", type=int, default=16, help="Training images per class (0: all)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--subsample_classes", default="base", choices=["base", "all"])
@@ -65,6 +67,7 @@ def main(argv=None):
     data_args = DataArguments(
         dataset_name=args.dataset_name, dataset=args.dataset, data_dir=args.data_dir, train_dir=args.train_dir,
         test_dir=args.test_dir, shots=args.shots, subsample_classes=args.subsample_classes,
+        image_column=args.image_column, label_column=args.label_column,
     )
     if args.dataset and not args.data_dir:
         raise ValueError("--dataset needs --data_dir")
@@ -72,6 +75,10 @@ def main(argv=None):
     check_local_path("dataset_name", args.dataset_name)
     for flag in ("data_dir", "train_dir", "test_dir"):
         check_local_path(flag, getattr(args, flag), always_local=True)
+    if os.path.isdir(args.output_dir) and os.listdir(args.output_dir) and not os.path.isfile(
+            os.path.join(args.output_dir, METADATA_FILE)):  # save_bank refuses it too, but only after the work
+        raise ValueError(f"--output_dir {args.output_dir} is a non-empty folder that holds no Confusion Bank; "
+                         "refusing to replace it")
     splits = prepare_splits(data_args, args.seed)
     class_names = splits["train_names"]
     device = torch.device(args.device if args.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu")

@@ -385,6 +385,30 @@ def test_bank_script_builds_a_bank_the_trainer_loads(run_args, tmp_path, tiny_cl
     assert summary["capt"]["bank_misclassified"] == int(bank.num_misclassified)
 
 
+def test_bank_script_takes_the_trainers_column_flags(tmp_path, tiny_clip_dir, monkeypatch):
+    """A source with `img` / `fine_label` columns: the bank script takes --image_column/--label_column as the trainer
+    does (it had no such flags), and refuses a non-bank --output_dir before reading any data."""
+    import dataset_scripts.build_confusion_bank as bank_script
+
+    features = datasets.Features({"img": datasets.Image(), "fine_label": datasets.ClassLabel(names=CLASS_NAMES[:4])})
+    (tmp_path / "data").mkdir()
+    for split, per_class in (("train", 3), ("test", 1)):
+        labels = [y for y in range(4) for _ in range(per_class)]
+        datasets.Dataset.from_dict({"img": [Image.new("RGB", (32, 32), (40 * y, 0, 0)) for y in labels],
+                                    "fine_label": labels}, features=features).to_parquet(
+            str(tmp_path / "data" / f"{split}.parquet"))
+    common = ["--model", tiny_clip_dir, "--device", "cpu", "--dataset_name", str(tmp_path / "data"),
+              "--image_column", "img", "--label_column", "fine_label", "--shots", "2"]
+    bank = bank_script.main(common + ["--output_dir", str(tmp_path / "bank")])
+    assert len(bank) == 2 * 2 and bank.class_names == CLASS_NAMES[:2]
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "keep.txt").write_text("mine")
+    monkeypatch.setattr(bank_script, "prepare_splits", lambda *a: pytest.fail("work started before the check"))
+    with pytest.raises(ValueError, match="holds no Confusion Bank"):
+        bank_script.main(common + ["--output_dir", str(tmp_path / "notes")])
+    assert (tmp_path / "notes" / "keep.txt").read_text() == "mine"
+
+
 def test_prompt_file_is_used_with_a_bank_that_stores_prompts(run_args, tmp_path):
     """A bank saved by a run carries its (template) prompts; --prompt_generator json must still use the file."""
     main(run_args + ["--method", "capt", "--num_train_epochs", "1", "--save_every_epochs", "0"])
