@@ -49,3 +49,21 @@ def test_hub_ids_are_kept_and_quoted(tmp_path):
     assert metadata["datasets"] == ["tanganke/dtd"]
     metadata = _metadata(tmp_path, _summary("openai/clip-vit-base-patch16", "C:/data: x"))
     assert "datasets" not in metadata  # not a Hub id, and no YAML mapping smuggled into the metadata
+
+
+def test_capt_card_tags_once_and_says_what_was_trained(tmp_path):
+    """The card's tags held `capt` twice for a CAPT run, and its text named the MGDE layer for a --no_use_mgde run."""
+    import json
+
+    summary = dict(_summary("openai/clip-vit-base-patch16", "tanganke/dtd"), method="capt", capt={"accuracy": 70.0})
+    (tmp_path / "config.json").write_text(json.dumps({"adapter_config": {"adapter_branches": "both", "use_mgde": True}}))
+    metadata = _metadata(tmp_path, summary)
+    assert metadata["tags"] == ["clip", "prompt-tuning", "capt"]
+    assert "The Diff-Manner adapters and the MGDE layer are trained" in (tmp_path / "README.md").read_text()
+    (tmp_path / "config.json").write_text(json.dumps({"adapter_config": {"adapter_branches": "global",
+                                                                         "use_mgde": False}}))
+    _metadata(tmp_path, summary)
+    text = (tmp_path / "README.md").read_text()
+    assert "The Diff-Manner adapters (global branch only) (no MGDE layer) are trained" in text
+    assert _metadata(tmp_path, _summary("openai/clip-vit-base-patch16", "tanganke/dtd"))["tags"] == [
+        "clip", "prompt-tuning", "capt", "coop"]

@@ -6,6 +6,7 @@ the folder and the arguments that would be sent.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 
@@ -87,6 +88,18 @@ def _hub_references(summary: dict) -> str:
     return yaml.safe_dump(references, sort_keys=False, allow_unicode=True) if references else ""
 
 
+def _capt_parts(folder: str) -> str:
+    """What a CAPT model in `folder` (its `config.json`) trains besides its adapters: their branches and MGDE."""
+    try:
+        with open(os.path.join(folder, "config.json"), encoding="utf-8") as handle:
+            adapter = json.load(handle).get("adapter_config") or {}
+    except (OSError, ValueError):
+        return " and the MGDE layer"
+    branches = {"global": " (global branch only)", "local": " (local branch only)"}
+    branches = branches.get(adapter.get("adapter_branches"), "")
+    return branches + (" and the MGDE layer" if adapter.get("use_mgde", True) else " (no MGDE layer)")
+
+
 def write_model_card(folder: str, summary: dict, class_names, repo_id: str | None = None) -> str | None:
     """Fill `hub_cards/capt_model_card.md` with a run's summary and write it as `folder/README.md`."""
     if not os.path.isfile(CARD_TEMPLATE):
@@ -96,7 +109,7 @@ def write_model_card(folder: str, summary: dict, class_names, repo_id: str | Non
     trained = {
         "zeroshot": "Nothing is trained: this is zero-shot CLIP over the class prompts.",
         "coop": "Only the CoOp context vectors (learnable prompt tokens) are trained.",
-        "capt": "The Diff-Manner adapters and the MGDE layer are trained (CAPT), from a Confusion Bank of the base "
+        "capt": f"The Diff-Manner adapters{_capt_parts(folder)} are trained (CAPT), from a Confusion Bank of the base "
                 "model's own mistakes.",
     }[method]
     names = ", ".join(class_names[:20]) + (", ..." if len(class_names) > 20 else "")
@@ -106,7 +119,7 @@ def write_model_card(folder: str, summary: dict, class_names, repo_id: str | Non
         repo_id=repo_id or "path/to/this/folder", shots=summary["shots"], seed=summary["seed"],
         subsample_classes=summary["subsample_classes"], template=summary["template"], num_classes=len(class_names),
         class_names=names, results_table=_results_table(summary), trained_parts=trained,
-        hub_references=_hub_references(summary),
+        hub_references=_hub_references(summary), method_tag="" if method == "capt" else f"- {method}\n",
     )
     path = os.path.join(folder, "README.md")
     write_text_atomic(path, text)
