@@ -369,6 +369,22 @@ def test_a_training_class_without_images_fails_before_any_work(tmp_path, tiny_cl
     assert "no image of the class(es) ['gray_wolf']" in caplog.text
 
 
+@pytest.mark.parametrize("flags, error", [
+    (["--layers_to_transform", "5"], "layers_to_transform index 5 is out of range for 2 layers"),
+    (["--mgde_top_k", "9"], "mgde_top_k must be between 1 and 3"),
+    (["--alpha_gamma", "-1"], "alpha_gamma must be a non-negative number"),
+    (["--mgde_num_clusters", "0"], "mgde_num_clusters must be positive"),  # was silently raised to 1
+    (["--method", "coop", "--n_ctx", "0"], "n_ctx must be a positive integer"),
+])
+def test_model_flags_the_model_refuses_fail_before_any_work(run_args, monkeypatch, flags, error):
+    """They failed when the trained model was built: after loading the data, the zero-shot evaluation and the bank."""
+    import trainers.train_capt as train_capt
+
+    monkeypatch.setattr(train_capt, "prepare_splits", lambda *a: pytest.fail("work started before the check"))
+    with pytest.raises(ValueError, match=error):
+        main(run_args + flags)
+
+
 def test_bank_script_builds_a_bank_the_trainer_loads(run_args, tmp_path, tiny_clip_dir):
     from dataset_scripts.build_confusion_bank import main as build_bank_main
     from dataset_scripts.confusion_bank import load_bank

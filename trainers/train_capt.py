@@ -24,14 +24,14 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, set_seed
 from tqdm.auto import tqdm
-from transformers import AutoTokenizer, CLIPModel
+from transformers import AutoTokenizer, CLIPConfig, CLIPModel
 
 if __package__ in (None, ""):  # `accelerate launch trainers/train_capt.py` runs this file as a script
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from dataset_scripts.atomic_io import replace_directory, write_directory_atomic, write_json_atomic  # noqa: E402
 from dataset_scripts.coop_datasets import get_dataset_info, list_datasets  # noqa: E402
-from modeling_capt import CaptAdapterConfig, CaptForImageClassification, load_image_processor  # noqa: E402
+from modeling_capt import CaptAdapterConfig, CaptConfig, CaptForImageClassification, load_image_processor  # noqa: E402
 from trainers import capt_training  # noqa: E402
 from trainers.args import layers_to_transform, parse_args, training_settings  # noqa: E402
 from trainers.data import (  # noqa: E402
@@ -366,6 +366,30 @@ def train_model(model, bank, splits, train_rows, image_processor, accelerator, m
     return model
 
 
+def adapter_config_of(capt_args, mgde_num_clusters: int) -> CaptAdapterConfig:
+    """The CAPT adapter config the flags ask for (MGDE's cluster count is known once the semantic prompts are)."""
+    return CaptAdapterConfig(
+        layers_to_transform=layers_to_transform(capt_args),
+        adapter_branches=capt_args.adapter_branches,
+        alpha_scale=capt_args.alpha_scale,
+        alpha_gamma=capt_args.alpha_gamma,
+        use_mgde=capt_args.use_mgde,
+        mgde_top_k=capt_args.mgde_top_k,
+        mgde_num_clusters=mgde_num_clusters,
+    )
+
+
+def check_model_flags(model_args, capt_args) -> None:
+    """Build the trained model's configuration from the flags before any data or model is loaded, so that a value it
+    refuses (`--layers_to_transform` past the CLIP's layers, `--mgde_top_k 9`, `--n_ctx 0`, ...) fails before the
+    zero-shot evaluation and the Confusion Bank rather than after them."""
+    if model_args.method == "coop":
+        CaptConfig(use_learnable_context=True, n_ctx=model_args.n_ctx, ctx_init=model_args.ctx_init)
+    elif model_args.method == "capt":
+        adapter = adapter_config_of(capt_args, capt_args.mgde_num_clusters)
+        adapter.select_layers(CLIPConfig.from_pretrained(model_args.model_name_or_path).vision_config.num_hidden_layers)
+
+
 def main(argv=None):
     model_args, data_args, capt_args, train_args = parse_args(argv)
     settings = training_settings(model_args, data_args, capt_args, train_args)
@@ -384,6 +408,7 @@ def main(argv=None):
         logging.getLogger().setLevel(logging.WARNING)
     set_seed(train_args.seed)
     resume = resolve_resume(train_args, settings)  # a wrong checkpoint, or one of other flags, fails before any work
+    check_model_flags(model_args, capt_args)
     os.makedirs(train_args.output_dir, exist_ok=True)
     started = time.time()
 
@@ -439,15 +464,8 @@ def main(argv=None):
                 accelerator, capt_args, train_args, zeroshot, train_rows, image_processor, tokenizer, train_names,
                 template, model_args, make_loader,
             )
-            overrides["adapter_config"] = CaptAdapterConfig(
-                layers_to_transform=layers_to_transform(capt_args),
-                adapter_branches=capt_args.adapter_branches,
-                alpha_scale=capt_args.alpha_scale,
-                alpha_gamma=capt_args.alpha_gamma,
-                use_mgde=capt_args.use_mgde,
-                mgde_top_k=capt_args.mgde_top_k,
-                mgde_num_clusters=semantic.num_clusters if capt_args.use_mgde else capt_args.mgde_num_clusters,
-            )
+            overrides["adapter_config"] = adapter_config_of(
+                capt_args, semantic.num_clusters if capt_args.use_mgde else capt_args.mgde_num_clusters)
         model = build(**overrides)
         if method == "capt" and model.mgde is not None:
             model.init_semantic_experts(semantic.commonality_centres, semantic.difference_centres)
