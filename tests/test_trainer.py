@@ -61,6 +61,7 @@ def test_config_file_errors(tmp_path, content, error):
     [
         (["--method", "lora"], "--method"),
         (["--push_to_hub"], "hub_model_id"),
+        (["--push_to_hub", "--hub_model_id", "capt-test"], "--hub_model_id must look like 'org/name'"),
         (["--train_dir", "x"], "go together"),
         (["--dataset", "oxford_pets"], "data_dir"),
         (["--prompt_generator", "json"], "prompt_file"),

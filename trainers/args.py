@@ -281,6 +281,8 @@ def validate(model_args, data_args, capt_args, train_args) -> None:
                          f"got {data_args.max_eval_samples}")
     if train_args.push_to_hub and not train_args.hub_model_id:
         raise ValueError("--push_to_hub needs --hub_model_id (e.g. org/capt-oxfordpets)")
+    if train_args.push_to_hub and train_args.hub_model_id.count("/") != 1:  # as push_folder_to_hub, after training
+        raise ValueError(f"--hub_model_id must look like 'org/name', got {train_args.hub_model_id!r}")
     for flag, value in (("model_name_or_path", model_args.model_name_or_path), ("bank_path", capt_args.bank_path),
                         ("bank_base_model", capt_args.bank_base_model), ("dataset_name", data_args.dataset_name),
                         ("prompt_lm", capt_args.prompt_lm)):
