@@ -165,3 +165,21 @@ def test_save_to_disk_folders_load_as_a_source(tmp_path):
                       image_column="img", label_column="fine_label", shots=2)
     splits = prepare_splits(args, seed=1)
     assert len(splits["train"]) == 4 and len(splits["test"]) == 4 and splits["novel_names"] == ["cat", "dog"]
+
+
+def test_an_image_column_that_is_not_a_datasets_image_is_named(tmp_path):
+    """A column of file paths (or a mistyped --image_column naming a text column) failed as 'Cannot decode the image
+    of train row 0: 'str' object has no attribute 'load'', as if the image were corrupt."""
+    from trainers.data import check_dataset
+    from trainers.evaluate_capt import load_evaluation_split
+
+    path = tmp_path / "a.png"
+    Image.new("RGB", (8, 8)).save(path)
+    features = datasets.Features({"image": datasets.Value("string"), "label": datasets.ClassLabel(names=["a", "b"])})
+    data = datasets.Dataset.from_dict({"image": [str(path)] * 2, "label": [0, 1]}, features=features)
+    with pytest.raises(ValueError, match=r"train split's 'image' column must be a datasets.Image column.*cast_column"):
+        check_dataset(data, "image", "label", "train")
+    assert check_dataset(data.cast_column("image", datasets.Image()), "image", "label", "train") == ["a", "b"]
+    datasets.DatasetDict(test=data).save_to_disk(str(tmp_path / "paths"))
+    with pytest.raises(ValueError, match="must be a datasets.Image column"):
+        load_evaluation_split(dataset_name=str(tmp_path / "paths"))

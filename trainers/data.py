@@ -94,12 +94,18 @@ def _pick_split(dataset_dict, names, path):
 
 
 def check_dataset(dataset, image_column: str, label_column: str, split: str) -> list[str]:
-    """Check columns, label type and non-emptiness; return the class names."""
+    """Check columns, image and label types and non-emptiness; return the class names."""
     if len(dataset) == 0:
         raise ValueError(f"The {split} split is empty")
     missing = [c for c in (image_column, label_column) if c not in dataset.column_names]
     if missing:
         raise ValueError(f"The {split} split lacks column(s) {missing} (columns: {dataset.column_names})")
+    if not isinstance(dataset.features[image_column], datasets.Image):
+        raise ValueError(
+            f"The {split} split's '{image_column}' column must be a datasets.Image column, got "
+            f"{dataset.features[image_column]!r} (a column of file paths becomes one with "
+            f"`dataset.cast_column({image_column!r}, datasets.Image())`)"
+        )
     feature = dataset.features[label_column]
     if not isinstance(feature, ClassLabel):
         raise ValueError(
