@@ -386,6 +386,19 @@ def test_model_flags_the_model_refuses_fail_before_any_work(run_args, monkeypatc
         main(run_args + flags)
 
 
+@pytest.mark.parametrize("method", ["coop", "capt"])
+def test_a_single_training_class_fails_before_any_work(tmp_path, tiny_clip_dir, monkeypatch, method):
+    """A 2-class dataset split base-to-novel trains on one class: CAPT failed after the zero-shot evaluation, and CoOp
+    trained on a loss that is always 0."""
+    import trainers.train_capt as train_capt
+
+    tree = _image_folder(tmp_path / "data", {"train": {"cat": 2, "dog": 2}, "test": {"cat": 1, "dog": 1}})
+    monkeypatch.setattr(train_capt.CLIPModel, "from_pretrained", lambda *a, **k: pytest.fail("model loaded"))
+    with pytest.raises(ValueError, match=r"at least two training classes, got \['cat'\].*--subsample_classes all"):
+        main(["--model_name_or_path", tiny_clip_dir, "--dataset_name", tree, "--output_dir", str(tmp_path / "out"),
+              "--method", method])
+
+
 def test_bank_script_builds_a_bank_the_trainer_loads(run_args, tmp_path, tiny_clip_dir):
     from dataset_scripts.build_confusion_bank import main as build_bank_main
     from dataset_scripts.confusion_bank import load_bank

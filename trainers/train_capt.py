@@ -422,6 +422,10 @@ def main(argv=None):
             raise ValueError(f"{message}: CAPT needs training images of every class it trains on. Add images of "
                              "them, or remove them from the dataset.")
         logger.warning("%s: they are still classified, but nothing is trained on them", message)
+    if len(splits["train_names"]) < 2 and model_args.method != "zeroshot":  # one class: the loss is always 0
+        hint = " (a 2-class dataset has one base class: use --subsample_classes all)" if "novel_names" in splits else ""
+        raise ValueError(f"--method {model_args.method} needs at least two training classes, got "
+                         f"{splits['train_names']}{hint}")
     template = resolve_template(model_args, data_args)
     tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path)
     image_processor = load_image_processor(model_args.model_name_or_path)
