@@ -36,3 +36,33 @@ def test_many_classes_give_a_bounded_panel(tmp_path, num_classes):
     path = save_confusion_heatmaps(str(tmp_path / "heatmap.png"), [matrix, matrix], names, ["zero-shot", "CAPT"])
     with Image.open(path) as saved:
         assert saved.size == (2 * panel.width + 20, panel.height)
+
+
+def _ink_columns(image, box):
+    """The x of every column of `box` (left, top, right, bottom) holding a dark pixel."""
+    left, top, right, bottom = box
+    return [x for x in range(left, right)
+            if any(sum(image.getpixel((x, y))) < 384 for y in range(top, bottom))]
+
+
+def test_titles_and_labels_keep_their_word_gaps():
+    """The default font's space is 2 px wide: drawn as one string, "zero-shot CLIP" read as "zero-shotCLIP"."""
+    image = draw_confusion_heatmap(_matrix(2), ["ankle boot", "bag"], "zero-shot CLIP")
+    label_width = 8 + 7 * len("ankle boot")
+    columns = _ink_columns(image, (label_width, 4, image.width, 24))  # the title's row
+    gaps = [b - a - 1 for a, b in zip(columns, columns[1:]) if b - a > 1]
+    assert max(gaps) >= 4, gaps  # the word gap; letters sit 1-2 px apart
+    row_label = _ink_columns(image, (0, 40, label_width, 40 + 36))
+    assert max(b - a - 1 for a, b in zip(row_label, row_label[1:])) >= 4
+
+
+def test_column_labels_start_at_the_grid():
+    """Each rotated column label ends next to the grid, however short it is (they hung a label's width below it)."""
+    names = ["a", "a much longer class name"]
+    image = draw_confusion_heatmap(_matrix(2), names, "CAPT")
+    label_width, top, cell = 8 + 7 * len(names[1]), 40, 36
+    grid_bottom = top + 2 * cell
+    column = (label_width + cell // 2 - 6, grid_bottom, label_width + cell // 2 + 6, image.height)
+    inked = [y for y in range(column[1], column[3])
+             if any(sum(image.getpixel((x, y))) < 384 for x in range(column[0], column[2]))]
+    assert inked and inked[0] - grid_bottom <= 10, inked[:3]

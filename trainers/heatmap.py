@@ -29,6 +29,24 @@ MAX_GRID_SIZE = 2048
 MIN_LABELLED_CELL = 12
 
 
+def _text(draw, xy, text: str, font, fill="black") -> None:
+    """Draw `text` a word at a time with a visible gap between words: the default font's space is 2 px wide, which ran
+    the words together ("zero-shotCLIP", "ankleboot")."""
+    x, y = xy
+    gap = font.getlength("n")
+    for word in text.split(" "):
+        if word:
+            draw.text((x, y), word, fill=fill, font=font)
+            x += font.getlength(word)
+        x += gap
+
+
+def _text_length(text: str, font) -> float:
+    """Pixels `_text` takes for `text`."""
+    words = text.split(" ")
+    return sum(font.getlength(word) for word in words) + font.getlength("n") * (len(words) - 1)
+
+
 def heatmap_cell_size(num_classes: int, cell: int = 36, max_grid: int = MAX_GRID_SIZE) -> int:
     """Side of one cell: `cell`, shrunk so that the grid stays within `max_grid` pixels (at least 1)."""
     return max(1, min(cell, max_grid // max(num_classes, 1)))
@@ -56,10 +74,10 @@ def _draw_full(matrix, class_names, title, cell):
     width, height = label_width + size * cell + 10, top + size * cell + label_width + 12
     image = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(image)
-    draw.text((label_width, 8), title, fill="black", font=font)
+    _text(draw, (label_width, 8), title, font)
     normalised = _row_normalised(matrix)
     for i in range(size):
-        draw.text((4, top + i * cell + cell // 2 - 5), class_names[i], fill="black", font=font)
+        _text(draw, (4, top + i * cell + cell // 2 - 5), class_names[i], font)
         for j in range(size):
             x0, y0 = label_width + j * cell, top + i * cell
             draw.rectangle([x0, y0, x0 + cell - 1, y0 + cell - 1], fill=_colour(normalised[i][j]), outline="#dddddd")
@@ -78,9 +96,9 @@ def _label_width(class_names) -> int:
 
 def _draw_column_labels(image, class_names, left, y, cell, font):
     label_width = _label_width(class_names)
-    for j, name in enumerate(class_names):  # column labels, rotated
+    for j, name in enumerate(class_names):  # column labels, rotated, each ending at the grid
         label = Image.new("RGB", (label_width, 12), "white")
-        ImageDraw.Draw(label).text((0, 0), name, fill="black", font=font)
+        _text(ImageDraw.Draw(label), (max(0, label_width - 4 - _text_length(name, font)), 0), name, font)
         label = label.rotate(90, expand=True)
         image.paste(label, (left + j * cell + cell // 2 - 6, y))
 
@@ -98,13 +116,13 @@ def _draw_compact(matrix, class_names, title, cell):
     image = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(image)
     note = "" if labelled else f" ({size} classes: labels left out; row i = true class i, column j = predicted j)"
-    draw.text((label_width, 8), title + note, fill="black", font=font)
+    _text(draw, (label_width, 8), title + note, font)
     grid = Image.new("RGB", (size, size))
     grid.putdata([_colour(value) for row in _row_normalised(matrix) for value in row])
     image.paste(grid.resize((grid_size, grid_size), Image.NEAREST), (label_width, top))
     if labelled:
         for i in range(size):
-            draw.text((4, top + i * cell + cell // 2 - 5), class_names[i], fill="black", font=font)
+            _text(draw, (4, top + i * cell + cell // 2 - 5), class_names[i], font)
         _draw_column_labels(image, class_names, label_width, top + grid_size + 4, cell, font)
     return image
 
