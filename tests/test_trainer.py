@@ -13,7 +13,7 @@ from PIL import Image
 
 from modeling_capt import CaptForImageClassification
 from trainers import hub
-from trainers.args import parse_args
+from trainers.args import layers_to_transform, parse_args
 from trainers.metrics import ClassificationMetrics, classification_metrics, confusion_matrix, harmonic_mean
 from trainers.train_capt import main
 
@@ -45,9 +45,17 @@ def test_config_file_then_flags_override(tmp_path):
     assert parse_args([f"--config={json_config}"])[0].method == "zeroshot"
 
 
+@pytest.mark.parametrize("value, layers", [("[-3, -1]", [-3, -1]), ("-1", [-1]), ("'0,2'", [0, 2])])
+def test_config_file_layers_as_a_list(tmp_path, value, layers):
+    """`layers_to_transform` is a comma list on the command line; a config file may give a list or one integer."""
+    config = tmp_path / "run.yaml"
+    config.write_text(f"layers_to_transform: {value}\n")
+    assert layers_to_transform(parse_args(["--config", str(config)])[2]) == layers
+
+
 @pytest.mark.parametrize(
     "content, error",
-    [("shots: four\n", "shots must be int"), ("nonsense: 1\n", "unknown"), ("use_sam: 3\n", "use_sam must be bool")],
+    [("shots: four\n", "shots must be int"), ("layers_to_transform: [1.5]\n", "layers_to_transform must be str"), ("nonsense: 1\n", "unknown"), ("use_sam: 3\n", "use_sam must be bool")],
 )
 def test_config_file_errors(tmp_path, content, error):
     config = tmp_path / "run.yaml"

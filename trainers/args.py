@@ -171,6 +171,11 @@ def read_config_file(path: str) -> dict:
     unknown = sorted(set(data) - known)
     if unknown:
         raise ValueError(f"--config {path} has unknown arguments: {unknown}")
+    layers = data.get("layers_to_transform")  # a flag's comma list; in a file, a YAML/JSON list or one integer too
+    if isinstance(layers, list) and layers and all(isinstance(v, int) and not isinstance(v, bool) for v in layers):
+        data["layers_to_transform"] = ",".join(str(v) for v in layers)
+    elif isinstance(layers, int) and not isinstance(layers, bool):
+        data["layers_to_transform"] = str(layers)
     return data
 
 
