@@ -327,7 +327,14 @@ def _percent(value: float) -> float | None:
 
 def correction_metrics(model, bank, train_rows, image_processor, accelerator, zs_pred, tr_pred, zs_novel, tr_novel,
                        make_loader, batch_size) -> dict:
-    """Correction rate on the bank's misclassified training samples, and test correction / break rates (in %)."""
+    """Correction rate on the bank's misclassified training samples, and test correction / break rates (in %).
+
+    METHODS.md §8 measures the test-split rates against "the base model". Here that is always the run's zero-shot
+    CLIP, also when the bank came from another model (`--bank_base_model`, or a `--bank_path` bank): the run evaluates
+    zero-shot CLIP on the test split anyway, a loaded bank names its base model but does not carry it, and the rates
+    then say what training changed relative to the frozen CLIP every run starts from. The bank correction rate uses
+    the bank's own predictions, so it is measured against the bank's base model, whichever it was.
+    """
     from trainers.train_capt import predict  # local: train_capt imports this module
 
     loader = accelerator.prepare(make_loader(train_rows.dataset, image_processor, batch_size, False, 0, "train"))
