@@ -162,3 +162,49 @@ def test_base_to_novel_after_few_shot_on_a_real_layout(tmp_path):
     assert novel["test"].features["label"].names == ["yorkshire_terrier"]
     assert set(novel["test"]["label"]) == {0} and len(novel["test"]) == 2
     assert base["train"][0]["image"].size == (8, 8)  # images still decode after relabelling
+
+
+def test_one_generator_sorted_classes_small_class_draws_nothing_then_val():
+    """The rule spelled out by hand: one ``random.Random(seed)``; train first, then val with ``min(k, 4)`` shots;
+    classes in sorted label order (not order of first appearance); a class with fewer than k rows gives all of them,
+    in row order, and draws nothing from the generator."""
+    features = Features({"image": Value("string"), "label": ClassLabel(names=["c0", "c1", "c2"])})
+    # class 2 appears first; class 1 has 3 train rows (< k = 5) and exactly 4 val rows (= min(5, 4))
+    train_labels = [2, 0, 2, 1, 0, 2, 1, 0, 2, 0, 2, 1, 0, 2, 0, 2]
+    val_labels = [1, 2, 0, 2, 1, 0, 2, 0, 1, 2, 0, 2, 1, 0]
+    dataset_dict = DatasetDict(
+        {
+            split: Dataset.from_dict({"image": [str(i) for i in range(len(labels))], "label": labels}, features=features)
+            for split, labels in (("train", train_labels), ("val", val_labels))
+        }
+    )
+
+    def rows(labels, label):
+        return [row for row, y in enumerate(labels) if y == label]
+
+    rng = random.Random(5)
+    expected_train = rng.sample(rows(train_labels, 0), 5) + rows(train_labels, 1) + rng.sample(rows(train_labels, 2), 5)
+    assert rows(train_labels, 1) == [3, 6, 11]
+    expected_val = [index for label in (0, 1, 2) for index in rng.sample(rows(val_labels, label), 4)]
+
+    indices = few_shot_indices(dataset_dict, 5, seed=5)
+    assert indices == {"train": expected_train, "val": expected_val}
+    # a generator per split would draw val's first sample like a fresh Random(5): not the rule
+    assert expected_val[:4] != random.Random(5).sample(rows(val_labels, 0), 4)
+
+
+def test_subsampling_keeps_label_order_not_name_order():
+    """"Sort the label set": base are the first labels by id, and the names follow their labels (never re-sorted)."""
+    names = ["zebra", "ant", "moose", "bee", "cat"]
+    features = Features({"image": Value("string"), "label": ClassLabel(names=names)})
+    labels = [4, 3, 2, 1, 0, 0, 1, 2, 3, 4]
+    dataset_dict = DatasetDict(
+        test=Dataset.from_dict({"image": [f"{names[y]}-{i}" for i, y in enumerate(labels)], "label": labels},
+                               features=features)
+    )
+    base, novel = subsample_classes(dataset_dict, "base")["test"], subsample_classes(dataset_dict, "novel")["test"]
+    assert base.features["label"].names == ["zebra", "ant", "moose"]
+    assert novel.features["label"].names == ["bee", "cat"]
+    for subset in (base, novel):
+        names_of = subset.features["label"].names
+        assert all(image.startswith(names_of[label] + "-") for image, label in zip(subset["image"], subset["label"]))
