@@ -26,6 +26,7 @@ from fixtures_coop import (
     make_oxford_pets,
     make_sun397,
     write_corrupt_image,
+    write_image,
 )
 
 from dataset_scripts import coop_datasets
@@ -372,3 +373,65 @@ def test_flowers_class_id_zero_is_an_error_not_label_minus_one(tmp_path):
     savemat(str(mat), {"labels": labels})
     with pytest.raises(coop_datasets.SplitFileError, match="imagelabels.mat gives image 1 class id 0"):
         load_coop_dataset("oxford_flowers", tmp_path, verify_images=False)
+
+
+# ------------------------------------------------------------------------------------------
+# Labels of each image, where the reader derives them from annotations
+# ------------------------------------------------------------------------------------------
+
+
+def _expected_label_by_file(name: str, dataset_dir: str) -> dict[str, int]:
+    """Each image's label, worked out by hand from what the fixture writes (1-based ids in the annotation files)."""
+    if name == "oxford_pets":  # <Breed>_<n>.jpg, breeds in class-id order
+        breeds = ["abyssinian", "american_bulldog", "yorkshire_terrier"]
+        images = os.listdir(os.path.join(dataset_dir, "images"))
+        return {image: breeds.index(image.rsplit("_", 1)[0].lower()) for image in images}
+    if name == "stanford_cars":  # file k of cars_train / cars_test (k from 1) has class id (k - 1) % 3 + 1
+        return {
+            f"{folder}/{k:05d}.jpg": (k - 1) % 3
+            for folder, count in (("cars_train", 15), ("cars_test", 6))
+            for k in range(1, count + 1)
+        }
+    if name == "oxford_flowers":  # image_0000k.jpg (k from 1) has class id (k - 1) % 3 + 1 in imagelabels.mat
+        return {f"image_{k:05d}.jpg": (k - 1) % 3 for k in range(1, 16)}
+    raise KeyError(name)
+
+
+@pytest.mark.parametrize("name", ["oxford_pets", "stanford_cars", "oxford_flowers"])
+def test_generated_splits_label_each_image_by_its_annotation(tmp_path, name):
+    """1-based class ids become 0-based labels of the right image, and the label's name is that class's name."""
+    expected = FIXTURE_BUILDERS[name](str(tmp_path), with_split_file=False)
+    dataset_dict = load_coop_dataset(name, tmp_path, verify_images=False)
+    label_by_file = _expected_label_by_file(name, expected.dataset_dir)
+    image_root = os.path.join(expected.dataset_dir, get_dataset_info(name).image_dir)
+    seen = 0
+    for dataset in dataset_dict.values():
+        for path, label in zip(_paths(dataset), dataset["label"]):
+            assert label == label_by_file[os.path.relpath(path, image_root)], path
+            seen += 1
+    assert seen == len(label_by_file)
+    assert _class_names(dataset_dict) == expected.classnames
+
+
+def test_imagenetv2_folder_i_is_imagenet_class_i_beyond_ten_classes(tmp_path):
+    """Folders are ``0..999`` by number: a string sort (``0, 1, 10, 11, 2, ...``) would mislabel from class 2 on."""
+    dataset_dir = tmp_path / "imagenetv2"
+    wnids = [f"n{index:08d}" for index in range(12)]
+    dataset_dir.mkdir()
+    (dataset_dir / "classnames.txt").write_text("".join(f"{w} class {i}\n" for i, w in enumerate(wnids)))
+    for index in range(12):
+        write_image(str(dataset_dir / "imagenetv2-matched-frequency-format-val" / str(index) / "a.jpeg"), index)
+    test = load_coop_dataset("imagenetv2", tmp_path, verify_images=False)["test"]
+    assert test.features["label"].names == [f"class {i}" for i in range(12)]
+    assert {int(os.path.basename(os.path.dirname(p))): y for p, y in zip(_paths(test), test["label"])} == {
+        i: i for i in range(12)
+    }
+
+
+def test_generated_per_class_split_rounds_counts_with_round(tmp_path):
+    """CoOp's 50 / 20 / rest rule with ``round``: 7 images give 4 / 1 / 2 (``int`` would give 3 / 1 / 3)."""
+    for label, name in enumerate(["banded", "blotchy"]):
+        for index in range(7):
+            write_image(str(tmp_path / "dtd" / "images" / name / f"{name}_{index:04d}.jpg"), 10 * label + index)
+    dataset_dict = load_coop_dataset("dtd", tmp_path, verify_images=False)
+    assert {split: len(dataset) for split, dataset in dataset_dict.items()} == {"train": 8, "val": 2, "test": 4}
