@@ -343,3 +343,29 @@ def test_coop_benchmarks_train_for_the_papers_epochs_unless_told(tmp_path):
     assert epochs(coop, ["--config", str(config)])["dtd"][0] == []  # the file's value stands
     embedded = ["--protocol", "base2novel", "--embedded", "--seeds", "1"]
     assert [flags for flags, _ in epochs(embedded, []).values()] == [[]]  # not a CoOp benchmark: the trainer's default
+
+
+def test_cross_dataset_average_is_over_the_ten_targets_and_compared_with_the_paper(tmp_path):
+    """The source (ImageNet) has its own row, outside the Average; the Average of the 10 targets has the paper's cell."""
+    runs = tmp_path / "runs"
+    targets = [name for name in run_protocol.TRAINING_DATASETS if name != "imagenet"]
+    assert len(targets) == 10
+    accuracies = {"imagenet": 90.0, **{name: 50.0 + index for index, name in enumerate(targets)}}
+    for name, accuracy in accuracies.items():
+        path = runs / "cross_dataset" / name / "seed1.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"results": {"capt": {"accuracy": accuracy}}}))
+    table = run_protocol.run_protocol(["--protocol", "cross_dataset", "--data_dir", str(tmp_path), "--seeds", "1",
+                                       "--output_dir", str(runs), "--table_only"])["table"]
+    mean = statistics.fmean(accuracies[name] for name in targets)  # 54.5: ImageNet's 90 is not in it
+    assert table_row(table, "CAPT", "Average") == [f"{mean:.2f} ± 0.00 ({mean - 71.95:+.2f})"]
+    assert table_row(table, "CAPT", "ImageNet (source)") == [f"90.00 ± 0.00 ({90.0 - 72.69:+.2f})"]
+
+
+@pytest.mark.parametrize(
+    "protocol, shots", [("base2novel", [16]), ("few_shot", [1, 2, 4, 8, 16]), ("cross_dataset", [16])]
+)
+def test_protocol_defaults_seeds_and_shots(tmp_path, protocol, shots):
+    """PROTOCOL.md: seeds 1, 2, 3; few-shot 1/2/4/8/16 shots; 16 shots elsewhere."""
+    args, trainer_args = run_protocol.parse_runner_args(["--protocol", protocol, "--data_dir", str(tmp_path)])
+    assert (args.seeds, args.shots, trainer_args) == ([1, 2, 3], shots, [])
