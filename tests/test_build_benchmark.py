@@ -74,6 +74,7 @@ def test_parquet_round_trip_and_card(data_dir, tmp_path, capsys):
     assert {s["name"]: s["num_examples"] for s in info["splits"]} == {"train": 9, "val": 6, "test": 6}
     card = (output_dir / "README.md").read_text(encoding="utf-8")
     assert "split_zhou_OxfordPets.json" in card
+    assert "| `a photo of a {}, a type of pet.` |" in card  # the config's template is in its card row
     assert "https://www.robots.ox.ac.uk/~vgg/data/pets/" in card and "you must check yourself" in card
 
 

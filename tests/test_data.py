@@ -183,3 +183,19 @@ def test_an_image_column_that_is_not_a_datasets_image_is_named(tmp_path):
     datasets.DatasetDict(test=data).save_to_disk(str(tmp_path / "paths"))
     with pytest.raises(ValueError, match="must be a datasets.Image column"):
         load_evaluation_split(dataset_name=str(tmp_path / "paths"))
+
+
+def test_prepare_splits_on_a_coop_benchmark(tmp_path):
+    """CoOp's Pets: few-shot on all classes, then base = first ceil(3 / 2) = 2 labels; prompts without underscores."""
+    from fixtures_coop import make_oxford_pets
+
+    from trainers.data import prepare_splits
+
+    make_oxford_pets(str(tmp_path))  # abyssinian, american_bulldog, yorkshire_terrier; 3 train / 2 test images each
+    splits = prepare_splits(_data_args(None, dataset_name=None, dataset="oxford_pets", data_dir=str(tmp_path),
+                                       shots=2), seed=1)
+    assert splits["all_names"] == ["abyssinian", "american bulldog", "yorkshire terrier"]
+    assert splits["train_names"] == ["abyssinian", "american bulldog"]
+    assert splits["novel_names"] == ["yorkshire terrier"]
+    assert sorted(splits["train"]["label"]) == [0, 0, 1, 1]
+    assert sorted(splits["test"]["label"]) == [0, 0, 1, 1] and list(splits["test_novel"]["label"]) == [0, 0]
