@@ -5,9 +5,10 @@
     python trainers/run_ablations.py --variants capt coop --seeds 1 -- --num_train_epochs 5
 
 Each variant is a base-to-novel protocol run (`trainers/run_protocol.py`) with its own flags, so finished runs are
-reused and an interrupted table resumes. The table reports mean ± std over seeds of base, novel and HM accuracy, and
-for CAPT variants the correction rate on the bank's misclassified training images and the test correction / break
-rates (test images the zero-shot model got wrong that are now right; right before and wrong now).
+reused and an interrupted table resumes. The table reports mean ± std over seeds (population std: ddof 0, as
+`run_protocol.py`) of base, novel and HM accuracy, and for CAPT variants the correction rate on the bank's
+misclassified training images and the test correction / break rates (test images the zero-shot model got wrong that
+are now right; right before and wrong now).
 """
 
 from __future__ import annotations
@@ -97,7 +98,7 @@ def run_ablations(argv=None) -> dict:
         if not zero_shot:
             zero_shot = rows[name]
     lines = [
-        f"Base-to-novel, mean ± std over seeds {' '.join(map(str, args.seeds))}"
+        f"Base-to-novel, mean ± population std over seeds {' '.join(map(str, args.seeds))}"
         + (f" (trainer flags: {' '.join(trainer_args)})" if trainer_args else ""),
         "",
         "| variant | base | novel | HM | bank correction | test correction | test break |",
