@@ -34,3 +34,10 @@ def test_ablation_table_on_a_small_dataset(tmp_path, tiny_clip_dir):
                            "--output_dir", str(tmp_path / "runs"), "--table_only", "--", *common])
     assert again["table"] == table
     assert json.loads((tmp_path / "runs" / "sem_sam" / "base2novel" / "train" / "seed1.json").read_text())["method"] == "capt"
+
+
+def test_cells_use_the_population_std_like_the_protocol_tables():
+    from trainers.run_ablations import _cell
+
+    assert _cell([80.0, 82.0, None]) == "81.00 ± 1.00"  # ddof 0 (the sample std would be 1.41)
+    assert _cell([80.0]) == "80.00 ± 0.00" and _cell([None]) == "–"
