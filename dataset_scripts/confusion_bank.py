@@ -4,7 +4,8 @@ A saved bank is a folder (or a Hub dataset repository) laid out as
 
 ```
 README.md                               dataset card: YAML `configs:` + features, and the bank's metadata
-bank_metadata.json                      class_names, template, base_model, fallback, semantic_prompts (data)
+bank_metadata.json                      class_names, template, base_model, fallback, data_fingerprint,
+                                        semantic_prompts (data)
 data/train-00000-of-00001.parquet       one row per training sample: index, label, pred, probs, embed
 ```
 
@@ -86,6 +87,7 @@ def _metadata(bank: CaptConfusionBank, semantic_prompts: Any) -> dict[str, Any]:
         "num_samples": len(bank),
         "num_misclassified": bank.num_misclassified,
         "embed_dim": bank.embed_dim,
+        "data_fingerprint": bank.data_fingerprint,
         "semantic_prompts": semantic_prompts,
     }
 
@@ -122,11 +124,14 @@ def _dataset_card(bank: CaptConfusionBank, metadata: dict[str, Any], num_bytes: 
         + f"- Template: `{bank.template}`\n"
         + f"- Classes ({bank.num_classes}): {', '.join(bank.class_names)}\n"
         + f"- Samples: {len(bank)}\n"
+        + f"- Training-set fingerprint: `{bank.data_fingerprint or 'not recorded'}`\n"
         + f"- Misclassified by the base model: {bank.num_misclassified} ({share:.1%})\n"
         + f"- Semantic prompts stored: {'yes' if prompts is not None else 'no'}\n\n"
         + "Columns: `index` (training-set index), `label` and `pred` (true and predicted class), `probs` (the base "
         + "model's class probabilities), `embed` (L2-normalised frozen image embedding). `bank_metadata.json` holds "
-        + "the class names, template, base model and semantic prompts.\n\n"
+        + "the class names, template, base model, the training set's fingerprint (a SHA-256 of its labels and encoded "
+        + "image bytes, in order: a bank is used only with the training set it was built from) and semantic "
+        + "prompts.\n\n"
         + "## Most confused pairs\n\n| True class | Predicted as | Count |\n|---|---|---|\n"
         + pair_lines
         + "\n"
@@ -207,7 +212,8 @@ def load_bank(
             Hub token.
 
     Returns:
-        `CaptConfusionBank`, with `semantic_prompts` set from the metadata.
+        `CaptConfusionBank`, with `semantic_prompts` and `data_fingerprint` set from the metadata. The fingerprint is
+        not checked here (no training set is given): `trainers.capt_training.check_bank_matches_training_set` does.
     """
     folder = Path(path_or_repo_id)
     if not folder.is_dir():
@@ -232,6 +238,10 @@ def load_bank(
     if missing:
         raise ValueError(f"{metadata_path} lacks {missing}: the saved Confusion Bank is damaged")
     names = list(metadata["class_names"])
+    fingerprint = metadata.get("data_fingerprint")
+    if fingerprint is not None and not isinstance(fingerprint, str):
+        raise ValueError(f"{metadata_path}: data_fingerprint must be a string, got {fingerprint!r}: the saved "
+                         "Confusion Bank is damaged")
 
     files = sorted((folder / "data").glob("*.parquet"))
     if not files:
@@ -252,6 +262,7 @@ def load_bank(
         base_model=metadata.get("base_model", ""),
         fallback=metadata.get("fallback", "class"),
         semantic_prompts=metadata.get("semantic_prompts"),
+        data_fingerprint=fingerprint,  # None for a bank saved before fingerprints were recorded
         normalize_embeds=False,  # saved embeddings are normalised already; keeps the round trip bit-exact
     )
     if class_names is not None or template is not None:

@@ -126,6 +126,10 @@ class CaptConfusionBank(nn.Module):
         semantic_prompts (*optional*):
             JSON-like data (dicts, lists, strings, numbers) holding the semantic prompts generated for the
             confusion pairs; kept with the bank, never recomputed per step.
+        data_fingerprint (`str`, *optional*):
+            Content fingerprint of the training set the bank was built from (its images' bytes and labels, in
+            order; `dataset_scripts.data_fingerprint.training_set_fingerprint`), so that a bank of other images with
+            the same labels (another few-shot draw) can be told apart. `None`: not recorded (an older bank).
 
     Build one with `CaptConfusionBank.from_tensors(...)` or `CaptConfusionBank.build(batches, ...)`; an empty
     `CaptConfusionBank()` is a target for `load_state_dict`.
@@ -145,6 +149,7 @@ class CaptConfusionBank(nn.Module):
         base_model: str = "",
         fallback: str = "class",
         semantic_prompts: Any = None,
+        data_fingerprint: str | None = None,
     ):
         super().__init__()
         if fallback not in _FALLBACKS:
@@ -154,6 +159,7 @@ class CaptConfusionBank(nn.Module):
         self.base_model = base_model
         self.fallback = fallback
         self.semantic_prompts = semantic_prompts
+        self.data_fingerprint = data_fingerprint
         num_classes = len(self.class_names)
         self.register_buffer("indices", torch.zeros(0, dtype=torch.long))
         self.register_buffer("labels", torch.zeros(0, dtype=torch.long))
@@ -176,6 +182,7 @@ class CaptConfusionBank(nn.Module):
         fallback: str = "class",
         semantic_prompts: Any = None,
         normalize_embeds: bool = True,
+        data_fingerprint: str | None = None,
     ) -> "CaptConfusionBank":
         r"""Build a bank from whole tensors.
 
@@ -201,6 +208,8 @@ class CaptConfusionBank(nn.Module):
             normalize_embeds (`bool`, *optional*, defaults to `True`):
                 L2-normalise `embeds`. Pass `False` only for embeddings that already are (a saved bank), which keeps
                 a save/load round trip bit-exact.
+            data_fingerprint (`str`, *optional*):
+                See the class docstring.
 
         Returns:
             `CaptConfusionBank` with rows sorted by `indices`.
@@ -231,7 +240,8 @@ class CaptConfusionBank(nn.Module):
         if normalize_embeds:
             embeds = F.normalize(embeds, dim=-1)
 
-        bank = cls(class_names, template=template, base_model=base_model, fallback=fallback)
+        bank = cls(class_names, template=template, base_model=base_model, fallback=fallback,
+                   data_fingerprint=data_fingerprint)
         bank.semantic_prompts = semantic_prompts
         order = torch.argsort(indices)
         bank.indices = indices[order]
@@ -250,6 +260,7 @@ class CaptConfusionBank(nn.Module):
         template: str = DEFAULT_TEMPLATE,
         base_model: str = "",
         fallback: str = "class",
+        data_fingerprint: str | None = None,
     ) -> "CaptConfusionBank":
         r"""Build a bank from a stream of batches (the base model's outputs over the training set).
 
@@ -267,6 +278,8 @@ class CaptConfusionBank(nn.Module):
             base_model (`str`, *optional*, defaults to `""`):
                 Identity of the base model.
             fallback (`str`, *optional*, defaults to `"class"`):
+                See the class docstring.
+            data_fingerprint (`str`, *optional*):
                 See the class docstring.
 
         Returns:
@@ -291,7 +304,8 @@ class CaptConfusionBank(nn.Module):
             raise ValueError("No batch to build the Confusion Bank from")
         tensors = {name: torch.cat(parts) for name, parts in chunks.items()}
         return cls.from_tensors(
-            **tensors, class_names=class_names, template=template, base_model=base_model, fallback=fallback
+            **tensors, class_names=class_names, template=template, base_model=base_model, fallback=fallback,
+            data_fingerprint=data_fingerprint,
         )
 
     # ------------------------------------------------------------------ derived index
@@ -409,6 +423,7 @@ class CaptConfusionBank(nn.Module):
             "base_model": self.base_model,
             "fallback": self.fallback,
             "semantic_prompts": self.semantic_prompts,
+            "data_fingerprint": self.data_fingerprint,
         }
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
@@ -417,6 +432,7 @@ class CaptConfusionBank(nn.Module):
         self.base_model = state["base_model"]
         self.fallback = state.get("fallback", "class")
         self.semantic_prompts = state.get("semantic_prompts")
+        self.data_fingerprint = state.get("data_fingerprint")
 
     def _load_from_state_dict(
         self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs

@@ -67,6 +67,29 @@ def test_round_trip_through_parquet(bank, tmp_path):
     assert loaded.semantic_prompts == PROMPTS
 
 
+def test_round_trip_keeps_the_training_set_fingerprint(bank, tmp_path):
+    """The fingerprint of the training set goes to bank_metadata.json and the card, and back (also through a
+    state dict); a bank saved without one (an older version) loads with none."""
+    fingerprint = "capt-rows-sha256-v1:" + "ab" * 32
+    bank.data_fingerprint = fingerprint
+    folder = bank_io.save_bank(bank, tmp_path / "bank")
+    assert json.loads((folder / "bank_metadata.json").read_text())["data_fingerprint"] == fingerprint
+    assert f"Training-set fingerprint: `{fingerprint}`" in (folder / "README.md").read_text()
+    assert bank_io.load_bank(folder).data_fingerprint == fingerprint
+    restored = CaptConfusionBank()
+    restored.load_state_dict(bank.state_dict())
+    assert restored.data_fingerprint == fingerprint
+
+    metadata = json.loads((folder / "bank_metadata.json").read_text())
+    del metadata["data_fingerprint"]
+    (folder / "bank_metadata.json").write_text(json.dumps(metadata))
+    assert bank_io.load_bank(folder).data_fingerprint is None
+    metadata["data_fingerprint"] = 7
+    (folder / "bank_metadata.json").write_text(json.dumps(metadata))
+    with pytest.raises(ValueError, match="data_fingerprint must be a string"):
+        bank_io.load_bank(folder)
+
+
 def test_round_trip_keeps_the_pool_fallback(tmp_path):
     """A bank saved with `fallback="none"` loads with it (its candidate pools stay those of the saved bank)."""
     labels, preds = torch.tensor([0, 0, 1, 1]), torch.tensor([1, 0, 1, 1])  # class 1 has no misclassified sample
