@@ -8,7 +8,8 @@
 `--model` is a CLIP checkpoint (the bank is then built from zero-shot CLIP with `--template`) or a checkpoint of
 this package (CoOp, CAPT: its own class prompts are used and must name the same classes). The training set is
 chosen exactly as the trainer chooses it (same few-shot sampling and base/novel split for the same flags), so the
-trainer can load the bank with `--bank_path`.
+trainer can load the bank with `--bank_path`. The bank records a fingerprint of the training set's images and labels;
+the trainer refuses it for a training set with another fingerprint (say another `--seed`'s few-shot draw).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from dataset_scripts.confusion_bank import METADATA_FILE, push_bank_to_hub, save_bank  # noqa: E402
+from dataset_scripts.data_fingerprint import training_set_fingerprint  # noqa: E402
 from modeling_capt import CaptForImageClassification, load_image_processor  # noqa: E402
 from trainers.args import EMBEDDED_MODEL, DataArguments, check_local_path  # noqa: E402
 from trainers.capt_training import build_bank  # noqa: E402
@@ -100,7 +102,9 @@ def main(argv=None):
     model.to(device).eval()
 
     rows = IndexedImageDataset(splits["train"], "train")
-    bank = build_bank(model, rows, image_processor, args.batch_size, class_names, template, base_id, make_loader)
+    fingerprint = training_set_fingerprint(splits["train"])  # the trainer checks it when it loads the bank
+    bank = build_bank(model, rows, image_processor, args.batch_size, class_names, template, base_id, make_loader,
+                      data_fingerprint=fingerprint)
     path = save_bank(bank, args.output_dir)
     print(f"confusion bank: {len(bank)} samples, {bank.num_misclassified} misclassified by {base_id}")
     for pair in top_confused_pairs(bank.confusion_matrix.cpu(), class_names):

@@ -1,18 +1,27 @@
-"""The training set's content fingerprint: its labels and encoded image bytes, in order, read without decoding."""
+"""The training set's content fingerprint, and the Confusion Bank check that uses it: a bank of another few-shot draw
+of the same data (same size, same labels in the same order, other images) is refused, not mined silently."""
 
 from __future__ import annotations
 
 import io
+import logging
 import os
 import shutil
 
 import datasets
 import numpy as np
 import pytest
+import torch
+import torch.nn.functional as F
 from PIL import Image
 
+from conftest import write_image_dataset
+from dataset_scripts.confusion_bank import save_bank
 from dataset_scripts.data_fingerprint import FINGERPRINT_SCHEME, training_set_fingerprint
-from trainers.data import load_local_dataset
+from modeling_capt.confusion import CaptConfusionBank
+from trainers.args import DataArguments
+from trainers.capt_training import check_bank_matches_training_set, load_bank_for_training
+from trainers.data import load_local_dataset, prepare_splits
 
 
 FEATURES = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["cat", "dog"])})
@@ -93,3 +102,60 @@ def test_a_row_without_a_readable_image_is_named(tmp_path):
         training_set_fingerprint(dataset)
     with pytest.raises(ValueError, match="no 'img' column"):
         training_set_fingerprint(dataset, image_column="img")
+
+
+# ------------------------------------------------------------------------------------------------ the bank check
+@pytest.fixture
+def two_draws(tmp_path):
+    """The training sets of seeds 1 and 2 of one generated dataset: 3 of 6 images per class, so both have the same
+    labels in the same order (few-shot rows are ordered by class) but other images."""
+    write_image_dataset(tmp_path / "data")
+    data_args = DataArguments(train_dir=str(tmp_path / "data" / "train"), test_dir=str(tmp_path / "data" / "test"),
+                              shots=3, subsample_classes="all")
+    first, second = prepare_splits(data_args, 1), prepare_splits(data_args, 2)
+    assert first["train"]["label"] == second["train"]["label"]
+    assert training_set_fingerprint(first["train"]) != training_set_fingerprint(second["train"])
+    return first["train"], second["train"], first["train_names"]
+
+
+def bank_for(train, names, fingerprint):
+    labels = torch.tensor(train["label"])
+    probs = F.one_hot((labels + 1) % len(names), len(names)).float()
+    return CaptConfusionBank.from_tensors(torch.arange(len(labels)), labels, probs, torch.randn(len(labels), 8),
+                                          names, data_fingerprint=fingerprint)
+
+
+def test_a_bank_of_another_seeds_draw_is_refused(two_draws, tmp_path):
+    train, other, names = two_draws
+    save_bank(bank_for(other, names, training_set_fingerprint(other)), tmp_path / "bank")
+    with pytest.raises(ValueError, match=r"built from other images than this training set: its 18 labels match.*"
+                                         r"another --seed.*same data, --shots, --seed and --subsample_classes"):
+        load_bank_for_training(str(tmp_path / "bank"), train, names, "a photo of a {}.")
+
+
+def test_a_bank_of_the_same_training_set_is_accepted(two_draws, tmp_path, caplog):
+    train, _, names = two_draws
+    fingerprint = training_set_fingerprint(train)
+    save_bank(bank_for(train, names, fingerprint), tmp_path / "bank")
+    with caplog.at_level(logging.WARNING):
+        loaded = load_bank_for_training(str(tmp_path / "bank"), train, names, "a photo of a {}.")
+    assert loaded.data_fingerprint == fingerprint
+    assert "fingerprint" not in caplog.text
+
+
+def test_a_bank_without_a_fingerprint_loads_with_a_warning(two_draws, tmp_path, caplog):
+    """A bank saved before fingerprints were recorded cannot be checked: it is used, with a warning saying so."""
+    train, other, names = two_draws
+    save_bank(bank_for(other, names, None), tmp_path / "bank")
+    with caplog.at_level(logging.WARNING):
+        loaded = load_bank_for_training(str(tmp_path / "bank"), train, names, "a photo of a {}.")
+    assert loaded.data_fingerprint is None
+    assert "records no training-set fingerprint" in caplog.text and "cannot be checked" in caplog.text
+
+
+def test_a_fingerprint_of_another_scheme_is_not_called_a_mismatch(two_draws, caplog):
+    train, _, names = two_draws
+    bank = bank_for(train, names, "capt-rows-sha256-v0:" + "0" * 64)
+    with caplog.at_level(logging.WARNING):
+        check_bank_matches_training_set(bank, train["label"], names, train)
+    assert "of another scheme" in caplog.text

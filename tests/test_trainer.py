@@ -421,6 +421,25 @@ def test_bank_script_builds_a_bank_the_trainer_loads(run_args, tmp_path, tiny_cl
         load_bank(str(tmp_path / "bank"), class_names=["cat", "wolf", "bird"])
     summary = main(run_args + ["--method", "capt", "--bank_path", str(tmp_path / "bank"), "--num_train_epochs", "1"])
     assert summary["capt"]["bank_misclassified"] == int(bank.num_misclassified)
+    # the script and the trainer fingerprint the same training set alike; the run's saved bank keeps the fingerprint
+    assert loaded.data_fingerprint == bank.data_fingerprint is not None
+    assert load_bank(str(tmp_path / "out" / "confusion_bank")).data_fingerprint == bank.data_fingerprint
+
+
+def test_a_bank_of_another_seeds_few_shot_draw_fails_before_any_work(run_args, tmp_path, tiny_clip_dir, monkeypatch):
+    """A bank built by the script with --seed 2 has the size and labels of the run's --seed 1 training set (few-shot
+    rows are ordered by class) but describes other images: its fingerprint refuses it before any model is loaded."""
+    from dataset_scripts.build_confusion_bank import main as build_bank_main
+    from trainers import train_capt
+
+    data = tmp_path / "data"
+    bank = build_bank_main(["--model", tiny_clip_dir, "--device", "cpu", "--train_dir", str(data / "train"),
+                            "--test_dir", str(data / "test"), "--shots", "4", "--seed", "2",
+                            "--output_dir", str(tmp_path / "bank")])
+    assert bank.data_fingerprint
+    monkeypatch.setattr(train_capt.CLIPModel, "from_pretrained", lambda *a, **k: pytest.fail("model loaded"))
+    with pytest.raises(ValueError, match="built from other images than this training set.*--seed"):
+        main(run_args + ["--method", "capt", "--seed", "1", "--bank_path", str(tmp_path / "bank")])
 
 
 def test_bank_script_takes_the_trainers_column_flags(tmp_path, tiny_clip_dir, monkeypatch):

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from dataset_scripts.confusion_bank import load_bank, save_bank
+from dataset_scripts.data_fingerprint import fingerprint_scheme, training_set_fingerprint
 from modeling_capt import CaptForImageClassification
 from modeling_capt.diff_manner import adapters_disabled
 from modeling_capt.confusion import (
@@ -70,8 +71,12 @@ def frozen_image_embeds(model, pixel_values: torch.Tensor) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def build_bank(base_model, train_rows, image_processor, batch_size, class_names, template, base_model_id, make_loader):
+def build_bank(base_model, train_rows, image_processor, batch_size, class_names, template, base_model_id, make_loader,
+               data_fingerprint=None):
     """Run the base model over the training set, batch by batch, and keep what CAPT mines from.
+
+    `data_fingerprint` (`training_set_fingerprint(train_rows.dataset)`) is recorded in the bank, so that a run
+    loading it with `--bank_path` can check the bank describes its own training images.
 
     `probs` are the base model's own (`C_j`); `embeds` are always the frozen CLIP embedding `e_j` (METHODS.md CAPT 1,
     paper Eq. 8): for a zero-shot or CoOp base model that is its own image embedding, for a CAPT checkpoint (whose
@@ -94,7 +99,8 @@ def build_bank(base_model, train_rows, image_processor, batch_size, class_names,
                 "embeds": embeds,
             }
 
-    return CaptConfusionBank.build(batches(), class_names, template=template, base_model=base_model_id)
+    return CaptConfusionBank.build(batches(), class_names, template=template, base_model=base_model_id,
+                                   data_fingerprint=data_fingerprint)
 
 
 def _text_features(model, tokenizer, texts, batch_size=256) -> torch.Tensor:
@@ -124,16 +130,20 @@ def _prompts_from_data(data) -> dict:
     }
 
 
-def check_bank_matches_training_set(bank: CaptConfusionBank, train_labels, class_names) -> None:
+def check_bank_matches_training_set(bank: CaptConfusionBank, train_labels, class_names, train_dataset=None) -> None:
     """Raise a `ValueError` unless the bank describes this training set sample by sample: one row per training-set
-    index `0..N-1`, with the training set's label.
+    index `0..N-1`, with the training set's label and, when `train_dataset` is given, built from the same images.
 
     A bank of other data (another dataset, split or class subset of the same size) would otherwise be used silently:
     its rows would be looked up for the wrong images, and a sample's own label could then reach its confusion
     classes and its own row the retrieval (the Sample Confusion Miner relies on the bank's labels being the batch's).
-    The images themselves are not recorded, so a bank of another few-shot draw with the same labels passes.
+    A bank of another few-shot draw (another `--seed`, same `--shots` and classes) has the same size and labels in
+    the same order: only the images tell it apart, through the content fingerprint the bank records
+    (`dataset_scripts.data_fingerprint.training_set_fingerprint`), which is compared with `train_dataset`'s. A bank
+    that records none (saved by an older version) cannot be checked: a warning says so.
     """
     labels = torch.as_tensor(list(train_labels), dtype=torch.long)
+    remedy = "Build the bank from the same data, --shots, --seed and --subsample_classes as the run."
     if len(bank) != len(labels):
         raise ValueError(f"The confusion bank holds {len(bank)} samples but the training set has {len(labels)}")
     if not torch.equal(bank.indices.cpu(), torch.arange(len(labels))):
@@ -147,20 +157,56 @@ def check_bank_matches_training_set(bank: CaptConfusionBank, train_labels, class
         raise ValueError(
             f"The confusion bank does not describe this training set: training sample {i} is a "
             f"{class_names[int(labels[i])]!r} here but a {class_names[int(bank.labels[i])]!r} in the bank "
-            f"({differ.numel()} of {len(labels)} labels differ). Build the bank from the same data, --shots, --seed "
-            "and --subsample_classes as the run."
+            f"({differ.numel()} of {len(labels)} labels differ). {remedy}"
+        )
+    if train_dataset is None:
+        return
+    recorded = bank.data_fingerprint
+    if recorded is None:
+        logger.warning(
+            "The confusion bank records no training-set fingerprint (it was saved by an older version): it cannot be "
+            "checked to describe this training set's images, only its size and labels. A bank of another few-shot "
+            "draw (another --seed) would pass. Rebuild it to have it checked."
+        )
+        return
+    actual = training_set_fingerprint(train_dataset)
+    if fingerprint_scheme(recorded) != fingerprint_scheme(actual):
+        logger.warning(
+            "The confusion bank's training-set fingerprint %r is of another scheme than this version's (%s): it "
+            "cannot be checked to describe this training set's images, only its size and labels.",
+            recorded, fingerprint_scheme(actual),
+        )
+        return
+    if recorded != actual:
+        raise ValueError(
+            f"The confusion bank was built from other images than this training set: its {len(bank)} labels match, "
+            f"but its training-set fingerprint ({recorded}) is not this training set's ({actual}), so bank row j "
+            f"describes another image than training sample j (say another few-shot draw: another --seed). {remedy}"
         )
 
 
+def load_bank_for_training(bank_path, train_dataset, class_names, template) -> CaptConfusionBank:
+    """Load the `--bank_path` bank and check it against the training set (`check_bank_matches_training_set`,
+    fingerprint included): the trainer calls it before the zero-shot evaluation, so a wrong bank costs no work."""
+    bank = load_bank(bank_path, class_names=class_names, template=template)
+    check_bank_matches_training_set(bank, train_dataset["label"], class_names, train_dataset)
+    logger.info("loaded the confusion bank from %s (%d samples)", bank_path, len(bank))
+    return bank
+
+
 def prepare_bank_and_prompts(accelerator, capt_args, train_args, zeroshot, train_rows, image_processor, tokenizer,
-                             class_names, template, model_args, make_loader):
+                             class_names, template, model_args, make_loader, bank=None):
     """Build (or load) the Confusion Bank, mine the semantic confusion pairs and embed their prompts.
+
+    `bank`: the `--bank_path` bank, already loaded and checked by `load_bank_for_training` (the trainer does so
+    before the zero-shot evaluation); without it, `--bank_path` is loaded and checked here.
 
     Returns `(bank, SemanticState)`. The bank (with its prompts) is saved to `OUTPUT_DIR/confusion_bank`.
     """
-    if capt_args.bank_path:
-        bank = load_bank(capt_args.bank_path, class_names=class_names, template=template)
-        logger.info("loaded the confusion bank from %s (%d samples)", capt_args.bank_path, len(bank))
+    if bank is not None:
+        check_bank_matches_training_set(bank, train_rows.dataset["label"], class_names)  # checked in full already
+    elif capt_args.bank_path:
+        bank = load_bank_for_training(capt_args.bank_path, train_rows.dataset, class_names, template)
     else:
         base_model, base_id = zeroshot, f"zero-shot {model_args.model_name_or_path}"
         if capt_args.bank_base_model:
@@ -171,10 +217,11 @@ def prepare_bank_and_prompts(accelerator, capt_args, train_args, zeroshot, train
                     f"not this run's classes {list(class_names)[:5]}..."
                 )
             base_id = capt_args.bank_base_model
+        fingerprint = training_set_fingerprint(train_rows.dataset)
         with accelerator.autocast():  # the run's precision, as every evaluation of the run
             bank = build_bank(base_model, train_rows, image_processor, train_args.per_device_eval_batch_size,
-                              class_names, template, base_id, make_loader)
-    check_bank_matches_training_set(bank, train_rows.dataset["label"], class_names)
+                              class_names, template, base_id, make_loader, data_fingerprint=fingerprint)
+        check_bank_matches_training_set(bank, train_rows.dataset["label"], class_names)
     if bank.num_misclassified == 0:
         logger.warning("The base model misclassifies no training sample: SAM falls back to each class's samples")
     k = min(capt_args.k_pairs, len(class_names) - 1)

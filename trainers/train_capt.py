@@ -427,6 +427,12 @@ def main(argv=None):
         raise ValueError(f"--method {model_args.method} needs at least two training classes, got "
                          f"{splits['train_names']}{hint}")
     template = resolve_template(model_args, data_args)
+    loaded_bank = None
+    if model_args.method == "capt" and capt_args.bank_path:
+        # a bank of other data (other labels, or other images: another --seed's few-shot draw) fails here, before
+        # any model is loaded or evaluated
+        loaded_bank = capt_training.load_bank_for_training(capt_args.bank_path, splits["train"],
+                                                           splits["train_names"], template)
     tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path)
     image_processor = load_image_processor(model_args.model_name_or_path)
     clip = CLIPModel.from_pretrained(model_args.model_name_or_path)
@@ -466,7 +472,7 @@ def main(argv=None):
         if method == "capt":
             bank, semantic = capt_training.prepare_bank_and_prompts(
                 accelerator, capt_args, train_args, zeroshot, train_rows, image_processor, tokenizer, train_names,
-                template, model_args, make_loader,
+                template, model_args, make_loader, bank=loaded_bank,
             )
             overrides["adapter_config"] = adapter_config_of(
                 capt_args, semantic.num_clusters if capt_args.use_mgde else capt_args.mgde_num_clusters)
