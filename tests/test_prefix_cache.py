@@ -200,3 +200,32 @@ def test_compute_prefix_matches_the_uncached_tower(tiny_clip, tokenizer, image_p
         full = model.encode_image_hidden(pixel_values)
         resumed = model.encode_image_hidden(hidden_states=prefix, start_layer=1)
     assert torch.equal(resumed, full)
+
+
+def _with_vision_settings(clip, **settings):
+    """A copy of `clip` with the same weights and other vision config settings."""
+    import copy
+
+    from transformers import CLIPModel
+
+    config = copy.deepcopy(clip.config)
+    for key, value in settings.items():
+        setattr(config.vision_config, key, value)
+    other = CLIPModel(config).eval()
+    other.load_state_dict(clip.state_dict())
+    return other
+
+
+@pytest.mark.parametrize("settings", [{"hidden_act": "gelu"}, {"layer_norm_eps": 1e-2}])
+def test_disk_cache_is_invalidated_by_the_vision_config(tmp_path, tiny_clip, tokenizer, image_processor, train_rows,
+                                                        caplog, settings):
+    """The same weights under another activation or layer-norm epsilon give other activations: no stale reuse."""
+    cache_dir = str(tmp_path / "cache")
+    model = _capt_model(tiny_clip, tokenizer, image_processor)
+    FrozenPrefixCache.build(model, train_rows, image_processor, mode="disk", cache_dir=cache_dir)
+    other = _capt_model(_with_vision_settings(tiny_clip, **settings), tokenizer, image_processor)
+    assert _rebuilt(cache_dir, other, train_rows, image_processor, caplog)
+    everything = torch.arange(len(train_rows))
+    fresh = FrozenPrefixCache.build(other, train_rows, image_processor, mode="memory")
+    stored = FrozenPrefixCache.build(other, train_rows, image_processor, mode="disk", cache_dir=cache_dir)
+    assert torch.equal(stored.fetch(everything), fresh.fetch(everything))

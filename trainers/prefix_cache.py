@@ -10,7 +10,8 @@ itself (`CaptModel.get_class_text_features`).
 Entries are keyed by training-set row index (the `indices` of a training batch, which are also the indices of CAPT's
 representative samples). They stay in memory below a size threshold, else they are written to disk as safetensors
 shards (never pickle) with a JSON description holding a fingerprint of everything they depend on: the frozen
-prefix's weights (embeddings, pre-layernorm, layers below `start_layer`), the image processor's settings,
+prefix's weights (embeddings, pre-layernorm, layers below `start_layer`) and the vision config's settings (activation,
+layer-norm epsilon, ...), the image processor's settings,
 `start_layer`, the training set, and the precision it was computed in (Accelerate's mixed precision, the device). A
 disk cache whose fingerprint differs is rebuilt, so a changed backbone, image processor, adapter placement or
 few-shot sample never reads stale activations.
@@ -93,6 +94,8 @@ def prefix_fingerprint(model, start_layer: int, image_processor, dataset=None, a
         "num_layers": len(_vision_layers(model)),
         "image_processor": image_processor.to_dict() if image_processor is not None else None,
         "attn_implementation": getattr(model.config.clip_config.vision_config, "_attn_implementation", None),
+        # settings that are no weights but change the layers' outputs: `hidden_act`, `layer_norm_eps`, the heads...
+        "vision_config": _vision_settings(model),
         "mixed_precision": str(getattr(accelerator, "mixed_precision", "no")),
         "device": _model_device(model).type,
     }
@@ -105,6 +108,20 @@ def prefix_fingerprint(model, start_layer: int, image_processor, dataset=None, a
         digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
         digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
+
+
+# Config fields that describe a checkpoint, not how the vision tower computes (weights' dtype is hashed with them).
+_DESCRIPTIVE_CONFIG_KEYS = {
+    "_name_or_path", "transformers_version", "architectures", "dtype", "torch_dtype", "id2label", "label2id",
+    "problem_type", "output_hidden_states", "output_attentions", "return_dict", "initializer_range",
+    "initializer_factor",
+}
+
+
+def _vision_settings(model) -> dict:
+    """The vision tower's config, less the fields that do not change its activations."""
+    settings = model.clip.vision_model.config.to_dict()
+    return {key: value for key, value in settings.items() if key not in _DESCRIPTIVE_CONFIG_KEYS}
 
 
 @torch.inference_mode()
