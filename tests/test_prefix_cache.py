@@ -229,3 +229,41 @@ def test_disk_cache_is_invalidated_by_the_vision_config(tmp_path, tiny_clip, tok
     fresh = FrozenPrefixCache.build(other, train_rows, image_processor, mode="memory")
     stored = FrozenPrefixCache.build(other, train_rows, image_processor, mode="disk", cache_dir=cache_dir)
     assert torch.equal(stored.fetch(everything), fresh.fetch(everything))
+
+
+def _truncate(path):
+    with open(path, "r+b") as handle:
+        handle.truncate(os.path.getsize(path) // 2)
+
+
+def _swap_in_a_foreign_shard(cache_dir, other_dir):  # another run's shard, as two writers sharing a folder may leave
+    os.replace(os.path.join(other_dir, "prefix-00001.safetensors"), os.path.join(cache_dir, "prefix-00001.safetensors"))
+
+
+@pytest.mark.parametrize("damage", ["truncated", "missing", "foreign", "garbled description"])
+def test_a_damaged_disk_cache_is_rebuilt(tmp_path, tiny_clip, tokenizer, image_processor, train_rows, caplog, damage):
+    """A shard cut short, deleted or written by another run, or an unreadable description, reads as stale: the cache
+    is rebuilt (rather than failing the run, or feeding it another run's activations)."""
+    cache_dir, other_dir = str(tmp_path / "cache"), str(tmp_path / "other")
+    model = _capt_model(tiny_clip, tokenizer, image_processor)
+    build = dict(mode="disk", shard_bytes=5 * 1024)
+    FrozenPrefixCache.build(model, train_rows, image_processor, cache_dir=cache_dir, **build)
+    shard = os.path.join(cache_dir, "prefix-00001.safetensors")
+    if damage == "truncated":
+        _truncate(shard)
+    elif damage == "missing":
+        os.remove(shard)
+    elif damage == "foreign":
+        other = _capt_model(make_tiny_clip(tokenizer, seed=1), tokenizer, image_processor)
+        FrozenPrefixCache.build(other, train_rows, image_processor, cache_dir=other_dir, **build)
+        _swap_in_a_foreign_shard(cache_dir, other_dir)
+    else:
+        with open(os.path.join(cache_dir, CACHE_INFO_NAME), "w") as handle:
+            handle.write("[1, 2]")  # valid JSON, but no description
+    caplog.clear()
+    with caplog.at_level("INFO", logger="trainers.prefix_cache"):
+        stored = FrozenPrefixCache.build(model, train_rows, image_processor, cache_dir=cache_dir, **build)
+    assert "reusing" not in caplog.text
+    everything = torch.arange(len(train_rows))
+    fresh = FrozenPrefixCache.build(model, train_rows, image_processor, mode="memory")
+    assert torch.equal(stored.fetch(everything), fresh.fetch(everything))

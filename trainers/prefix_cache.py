@@ -34,6 +34,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from dataset_scripts.atomic_io import write_json_atomic
 from modeling_capt.diff_manner import CaptAdaptedLayer
 from trainers.data import ImageClassificationCollator, IndexedImageDataset
 
@@ -354,11 +355,34 @@ def _read_info(cache_dir: str | None) -> dict | None:
 
 
 def _disk_cache_valid(cache_dir, info, fingerprint, num_rows) -> bool:
-    if info is None or info.get("format") != CACHE_FORMAT_VERSION:
+    """Whether the cache in `cache_dir` is this run's: its description, and every shard's header.
+
+    The shards are checked too (each names the fingerprint it was computed for, and holds its share of the rows): a
+    truncated or unreadable shard, or one another run wrote into the same folder at the same time, reads as stale and
+    is rebuilt rather than failing the run or feeding it another run's activations.
+    """
+    if not isinstance(info, dict) or info.get("format") != CACHE_FORMAT_VERSION:
         return False
     if info.get("fingerprint") != fingerprint or info.get("num_rows") != num_rows:
         return False
-    return all(os.path.isfile(os.path.join(cache_dir, SHARD_PATTERN.format(s))) for s in range(info["num_shards"]))
+    try:
+        shard_rows, num_shards = int(info["shard_rows"]), int(info["num_shards"])
+        entry_shape = [int(size) for size in info["entry_shape"]]
+    except (KeyError, TypeError, ValueError):
+        return False
+    if shard_rows < 1 or num_shards != -(-num_rows // shard_rows):
+        return False
+    for shard in range(num_shards):
+        rows = min(shard_rows, num_rows - shard * shard_rows)
+        try:
+            with safe_open(os.path.join(cache_dir, SHARD_PATTERN.format(shard)), framework="pt") as handle:
+                if (handle.metadata() or {}).get("fingerprint") != fingerprint:
+                    return False
+                if list(handle.get_slice("hidden_states").get_shape()) != [rows, *entry_shape]:
+                    return False
+        except Exception:  # a missing, truncated or foreign file: safetensors raises its own error types
+            return False
+    return True
 
 
 def _write_disk_cache(model, rows, image_processor, start_layer, batch_size, accelerator, cache_dir, fingerprint,
@@ -406,10 +430,7 @@ def _write_disk_cache(model, rows, image_processor, start_layer, batch_size, acc
             os.remove(old)
         for name in sorted(os.listdir(staging)):
             os.replace(os.path.join(staging, name), os.path.join(cache_dir, name))
-        tmp = info_path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as handle:
-            json.dump(info, handle, indent=2)
-        os.replace(tmp, info_path)
+        write_json_atomic(info_path, info)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
