@@ -11,7 +11,9 @@ from safetensors.torch import load_file
 
 from modeling_capt import CaptAdapterConfig, CaptForImageClassification
 from trainers.data import IndexedImageDataset
-from trainers.prefix_cache import CACHE_INFO_NAME, FrozenPrefixCache, compute_prefix, prefix_start_layer
+from trainers.prefix_cache import (
+    CACHE_INFO_NAME, FrozenPrefixCache, compute_prefix, prefix_dropout_modules, prefix_start_layer,
+)
 from trainers.train_capt import main
 
 from conftest import CLASS_NAMES, make_tiny_clip, write_image_dataset, reset_accelerate
@@ -267,3 +269,22 @@ def test_a_damaged_disk_cache_is_rebuilt(tmp_path, tiny_clip, tokenizer, image_p
     everything = torch.arange(len(train_rows))
     fresh = FrozenPrefixCache.build(model, train_rows, image_processor, mode="memory")
     assert torch.equal(stored.fetch(everything), fresh.fetch(everything))
+
+
+def test_cache_steps_aside_for_dropout_in_the_frozen_layers(tiny_clip, tokenizer, image_processor, train_rows):
+    """With `attention_dropout > 0` the frozen layers' training-mode outputs differ at every step, so cached ones
+    would change the training: `auto` runs without the cache, an explicit mode is refused."""
+    dropping = _with_vision_settings(tiny_clip, attention_dropout=0.5)
+    model = _capt_model(dropping, tokenizer, image_processor)
+    assert prefix_dropout_modules(model, 1) == ["encoder.layers.0.self_attn"]
+    pixel_values = IndexedImageDataset(train_rows, "train").pixel_values([0, 1], image_processor)
+    model.train()
+    with torch.no_grad():  # the uncached training forward is random: the cache could not stand in for it
+        assert not torch.equal(model(pixel_values=pixel_values).logits, model(pixel_values=pixel_values).logits)
+    assert FrozenPrefixCache.build(model, train_rows, image_processor, mode="auto") is None
+    with pytest.raises(ValueError, match="drop out"):
+        FrozenPrefixCache.build(model, train_rows, image_processor, mode="memory")
+    # every vision layer adapted: the prefix is only the embeddings, which do not drop out
+    whole = _capt_model(dropping, tokenizer, image_processor, layers=(0, 1))
+    assert prefix_dropout_modules(whole, 0) == []
+    assert FrozenPrefixCache.build(whole, train_rows, image_processor, mode="auto") is not None

@@ -16,8 +16,9 @@ layer-norm epsilon, ...), the image processor's settings,
 disk cache whose fingerprint differs is rebuilt, so a changed backbone, image processor, adapter placement or
 few-shot sample never reads stale activations.
 
-Random augmentation would make the frozen activations differ every epoch; the cache then refuses (`mode` given
-explicitly) or steps aside (`mode="auto"`).
+Random augmentation would make the frozen activations differ every epoch, and dropout in the frozen layers
+(`attention_dropout > 0` in the vision config) every step; the cache then refuses (`mode` given explicitly) or steps
+aside (`mode="auto"`).
 """
 
 from __future__ import annotations
@@ -69,6 +70,24 @@ def prefix_start_layer(model) -> int:
     if trainable:
         raise ValueError(f"The frozen-prefix cache needs a frozen prefix, but these parameters train: {trainable[:5]}")
     return start_layer
+
+
+def prefix_dropout_modules(model, start_layer: int) -> list[str]:
+    """Names of the prefix's modules that drop out in training mode (CLIP's `attention_dropout`, an `nn.Dropout`).
+
+    The uncached training forward runs the frozen layers in training mode, so their activations then differ at every
+    step: cached ones (computed once, in eval mode) would change the training.
+    """
+    vision = model.clip.vision_model
+    modules = [("embeddings", vision.embeddings), ("pre_layrnorm", vision.pre_layrnorm)]
+    modules += [(f"encoder.layers.{i}", layer) for i, layer in enumerate(_vision_layers(model)[:start_layer])]
+    found = []
+    for prefix, module in modules:
+        for name, sub in module.named_modules(prefix=prefix):
+            rate = sub.p if isinstance(sub, torch.nn.Dropout) else getattr(sub, "dropout", None)
+            if isinstance(rate, (int, float)) and not isinstance(rate, bool) and rate > 0:
+                found.append(name)
+    return found
 
 
 def _prefix_state(model, start_layer: int, parameters_only: bool = False):
@@ -252,6 +271,14 @@ class FrozenPrefixCache:
             raise ValueError(f"--prefix_cache {mode} cannot be used with image augmentation (use auto or off)")
         rows = dataset if isinstance(dataset, IndexedImageDataset) else IndexedImageDataset(dataset, "train")
         start_layer = prefix_start_layer(model)
+        dropout = prefix_dropout_modules(model, start_layer)
+        if dropout:
+            reason = (f"the frozen layers below vision layer {start_layer} drop out in training ({dropout[0]}: "
+                      "attention_dropout > 0), so their activations differ at every step")
+            if mode == "auto":
+                logger.info("frozen-prefix cache off: %s", reason)
+                return None
+            raise ValueError(f"--prefix_cache {mode} cannot be used here: {reason} (use auto or off)")
         num_rows = len(rows)
         if num_rows == 0:
             raise ValueError("The frozen-prefix cache needs at least one training row")
@@ -470,4 +497,7 @@ def _collate_rows(rows):
     }
 
 
-__all__ = ["FrozenPrefixCache", "MODES", "compute_prefix", "prefix_fingerprint", "prefix_start_layer", "rows_loader"]
+__all__ = [
+    "FrozenPrefixCache", "MODES", "compute_prefix", "prefix_dropout_modules", "prefix_fingerprint", "prefix_start_layer",
+    "rows_loader",
+]
