@@ -288,3 +288,73 @@ def test_cache_steps_aside_for_dropout_in_the_frozen_layers(tiny_clip, tokenizer
     whole = _capt_model(dropping, tokenizer, image_processor, layers=(0, 1))
     assert prefix_dropout_modules(whole, 0) == []
     assert FrozenPrefixCache.build(whole, train_rows, image_processor, mode="auto") is not None
+
+
+def test_disk_cache_is_invalidated_by_other_rows_of_the_same_count(tmp_path, tiny_clip, tokenizer, image_processor,
+                                                                  train_rows, caplog):
+    """Another few-shot draw has as many rows as the last one: the rows themselves key the cache, not their count."""
+    cache_dir = str(tmp_path / "cache")
+    model = _capt_model(tiny_clip, tokenizer, image_processor)
+    FrozenPrefixCache.build(model, train_rows, image_processor, mode="disk", cache_dir=cache_dir)
+    reordered = train_rows.select(list(reversed(range(len(train_rows)))))
+    assert _rebuilt(cache_dir, model, reordered, image_processor, caplog)
+    stored = FrozenPrefixCache.build(model, reordered, image_processor, mode="disk", cache_dir=cache_dir)
+    fresh = FrozenPrefixCache.build(model, train_rows, image_processor, mode="memory")
+    assert torch.equal(stored.fetch(torch.tensor([0])), fresh.fetch(torch.tensor([len(train_rows) - 1])))
+
+
+def test_model_inputs_are_moved_to_the_device(tiny_clip, tokenizer, image_processor, train_rows):
+    model = _capt_model(tiny_clip, tokenizer, image_processor)
+    cache = FrozenPrefixCache.build(model, train_rows, image_processor, mode="memory")
+    inputs = cache.model_inputs(torch.tensor([2, 3]), "meta")  # any device other than the CPU the cache lives on
+    assert inputs["hidden_states"].device.type == "meta" and inputs["start_layer"] == 1
+    assert cache.model_inputs(torch.tensor([2, 3]))["hidden_states"].device.type == "cpu"
+
+
+def test_an_interrupted_rebuild_keeps_the_previous_cache(tmp_path, tiny_clip, tokenizer, image_processor, train_rows,
+                                                         caplog, monkeypatch):
+    """The shards are written to a staging folder and swapped in at the end: a build that fails half-way leaves the
+    previous cache whole (still reused by its run) and no half cache or staging folder behind."""
+    import trainers.prefix_cache as prefix_cache
+
+    cache_dir = str(tmp_path / "cache")
+    model = _capt_model(tiny_clip, tokenizer, image_processor)
+    build = dict(mode="disk", cache_dir=cache_dir, shard_bytes=5 * 1024)
+    FrozenPrefixCache.build(model, train_rows, image_processor, **build)
+    before = sorted(os.listdir(cache_dir))
+    written, save_file = [], prefix_cache.save_file
+
+    def failing_save(*args, **kwargs):
+        if written:
+            raise OSError("disk full")
+        written.append(args[1])
+        return save_file(*args, **kwargs)
+
+    monkeypatch.setattr(prefix_cache, "save_file", failing_save)
+    other = _capt_model(make_tiny_clip(tokenizer, seed=1), tokenizer, image_processor)
+    with pytest.raises(OSError, match="disk full"):
+        FrozenPrefixCache.build(other, train_rows, image_processor, **build)
+    monkeypatch.setattr(prefix_cache, "save_file", save_file)
+    assert sorted(os.listdir(cache_dir)) == before
+    caplog.clear()
+    with caplog.at_level("INFO", logger="trainers.prefix_cache"):
+        FrozenPrefixCache.build(model, train_rows, image_processor, **build)
+    assert "reusing" in caplog.text
+
+
+def test_the_cache_is_computed_under_the_runs_autocast(tiny_clip, tokenizer, image_processor, train_rows):
+    """Under bf16 mixed precision the uncached forward runs the frozen layers in autocast: so must the cache."""
+    from accelerate import Accelerator
+
+    model = _capt_model(tiny_clip, tokenizer, image_processor)
+    pixel_values = IndexedImageDataset(train_rows, "train").pixel_values([0, 1], image_processor)
+    try:
+        reset_accelerate()
+        accelerator = Accelerator(mixed_precision="bf16", cpu=True)
+        cache = FrozenPrefixCache.build(model, train_rows, image_processor, mode="memory", accelerator=accelerator)
+        with accelerator.autocast():
+            expected = compute_prefix(model, pixel_values, 1)
+    finally:
+        reset_accelerate()
+    assert not torch.equal(expected.float(), compute_prefix(model, pixel_values, 1).float())  # the test can tell
+    assert torch.equal(cache.fetch(torch.tensor([0, 1])), expected.cpu())
