@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel, PreTrainedModel
-from transformers.utils import ModelOutput, logging
+from transformers.utils import ModelOutput, cached_file, logging
 
 from .configuration_capt import CaptAdapterConfig, CaptConfig
 from .diff_manner import CaptAdaptedLayer, inject_diff_manner_adapters
@@ -40,6 +40,23 @@ def load_image_processor(source, **kwargs):
             raise err from None
         logger.info(f"Image processor of {source} loaded as CLIPImageProcessor ({type(processor).__name__}): {err}")
         return processor
+
+
+TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json")
+
+
+def _load_saved_tokenizer(source, clip_config, **kwargs):
+    """The tokenizer saved in `source` (`AutoTokenizer`); `OSError` when `source` holds no tokenizer file.
+
+    This transformers' `AutoTokenizer` does not refuse a folder without tokenizer files: it builds an empty tokenizer
+    from the config alone, which tokenises every class name to the same unknown tokens."""
+    lookup = {k: v for k, v in kwargs.items() if k != "trust_remote_code"}
+    found = [
+        cached_file(source, name, _raise_exceptions_for_missing_entries=False, **lookup) for name in TOKENIZER_FILES
+    ]
+    if not any(found):
+        raise OSError(f"{source} holds no tokenizer ({' / '.join(TOKENIZER_FILES)})")
+    return AutoTokenizer.from_pretrained(source, config=clip_config, **kwargs)
 
 
 ADAPTER_CONFIG_NAME = "adapter_config.json"
@@ -227,9 +244,11 @@ class CaptModel(CaptPreTrainedModel):
         for layer in model._vision_layers():
             if isinstance(layer, CaptAdaptedLayer):
                 layer.adapter.requires_grad_(True)
-        hub_kwargs = {k: kwargs[k] for k in ("revision", "token", "cache_dir", "local_files_only") if k in kwargs}
+        hub_kwargs = {
+            k: kwargs[k] for k in ("revision", "token", "cache_dir", "local_files_only", "subfolder") if k in kwargs
+        }
         # the tokenizer is CLIP's: its config names it (the folder's own config.json is CAPT's, unknown to AutoTokenizer)
-        load_tokenizer = functools.partial(AutoTokenizer.from_pretrained, config=model.config.clip_config)
+        load_tokenizer = functools.partial(_load_saved_tokenizer, clip_config=model.config.clip_config)
         for attribute, load in (("tokenizer", load_tokenizer), ("image_processor", load_image_processor)):
             try:  # the checkpoint's own auto_map names only model classes: no remote code is needed here
                 setattr(model, attribute, load(pretrained_model_name_or_path, trust_remote_code=False, **hub_kwargs))

@@ -342,3 +342,31 @@ def test_reloading_a_checkpoint_attaches_clips_tokenizer_without_a_model_type_wa
         loaded = CaptForImageClassification.from_pretrained(tmp_path / "c")
     assert type(loaded.tokenizer).__name__.startswith("CLIPTokenizer")
     assert not [r for r in caplog.records if "instantiate a model of type" in r.getMessage()]
+
+
+def test_reloading_a_checkpoint_without_a_tokenizer_attaches_none(tmp_path, tiny_clip, tokenizer):
+    """transformers 5's AutoTokenizer builds an empty CLIPTokenizer from the config alone when a folder holds no
+    tokenizer files; attached, it tokenised every novel class name to the same unknown tokens."""
+    model = CaptForImageClassification.from_clip(tiny_clip, CLASS_NAMES, tokenizer=tokenizer)
+    model.tokenizer = None
+    model.save_pretrained(tmp_path / "ckpt")
+    assert not (tmp_path / "ckpt" / "tokenizer_config.json").exists()
+    loaded = CaptForImageClassification.from_pretrained(tmp_path / "ckpt")
+    assert loaded.tokenizer is None
+    with pytest.raises(ValueError, match="needs a tokenizer"):
+        loaded.set_class_names(["zebra", "car"])
+    torch.testing.assert_close(loaded.class_input_ids, model.class_input_ids, atol=0, rtol=0)
+
+
+def test_reloading_from_a_subfolder_attaches_its_tokenizer_and_image_processor(tmp_path, tiny_clip, tokenizer,
+                                                                              image_processor):
+    model = CaptForImageClassification.from_clip(tiny_clip, CLASS_NAMES, tokenizer=tokenizer,
+                                                 image_processor=image_processor)
+    model.save_pretrained(tmp_path / "repo" / "model")
+    loaded = CaptForImageClassification.from_pretrained(tmp_path / "repo", subfolder="model")
+    assert loaded.tokenizer is not None and len(loaded.tokenizer) == len(tokenizer)
+    assert loaded.image_processor is not None
+    loaded.set_class_names(["zebra", "car"])
+    expected = tokenizer(["a photo of a zebra.", "a photo of a car."], padding="max_length", max_length=32,
+                         return_tensors="pt")["input_ids"]
+    torch.testing.assert_close(loaded.class_input_ids, expected, atol=0, rtol=0)
