@@ -155,7 +155,7 @@ class CaptConfig(PretrainedConfig):
         adapter_config (`dict` or `CaptAdapterConfig`, *optional*):
             Diff-Manner adapters and MGDE. `None` means none: the model is zero-shot CLIP or CoOp.
         max_text_length (`int`, *optional*):
-            Length the class prompts are padded to. Defaults to the text encoder's maximum positions.
+            Length the class prompts are padded to, at most (and by default) the text encoder's maximum positions.
         base_model_name_or_path (`str`, *optional*):
             Hub id or path of the CLIP checkpoint this model was built from.
         id2label (`dict[int, str]`):
@@ -206,6 +206,11 @@ class CaptConfig(PretrainedConfig):
             adapter_config = CaptAdapterConfig.from_dict(adapter_config).to_dict()  # validates
         if max_text_length is not None and (not isinstance(max_text_length, int) or max_text_length < 2):
             raise ValueError(f"max_text_length must be an integer >= 2, got {max_text_length!r}")
+        positions = clip_config.text_config.max_position_embeddings
+        if max_text_length is not None and max_text_length > positions:
+            raise ValueError(
+                f"max_text_length={max_text_length} exceeds the text encoder's max_position_embeddings ({positions})"
+            )
 
         self.clip_config = clip_config
         self.template = template

@@ -147,6 +147,14 @@ def test_config_rejects_bad_fields(field, value, error):
         CaptConfig(**{field: value}, id2label={0: "a", 1: "b"})
 
 
+def test_config_refuses_prompts_longer_than_the_text_encoder_positions():
+    """A max_text_length past the text encoder's positions was accepted, saved, and failed only in the first forward."""
+    clip_config = CLIPConfig(text_config={"max_position_embeddings": 32})
+    assert CaptConfig(clip_config=clip_config, max_text_length=32, id2label={0: "a"}).text_length == 32
+    with pytest.raises(ValueError, match="max_text_length.*32"):
+        CaptConfig(clip_config=clip_config, max_text_length=33, id2label={0: "a"})
+
+
 def test_save_and_reload_same_process(tmp_path, tiny_clip, tokenizer, image_processor):
     model = CaptForImageClassification.from_clip(
         tiny_clip, CLASS_NAMES, tokenizer=tokenizer, image_processor=image_processor, use_learnable_context=True
