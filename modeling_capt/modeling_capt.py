@@ -601,6 +601,13 @@ class CaptModel(CaptPreTrainedModel):
                 f"Adapter weights in {adapter_directory} do not fit this model: missing {sorted(missing)[:5]}, "
                 f"unexpected {sorted(unexpected)[:5]}"
             )
+        current = model.state_dict()
+        reshaped = [f"{k} {tuple(v.shape)} (this model: {tuple(current[k].shape)})" for k, v in sorted(state.items())
+                    if v.shape != current[k].shape]
+        if reshaped:
+            raise ValueError(
+                f"Adapter weights in {adapter_directory} were trained on a CLIP of another shape: {reshaped[:3]}"
+            )
         model.load_state_dict(state, strict=False)
         model.clear_text_cache()
         return model.eval()

@@ -378,3 +378,28 @@ def test_reloading_from_a_subfolder_attaches_its_tokenizer_and_image_processor(t
     expected = tokenizer(["a photo of a zebra.", "a photo of a car."], padding="max_length", max_length=32,
                          return_tensors="pt")["input_ids"]
     torch.testing.assert_close(loaded.class_input_ids, expected, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "change, error",
+    [
+        ({"vision_config": {"num_hidden_layers": 3}}, "missing"),  # the adapted layers get other indices
+        ({"vision_config": {"hidden_size": 64, "num_attention_heads": 2}}, "another shape"),
+        ({"projection_dim": 8}, "another shape"),  # only MGDE's centres and w differ
+    ],
+)
+def test_adapter_export_refuses_a_clip_of_another_shape(tmp_path, tiny_clip, tokenizer, change, error):
+    from transformers import CLIPModel
+
+    from modeling_capt import CaptAdapterConfig
+
+    model = CaptForImageClassification.from_clip(
+        tiny_clip, CLASS_NAMES, tokenizer=tokenizer, adapter_config=CaptAdapterConfig(mgde_num_clusters=2)
+    )
+    model.save_adapter(tmp_path / "adapter")
+    config = tiny_clip.config.to_dict()
+    for key, value in change.items():
+        config[key] = dict(config[key], **value) if isinstance(value, dict) else value
+    other = CLIPModel(CLIPConfig(**config)).eval()
+    with pytest.raises(ValueError, match=error):
+        CaptForImageClassification.from_adapter(tmp_path / "adapter", clip=other, tokenizer=tokenizer)
