@@ -111,7 +111,7 @@ def main(argv=None):
         print(f"  {pair['true']} -> {pair['predicted']}: {pair['count']}")
     print(f"saved to {path}")
     if args.push_to_hub:
-        push_bank_to_hub(args.output_dir, args.push_to_hub, private=args.private)
+        push_bank_to_hub(args.output_dir, args.push_to_hub, private=args.private or None)
     return bank
 
 

@@ -273,7 +273,7 @@ def load_bank(
 def push_bank_to_hub(
     output_dir: str | os.PathLike,
     repo_id: str,
-    private: bool = False,
+    private: bool | None = None,
     token: str | None = None,
     commit_message: str = "Upload CAPT Confusion Bank",
 ):
@@ -284,8 +284,9 @@ def push_bank_to_hub(
             The saved bank.
         repo_id (`str`):
             Target dataset repository, `"user/name"`; created when missing.
-        private (`bool`, *optional*, defaults to `False`):
-            Create the repository private.
+        private (`bool`, *optional*):
+            Create the repository private; `None` leaves it to the Hub (public unless the organisation defaults to
+            private), `False` makes it public.
         token (`str`, *optional*):
             Hub token; defaults to the logged-in user's.
         commit_message (`str`, *optional*):

@@ -106,3 +106,33 @@ def write_image_dataset(root, class_names=CLASS_NAMES, per_class_train=6, per_cl
         paths[split] = os.path.join(root, split, f"{split}.parquet")
         ds.to_parquet(paths[split])
     return paths
+
+
+class RecordingHub:
+    """Replaces `HfApi.create_repo` / `upload_folder` on the real client class: each call is checked against the real
+    method's signature (so a renamed or removed argument fails here, not on the Hub) and recorded, with the files the
+    upload would send."""
+
+    def __init__(self, monkeypatch):
+        import inspect
+
+        from huggingface_hub import HfApi
+
+        self.calls = []
+        for name in ("create_repo", "upload_folder"):
+            real = getattr(HfApi, name)
+
+            def fake(api, *args, _name=name, _signature=inspect.signature(real), **kwargs):
+                bound = _signature.bind(api, *args, **kwargs).arguments
+                bound.pop("api" if "api" in bound else "self")
+                record = {"method": _name, "token": api.token, **bound}
+                if _name == "upload_folder":
+                    root = bound["folder_path"]
+                    record["files"] = sorted(
+                        os.path.relpath(os.path.join(parent, f), root) for parent, _, files in os.walk(root)
+                        for f in files
+                    )
+                self.calls.append(record)
+                return f"{_name}-result"
+
+            monkeypatch.setattr(HfApi, name, fake)

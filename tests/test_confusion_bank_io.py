@@ -198,3 +198,17 @@ def test_push_to_hub_creates_the_repo_and_uploads_the_folder(bank, tmp_path, mon
 
     with pytest.raises(FileNotFoundError, match="save_bank"):
         bank_io.push_bank_to_hub(tmp_path, "me/capt-bank")
+
+
+def test_push_to_hub_sends_the_saved_bank_files_through_the_real_client(bank, tmp_path, monkeypatch):
+    from conftest import RecordingHub
+
+    folder = bank_io.save_bank(bank, tmp_path / "bank")
+    hub = RecordingHub(monkeypatch)
+    assert bank_io.push_bank_to_hub(folder, "me/capt-bank") == "upload_folder-result"
+    create, upload = hub.calls
+    assert create["repo_id"] == "me/capt-bank" and create["repo_type"] == "dataset" and create["exist_ok"]
+    assert create["private"] is None  # not asked for: the Hub's default (an organisation may default to private)
+    assert upload["repo_type"] == "dataset" and upload["commit_message"] == "Upload CAPT Confusion Bank"
+    assert upload["folder_path"] == str(folder)
+    assert upload["files"] == sorted(["README.md", bank_io.METADATA_FILE, bank_io.DATA_FILE])

@@ -1,11 +1,15 @@
-"""The model card's YAML metadata: the Hub refuses an upload whose card names a local path as base model or dataset."""
+"""The model card's YAML metadata (the Hub refuses an upload whose card names a local path as base model or dataset),
+and what `push_folder_to_hub` would send to the Hub."""
 
 from __future__ import annotations
 
+import pytest
 import yaml
 
 from trainers.args import EMBEDDED_MODEL
 from trainers.hub import write_model_card
+
+from conftest import RecordingHub
 
 
 def _summary(model: str, dataset: str) -> dict:
@@ -67,3 +71,40 @@ def test_capt_card_tags_once_and_says_what_was_trained(tmp_path):
     assert "The Diff-Manner adapters (global branch only) (no MGDE layer) are trained" in text
     assert _metadata(tmp_path, _summary("openai/clip-vit-base-patch16", "tanganke/dtd"))["tags"] == [
         "clip", "prompt-tuning", "capt", "coop"]
+
+
+def test_push_folder_to_hub_creates_the_repo_then_uploads_only_that_folder(tmp_path, monkeypatch):
+    from trainers.hub import push_folder_to_hub
+
+    hub = RecordingHub(monkeypatch)
+    folder = tmp_path / "out" / "model"
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text("{}")
+    (tmp_path / "out" / "metrics.json").write_text("{}")  # beside the folder: not uploaded
+    assert push_folder_to_hub(str(folder), "org/capt-x", private=True, token="hf_t",
+                              commit_message="first") == "upload_folder-result"
+    create, upload = hub.calls
+    assert create == {"method": "create_repo", "token": "hf_t", "repo_id": "org/capt-x", "repo_type": "model",
+                      "private": True, "exist_ok": True}
+    assert upload["method"] == "upload_folder" and upload["token"] == "hf_t"
+    assert upload["repo_id"] == "org/capt-x" and upload["repo_type"] == "model"
+    assert upload["folder_path"] == str(folder) and upload["files"] == ["config.json"]
+    assert upload["commit_message"] == "first"
+
+    hub.calls.clear()
+    push_folder_to_hub(str(folder) + "/", "org/capt-x")
+    create, upload = hub.calls
+    assert create["private"] is None  # not asked for: the Hub's default (an organisation may default to private)
+    assert upload["commit_message"] == "Upload model with capt"
+
+
+@pytest.mark.parametrize("repo_id", ["capt-x", "", "a/b/c"])
+def test_push_folder_to_hub_refuses_a_bad_repo_id_or_folder_before_any_call(tmp_path, monkeypatch, repo_id):
+    from trainers.hub import push_folder_to_hub
+
+    hub = RecordingHub(monkeypatch)
+    with pytest.raises(ValueError, match="org/name"):
+        push_folder_to_hub(str(tmp_path), repo_id)
+    with pytest.raises(FileNotFoundError, match="Nothing to push"):
+        push_folder_to_hub(str(tmp_path / "missing"), "org/capt-x")
+    assert hub.calls == []

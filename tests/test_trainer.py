@@ -12,7 +12,6 @@ import torch
 from PIL import Image
 
 from modeling_capt import CaptForImageClassification
-from trainers import hub
 from trainers.args import layers_to_transform, parse_args
 from trainers.metrics import ClassificationMetrics, classification_metrics, confusion_matrix, harmonic_mean
 from trainers.train_capt import main
@@ -287,29 +286,25 @@ def test_interrupted_checkpoint_saves_leave_a_loadable_latest(tmp_path, monkeypa
 
 
 def test_push_to_hub_uploads_the_saved_folder(run_args, monkeypatch):
-    calls = {}
+    from conftest import RecordingHub
 
-    class FakeApi:
-        def __init__(self, token=None):
-            calls["token"] = token
-
-        def create_repo(self, **kwargs):
-            calls["create_repo"] = kwargs
-
-        def upload_folder(self, **kwargs):
-            calls["upload_folder"] = kwargs
-            calls["files"] = sorted(os.listdir(kwargs["folder_path"]))
-            return "https://hub.example/commit/1"
-
-    monkeypatch.setattr(hub, "HfApi", FakeApi)
-    main(run_args + ["--method", "zeroshot", "--push_to_hub", "--hub_model_id", "org/capt-test"])
-    assert calls["create_repo"]["repo_id"] == "org/capt-test" and calls["create_repo"]["exist_ok"]
-    assert calls["upload_folder"]["repo_id"] == "org/capt-test"
-    for name in ("config.json", "model.safetensors", "modeling_capt.py", "configuration_capt.py",
-                 "preprocessor_config.json", "tokenizer_config.json", "README.md"):
-        assert name in calls["files"]
-    card = open(os.path.join(calls["upload_folder"]["folder_path"], "README.md")).read()
+    hub_calls = RecordingHub(monkeypatch)
+    main(run_args + ["--method", "zeroshot", "--push_to_hub", "--hub_model_id", "org/capt-test", "--hub_private"])
+    create, upload = hub_calls.calls
+    assert create["repo_id"] == "org/capt-test" and create["exist_ok"] and create["private"] is True
+    assert upload["repo_id"] == "org/capt-test" and upload["repo_type"] == "model"
+    out = run_args[run_args.index("--output_dir") + 1]
+    assert upload["folder_path"] == os.path.join(out, "model")
+    # the self-contained checkpoint and its card; nothing of the run around it (checkpoints, prefix cache, metrics)
+    assert upload["files"] == ["README.md", "config.json", "configuration_capt.py", "diff_manner.py", "mgde.py",
+                               "model.safetensors", "modeling_capt.py", "preprocessor_config.json", "tokenizer.json",
+                               "tokenizer_config.json"]
+    card = open(os.path.join(upload["folder_path"], "README.md")).read()
     assert "org/capt-test" in card and "zero-shot CLIP" in card and "| zeroshot |" in card
+
+    hub_calls.calls.clear()  # without --hub_private a new repo's visibility is the Hub's default, not forced public
+    main(run_args + ["--method", "zeroshot", "--push_to_hub", "--hub_model_id", "org/capt-test"])
+    assert hub_calls.calls[0]["private"] is None
 
 
 # --------------------------------------------------------------------------------------------------- bad input

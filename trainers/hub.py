@@ -22,9 +22,12 @@ from trainers.args import REPO_ROOT
 logger = logging.getLogger(__name__)
 
 
-def push_folder_to_hub(folder: str, repo_id: str, private: bool = False, repo_type: str = "model",
+def push_folder_to_hub(folder: str, repo_id: str, private: bool | None = None, repo_type: str = "model",
                        commit_message: str | None = None, token: str | None = None) -> str:
-    """Create `repo_id` if needed and upload `folder` to it; returns the commit URL (or what the client returns)."""
+    """Create `repo_id` if needed and upload `folder` to it; returns the commit URL (or what the client returns).
+
+    `private=None` leaves a new repo's visibility to the Hub (public unless the organisation defaults to private);
+    `False` makes it public explicitly. An existing repo keeps its visibility."""
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"Nothing to push: {folder} is not a folder")
     if not repo_id or repo_id.count("/") != 1:

@@ -530,7 +530,7 @@ def main(argv=None):
             )
         print_table(summary, method)
         if train_args.push_to_hub:
-            push_folder_to_hub(final_dir, train_args.hub_model_id, private=train_args.hub_private)
+            push_folder_to_hub(final_dir, train_args.hub_model_id, private=train_args.hub_private or None)
     accelerator.wait_for_everyone()
     if train_args.report_to != "none":
         accelerator.end_training()
