@@ -403,3 +403,162 @@ def test_adapter_export_refuses_a_clip_of_another_shape(tmp_path, tiny_clip, tok
     other = CLIPModel(CLIPConfig(**config)).eval()
     with pytest.raises(ValueError, match=error):
         CaptForImageClassification.from_adapter(tmp_path / "adapter", clip=other, tokenizer=tokenizer)
+
+
+def _trained_capt(tiny_clip, tokenizer, image_processor):
+    """A CAPT model with every trained part and buffer moved off its initial value (CoOp context, adapters, MGDE
+    gates, router and experts, the running alphas, the k-means centres) and non-default config fields."""
+    from modeling_capt import CaptAdapterConfig
+
+    model = CaptForImageClassification.from_clip(
+        tiny_clip, CLASS_NAMES, tokenizer=tokenizer, image_processor=image_processor, use_learnable_context=True,
+        max_text_length=20, adapter_config=CaptAdapterConfig(mgde_num_clusters=2, alpha_scale=3.0, mgde_top_k=1),
+    )
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        model.init_semantic_experts(torch.randn(2, 16, generator=generator), torch.randn(2, 16, generator=generator))
+        for param in model.parameters():
+            if param.requires_grad:
+                param.add_(0.05 * torch.randn(param.shape, generator=generator))
+        model.mgde.expert_gates.copy_(torch.tensor([0.3, 0.5, 0.7]))
+    model.update_running_alpha(torch.tensor([2.0, 3.5, 4.25]))
+    model.clear_text_cache()
+    return model.eval()
+
+
+def test_capt_checkpoint_round_trip_is_bit_exact(tmp_path, tiny_clip, tokenizer, image_processor):
+    model = _trained_capt(tiny_clip, tokenizer, image_processor)
+    pixels = pixel_batch(image_processor, 3)
+    with torch.no_grad():
+        expected = model(pixel_values=pixels).logits  # fills the text cache: it must not be what is saved
+    model.save_pretrained(tmp_path / "ckpt")
+    loaded = CaptForImageClassification.from_pretrained(tmp_path / "ckpt").eval()
+    saved, got = model.state_dict(), loaded.state_dict()
+    assert list(got) == list(saved)
+    for key, value in saved.items():
+        assert got[key].dtype == value.dtype and torch.equal(got[key], value), key
+    for layer in loaded.clip.vision_model.encoder.layers:
+        assert float(layer.adapter.alpha_running) == 3.25 and int(layer.adapter.alpha_count) == 3
+    assert not torch.equal(loaded.mgde.commonality_expert.centres, torch.zeros(2, 16))
+    mine, theirs = model.config.to_dict(), loaded.config.to_dict()
+    mine.pop("_name_or_path", None), theirs.pop("_name_or_path", None)
+    assert theirs == mine and loaded.config.adapter == model.config.adapter
+    with torch.no_grad():  # the same weights; loaded tensors may sit at other memory alignments (last-bit BLAS noise)
+        torch.testing.assert_close(loaded(pixel_values=pixels).logits, expected, atol=1e-5, rtol=0)
+
+
+def test_config_round_trip_keeps_every_field(tmp_path):
+    import inspect
+
+    from modeling_capt import CaptAdapterConfig
+
+    values = {
+        "clip_config": CLIPConfig(text_config={"max_position_embeddings": 40}, projection_dim=24).to_dict(),
+        "template": "a blurry photo of a {}.",
+        "use_learnable_context": True,
+        "n_ctx": 3,
+        "ctx_init": "a blurry photo",
+        "adapter_config": CaptAdapterConfig(
+            target_modules=r"encoder\.layers\.[01]", layers_to_transform=[0], adapter_branches="local",
+            adapter_num_heads=2, alpha_scale=2.5, alpha_gamma=0.75, use_mgde=False, mgde_top_k=3,
+            mgde_num_clusters=5, mgde_router_noise_std=0.25, mgde_expert_dropout=0.2, base_model_name_or_path="o/c",
+        ).to_dict(),
+        "max_text_length": 33,
+        "base_model_name_or_path": "org/clip",
+    }
+    fields = [name for name in inspect.signature(CaptConfig.__init__).parameters if name not in ("self", "kwargs")]
+    assert sorted(values) == sorted(fields), "a CaptConfig field this test does not set"
+    defaults = CaptConfig(id2label={0: "a"})
+    for name, value in values.items():
+        if name != "clip_config":
+            assert getattr(defaults, name) != value, f"{name}: pick a non-default value"
+    config = CaptConfig(**values, id2label={0: "apple", 1: "pear"}, label2id={"apple": 0, "pear": 1})
+    config.save_pretrained(tmp_path)
+    loaded = CaptConfig.from_pretrained(tmp_path)
+    for name, value in values.items():
+        got = getattr(loaded, name)
+        assert (got.to_dict() if name == "clip_config" else got) == value, name
+    assert loaded.clip_config.projection_dim == 24 and loaded.text_length == 33
+    assert loaded.id2label == {0: "apple", 1: "pear"} and loaded.label2id == {"apple": 0, "pear": 1}
+    assert loaded.class_names == ["apple", "pear"]
+
+
+def test_saved_auto_map_names_every_auto_class(tmp_path, tiny_clip, tokenizer):
+    import json
+
+    model = CaptForImageClassification.from_clip(tiny_clip, CLASS_NAMES, tokenizer=tokenizer)
+    model.save_pretrained(tmp_path / "ckpt")
+    config = json.loads((tmp_path / "ckpt" / "config.json").read_text())
+    assert config["auto_map"] == {
+        "AutoConfig": "configuration_capt.CaptConfig",
+        "AutoModel": "modeling_capt.CaptModel",
+        "AutoModelForImageClassification": "modeling_capt.CaptForImageClassification",
+        "AutoModelForZeroShotImageClassification": "modeling_capt.CaptForZeroShotImageClassification",
+    }
+    assert config["architectures"] == ["CaptForImageClassification"] and config["model_type"] == "capt"
+
+
+def test_novel_classes_on_a_trained_model_survive_save_and_reload(tmp_path, tiny_clip, tokenizer, image_processor):
+    model = _trained_capt(tiny_clip, tokenizer, image_processor)
+    model.set_class_names(["zebra", "car", "violin"])
+    assert model.config.id2label == {0: "zebra", 1: "car", 2: "violin"}
+    assert model.config.label2id == {"zebra": 0, "car": 1, "violin": 2} and model.config.num_labels == 3
+    pixels = pixel_batch(image_processor, 2)
+    with torch.no_grad():
+        expected = model(pixel_values=pixels).logits
+    assert expected.shape == (2, 3)
+    model.save_pretrained(tmp_path / "ckpt")
+    loaded = CaptForImageClassification.from_pretrained(tmp_path / "ckpt").eval()
+    assert loaded.config.id2label == {0: "zebra", 1: "car", 2: "violin"}
+    assert loaded.config.label2id == {"zebra": 0, "car": 1, "violin": 2}
+    assert torch.equal(loaded.class_input_ids, model.class_input_ids)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(pixel_values=pixels).logits, expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("argument", ["dtype", "torch_dtype"])
+def test_bf16_load_keeps_integer_buffers_and_classifies_alike(tmp_path, tiny_clip, tokenizer, image_processor,
+                                                              argument):
+    model = _trained_capt(tiny_clip, tokenizer, image_processor)
+    model.save_pretrained(tmp_path / "ckpt")
+    loaded = CaptForImageClassification.from_pretrained(tmp_path / "ckpt", **{argument: torch.bfloat16}).eval()
+    assert loaded.mgde.expert_gates.dtype == torch.bfloat16 and loaded.clip.logit_scale.dtype == torch.bfloat16
+    assert loaded.class_input_ids.dtype == torch.long and loaded.class_attention_mask.dtype == torch.long
+    assert all(layer.adapter.alpha_count.dtype == torch.long and int(layer.adapter.alpha_count) == 3
+               for layer in loaded.clip.vision_model.encoder.layers)
+    assert loaded.trainable_parameter_names() == model.trainable_parameter_names()
+    pixels = pixel_batch(image_processor, 3)
+    with torch.no_grad():
+        got = loaded(pixel_values=pixels.bfloat16()).logits.float()
+        expected = model(pixel_values=pixels).logits
+    torch.testing.assert_close(got, expected, atol=0.25, rtol=0.05)
+
+
+def test_device_map_load_matches(tmp_path, tiny_clip, tokenizer, image_processor):
+    model = _trained_capt(tiny_clip, tokenizer, image_processor)
+    model.save_pretrained(tmp_path / "ckpt")
+    loaded = CaptForImageClassification.from_pretrained(tmp_path / "ckpt", device_map="cpu").eval()
+    pixels = pixel_batch(image_processor, 3)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(pixel_values=pixels).logits, model(pixel_values=pixels).logits,
+                                   atol=1e-5, rtol=0)
+
+
+def test_peft_and_transformers_refuse_the_adapter_export_rather_than_misload_it(tmp_path, tiny_clip_dir):
+    """adapter_config.json is PEFT-shaped, but its peft_type is none of PEFT's: PEFT (and transformers' PEFT
+    integration, which reads any folder with an adapter_config.json) must refuse it, not load something else."""
+    peft = pytest.importorskip("peft")
+    from modeling_capt import CaptAdapterConfig
+
+    model = CaptForImageClassification.from_clip(tiny_clip_dir, CLASS_NAMES,
+                                                 adapter_config=CaptAdapterConfig(mgde_num_clusters=2))
+    model.save_adapter(tmp_path / "adapter")
+    import json
+
+    payload = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert payload["peft_type"] not in {member.value for member in peft.PeftType}
+    assert payload["base_model_name_or_path"] == tiny_clip_dir
+    with pytest.raises(KeyError, match="CAPT_DIFF_MANNER"):
+        peft.PeftConfig.from_pretrained(tmp_path / "adapter")
+    with pytest.raises((KeyError, ValueError, OSError)):
+        AutoModelForImageClassification.from_pretrained(tmp_path / "adapter")
