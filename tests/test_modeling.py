@@ -562,3 +562,17 @@ def test_peft_and_transformers_refuse_the_adapter_export_rather_than_misload_it(
         peft.PeftConfig.from_pretrained(tmp_path / "adapter")
     with pytest.raises((KeyError, ValueError, OSError)):
         AutoModelForImageClassification.from_pretrained(tmp_path / "adapter")
+
+
+def test_load_clip_weights_refuses_a_state_dict_that_does_not_fit(tiny_clip, tokenizer):
+    from modeling_capt import CaptAdapterConfig
+
+    model = CaptForImageClassification.from_clip(
+        tiny_clip, CLASS_NAMES, tokenizer=tokenizer, adapter_config=CaptAdapterConfig(use_mgde=False)
+    )
+    state = tiny_clip.state_dict()
+    model.load_clip_weights(state)  # a plain CLIP state dict fits, the adapted layers' weights under base_layer
+    with pytest.raises(ValueError, match="missing.*text_projection"):
+        model.load_clip_weights({k: v for k, v in state.items() if k != "text_projection.weight"})
+    with pytest.raises(ValueError, match="unexpected.*extra"):
+        model.load_clip_weights(dict(state, extra=torch.zeros(1)))
