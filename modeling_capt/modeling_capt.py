@@ -561,10 +561,11 @@ class CaptModel(CaptPreTrainedModel):
         )
         state = {k: v.detach().contiguous().cpu() for k, v in self.adapter_state_dict().items()}
         _atomic_write(os.path.join(save_directory, ADAPTER_WEIGHTS_NAME), lambda path: save_file(state, path))
-        _atomic_write(
-            os.path.join(save_directory, ADAPTER_CONFIG_NAME),
-            lambda path: open(path, "w", encoding="utf-8").write(json.dumps(payload, indent=2, sort_keys=True)),
-        )
+        def write_config(path):
+            with open(path, "w", encoding="utf-8") as handle:
+                handle.write(json.dumps(payload, indent=2, sort_keys=True))
+
+        _atomic_write(os.path.join(save_directory, ADAPTER_CONFIG_NAME), write_config)
 
     def adapter_state_dict(self) -> dict[str, torch.Tensor]:
         """Every tensor that is not CLIP's own: trained parameters plus their buffers (running alpha, MGDE centres)."""
@@ -585,6 +586,11 @@ class CaptModel(CaptPreTrainedModel):
             payload = json.load(handle)
         class_names = payload.pop("class_names")
         overrides = {k: payload.pop(k) for k in ("template", "use_learnable_context", "n_ctx", "ctx_init")}
+        fixed = sorted(k for k in ("use_learnable_context", "n_ctx", "ctx_init") if k in kwargs)
+        if fixed:
+            raise ValueError(f"{fixed} are set by the adapter export in {adapter_directory}; they cannot be overridden")
+        if "template" in kwargs:  # the export's template is a default: another prompt wording is a valid choice
+            overrides["template"] = kwargs.pop("template")
         has_adapters = payload.pop("has_adapters", True)
         base = payload.get("base_model_name_or_path")
         if clip is None:

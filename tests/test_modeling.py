@@ -256,6 +256,10 @@ def test_adapter_export_loads_onto_plain_clip(tmp_path, tiny_clip_dir, image_pro
     with torch.no_grad():
         torch.testing.assert_close(loaded(pixel_values=pixels).logits, model(pixel_values=pixels).logits, atol=0, rtol=0)
     assert loaded.config.class_names == CLASS_NAMES
+    reworded = CaptForImageClassification.from_adapter(tmp_path / "adapter", template="a sketch of a {}.")
+    assert reworded.config.template == "a sketch of a {}."  # the export's template is only a default
+    with pytest.raises(ValueError, match=r"\['n_ctx'\] are set by the adapter export"):
+        CaptForImageClassification.from_adapter(tmp_path / "adapter", n_ctx=8)
     # the export holds only the trained parts, not CLIP
     from safetensors.torch import load_file
 
