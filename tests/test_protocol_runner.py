@@ -201,6 +201,22 @@ def test_evaluate_checkpoint_on_plain_clip(tmp_path, tiny_clip_dir):
         evaluate_capt.evaluate_checkpoint(tiny_clip_dir)
 
 
+def test_evaluate_a_checkpoint_saved_without_tokenizer_takes_its_base_clips(tmp_path, tiny_clip_dir):
+    """A CAPT folder without tokenizer or image processor files (say saved with `model.save_pretrained` alone) is
+    evaluated with those of the CLIP it names as its base; its own folder's config is CAPT's, unknown to AutoTokenizer."""
+    from modeling_capt import CaptForImageClassification
+
+    data = str(tmp_path / "data")
+    dtd = make_dtd(data)
+    model = CaptForImageClassification.from_clip(tiny_clip_dir, dtd.classnames, template="{} texture.")
+    model.tokenizer = model.image_processor = None  # save_pretrained then writes neither
+    model.save_pretrained(tmp_path / "bare")
+    assert not (tmp_path / "bare" / "tokenizer_config.json").exists()
+    bare = evaluate_capt.evaluate_checkpoint(str(tmp_path / "bare"), "dtd", data, max_eval_samples=4)
+    reference = evaluate_capt.evaluate_checkpoint(tiny_clip_dir, "dtd", data, max_eval_samples=4)
+    assert bare["confusion_matrix"] == reference["confusion_matrix"] and bare["num_samples"] == 4
+
+
 def test_evaluate_checkpoint_on_a_local_multi_config_benchmark(tmp_path, tiny_clip_dir):
     """A folder built by build_benchmark.py with several configs: --dataset_config_name picks one, and its template."""
     from dataset_scripts.build_benchmark import build_benchmark

@@ -88,9 +88,12 @@ def load_checkpoint(checkpoint: str, class_names: list[str], template: str):
         model = CaptForImageClassification.from_adapter(checkpoint)
         source = model.config.base_model_name_or_path
     else:
-        model = CaptForImageClassification.from_pretrained(checkpoint)
-        source = checkpoint
-    # The folder's auto_map names model classes only: its tokenizer and image processor need no remote code.
+        model = CaptForImageClassification.from_pretrained(checkpoint)  # with the folder's tokenizer and processor
+        source = model.config.base_model_name_or_path  # for what the folder lacks: the CLIP it was built from
+        if (model.tokenizer is None or model.image_processor is None) and not source:
+            raise ValueError(f"{checkpoint} holds no tokenizer or image processor and names no base model to take "
+                             "them from (base_model_name_or_path)")
+    # The base CLIP's tokenizer and image processor need no remote code.
     tokenizer = model.tokenizer or AutoTokenizer.from_pretrained(source, trust_remote_code=False)
     image_processor = model.image_processor or load_image_processor(source, trust_remote_code=False)
     model.set_class_names(class_names, tokenizer, template=template)
