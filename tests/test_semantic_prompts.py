@@ -445,3 +445,138 @@ def test_tiny_random_lm_exercises_the_fallback(caplog):
     assert prompts[("cat", "lynx")].difference == "a photo of a cat, not a lynx."
     assert "No usable LM answer for the pair ('wolf', 'husky')" in caplog.text
     assert generator.generate(pairs) == prompts  # greedy decoding: same answer twice
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The trainer's use of the prompts: prepare_bank_and_prompts (mined pairs -> prompts -> T_com / T_dif -> centres)
+# ----------------------------------------------------------------------------------------------------------------
+
+PREP_NAMES = ["cat", "dog", "bird", "fish"]
+
+
+@pytest.fixture
+def prep(tiny_clip, tokenizer, tmp_path):
+    """A bank of 8 samples over 4 classes (some misclassified), a tiny zero-shot CLIP, and a runner of
+    `prepare_bank_and_prompts` with the trainer's argument objects."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from modeling_capt import CaptForImageClassification
+    from modeling_capt.confusion import CaptConfusionBank
+
+    labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    generator = torch.Generator().manual_seed(0)
+    probs = torch.randn(8, 4, generator=generator).softmax(-1)
+    embeds = torch.randn(8, 16, generator=generator)
+    zeroshot = CaptForImageClassification.from_clip(tiny_clip, PREP_NAMES, tokenizer=tokenizer)
+
+    def run(bank=None, **overrides):
+        if bank is None:
+            bank = CaptConfusionBank.from_tensors(torch.arange(8), labels, probs, embeds, PREP_NAMES)
+        args = dict(bank_path=None, bank_base_model=None, k_pairs=2, use_sem=True, pseudo_gt=True,
+                    confusion_statistics=True, symmetric_statistics=False, prompt_generator="template",
+                    prompt_file=None, prompt_lm=None, mgde_num_clusters=64)
+        args.update(overrides)
+        from trainers.capt_training import prepare_bank_and_prompts
+
+        return prepare_bank_and_prompts(
+            SimpleNamespace(is_main_process=True), SimpleNamespace(**args),
+            SimpleNamespace(seed=3, output_dir=str(tmp_path / "out"), per_device_eval_batch_size=8), zeroshot,
+            SimpleNamespace(dataset={"label": labels.tolist()}), None, tokenizer, PREP_NAMES, "a photo of a {}.",
+            None, None, bank=bank,
+        )
+
+    def mined(bank, k=2):
+        from modeling_capt.confusion import confusion_pairs
+
+        return [(PREP_NAMES[a], PREP_NAMES[b]) for a, b in confusion_pairs(bank, k)]
+
+    def embed(texts):
+        encoded = tokenizer(texts, padding="max_length", truncation=True, max_length=zeroshot.config.text_length,
+                            return_tensors="pt")
+        with torch.no_grad():
+            return zeroshot.encode_text(encoded["input_ids"], encoded["attention_mask"]).float()
+
+    return SimpleNamespace(run=run, mined=mined, embed=embed, zeroshot=zeroshot, tmp_path=tmp_path,
+                           bank=lambda: CaptConfusionBank.from_tensors(torch.arange(8), labels, probs, embeds,
+                                                                       PREP_NAMES))
+
+
+def _same_rows(a, b, atol=1e-5):
+    """`a` and `b` hold the same rows, in any order."""
+    import torch
+
+    return a.shape == b.shape and bool((torch.cdist(a, b).min(-1).values < atol).all()) and bool(
+        (torch.cdist(b, a).min(-1).values < atol).all()
+    )
+
+
+def test_prepare_embeds_the_mined_pairs_prompts_into_the_right_experts(prep):
+    """Each mined pair (lower class index first) gets its prompts; the commonality centres are built on the
+    L2-normalised features of the commonality prompts and the difference centres on those of the difference prompts
+    (with as many clusters as prompts, the centres are the features themselves); the prompts are stored with the
+    bank, in memory and on disk."""
+    import torch.nn.functional as F
+
+    from dataset_scripts.confusion_bank import load_bank
+
+    bank = prep.bank()
+    named = prep.mined(bank)
+    out_bank, state = prep.run(bank)
+
+    assert list(state.prompts) == named and len(named) > 2
+    assert all(PREP_NAMES.index(a) < PREP_NAMES.index(b) for a, b in named)
+    assert state.prompts == TemplatePromptGenerator().generate(named)
+    commonality = F.normalize(prep.embed([p.commonality for p in state.prompts.values()]), dim=-1)
+    difference = F.normalize(prep.embed([p.difference for p in state.prompts.values()]), dim=-1)
+    assert not _same_rows(commonality, difference)
+    assert _same_rows(state.commonality_centres, commonality)
+    assert _same_rows(state.difference_centres, difference)
+    assert state.num_clusters == len(named)
+
+    stored = [{"classes": list(pair), "commonality": p.commonality, "difference": p.difference, "source": "template"}
+              for pair, p in state.prompts.items()]
+    assert out_bank.semantic_prompts == stored
+    assert load_bank(prep.tmp_path / "out" / "confusion_bank").semantic_prompts == stored
+
+
+def test_prepare_clusters_with_the_runs_seed_and_cluster_count(prep):
+    import torch.nn.functional as F
+
+    from modeling_capt.confusion import kmeans
+
+    _, state = prep.run(mgde_num_clusters=2)
+    assert state.commonality_centres.shape == state.difference_centres.shape == (2, 16)
+    commonality = F.normalize(prep.embed([p.commonality for p in state.prompts.values()]), dim=-1)
+    assert _same_rows(state.commonality_centres, kmeans(commonality, 2, seed=3))
+
+
+def test_prepare_reuses_the_prompts_stored_with_a_bank_for_the_template_generator_only(prep):
+    bank = prep.bank()
+    named = prep.mined(bank)
+    bank.semantic_prompts = [
+        {"classes": list(named[0]), "commonality": "stored alike", "difference": "stored apart", "source": "lm"},
+        {"classes": ["fish", "nowhere"], "commonality": "unused", "difference": "unused", "source": "lm"},
+    ]
+    _, state = prep.run(bank)
+    assert state.prompts[named[0]] == SemanticPrompt("stored alike", "stored apart", "lm")
+    assert all(state.prompts[pair].source == "template" for pair in named[1:])
+    assert list(state.prompts) == named  # the stored prompt of a pair that is not mined is dropped
+    assert [item["classes"] for item in bank.semantic_prompts] == [list(pair) for pair in named]
+
+    # --prompt_generator json: the file answers every pair, in either order, whatever the bank stores
+    bank = prep.bank()
+    bank.semantic_prompts = [{"classes": list(named[0]), "commonality": "stored", "difference": "stored"}]
+    path = save_prompts({(b, a): SemanticPrompt(f"{b} and {a}", f"{b} not {a}", "json") for a, b in named},
+                        prep.tmp_path / "prompts.json")
+    _, state = prep.run(bank, prompt_generator="json", prompt_file=str(path))
+    assert state.prompts == {(a, b): SemanticPrompt(f"{b} and {a}", f"{b} not {a}", "json") for a, b in named}
+
+
+def test_prepare_without_sem_anchors_the_experts_on_the_class_prompts(prep):
+    import torch.nn.functional as F
+
+    _, state = prep.run(use_sem=False)
+    classes = F.normalize(prep.zeroshot.get_class_text_features().detach().float(), dim=-1)
+    assert _same_rows(state.commonality_centres, classes) and _same_rows(state.difference_centres, classes)
