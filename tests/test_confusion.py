@@ -473,7 +473,16 @@ def test_kmeans_recovers_separated_clusters():
     assert sorted(distance.argmin(-1).tolist()) == [0, 1, 2]
     assert torch.equal(centres, kmeans(points, 3, seed=1))
     assert kmeans(points[:2], 5).shape == (2, 2)
-    assert kmeans(torch.ones(4, 3), 2).shape == (2, 3)  # duplicates: no crash
+    assert torch.equal(kmeans(torch.ones(4, 3), 2), torch.ones(2, 3))  # duplicates: the emptied centre stays put
+
+
+def test_kmeans_initialisation_follows_the_seed_and_the_result_keeps_the_dtype():
+    points = torch.randn(20, 4, generator=torch.Generator().manual_seed(0))
+    first = {tuple(kmeans(points, 1, iters=0, seed=seed)[0].tolist()) for seed in range(8)}
+    assert len(first) > 1  # the k-means++ draw depends on the seed
+    assert all(any(torch.equal(torch.tensor(c), p) for p in points) for c in first)  # the first centre is a point
+    assert kmeans(points.double(), 3).dtype == torch.float64
+    assert kmeans(points.bfloat16(), 3).dtype == torch.bfloat16
 
 
 # ------------------------------------------------------------------ metrics
