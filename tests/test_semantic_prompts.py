@@ -183,6 +183,23 @@ def test_json_generator_absent_pair_is_an_error_or_uses_the_fallback(tmp_path, c
     assert "('wolf', 'husky')" in caplog.text
 
 
+def test_json_generator_names_class_names_the_file_spells_otherwise(tmp_path, caplog):
+    """A pair is absent because the file spells a class otherwise (case, spaces, a typo): the error says which
+    requested class the file never names and what the file has instead."""
+    path = _write(tmp_path, json.dumps({"pairs": [_entry(classes=["shirt", "T-Shirt"]),
+                                                  _entry(classes=["wolf", "huskey"])]}))
+    with pytest.raises(SemanticPromptFileError) as error:
+        JSONPromptGenerator(path).generate([("shirt", "t-shirt"), ("husky", "wolf"), ("cat", "wolf")])
+    message = str(error.value)
+    assert "no prompts for 3 requested pair(s)" in message
+    assert "'t-shirt' (did you mean 'T-Shirt'?)" in message and "'husky' (did you mean 'huskey'?)" in message
+    assert re.search(r"'cat'(?! \(did)", message) and "'wolf' (" not in message and "'shirt' (" not in message
+
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        JSONPromptGenerator(path, fallback="template").generate([("shirt", "t-shirt")])
+    assert "did you mean 'T-Shirt'?" in caplog.text
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Factory
 # ----------------------------------------------------------------------------------------------------------------

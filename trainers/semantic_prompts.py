@@ -66,6 +66,7 @@ True
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import os
@@ -381,12 +382,27 @@ class JSONPromptGenerator:
         prompt = self.prompts.get(pair)
         return prompt if prompt is not None else self.prompts.get((pair[1], pair[0]))
 
+    def _spelling_hint(self, missing: list[Pair]) -> str:
+        """Names the requested classes that no entry of the file names, with the file's closest spellings."""
+        known = sorted({name for pair in self.prompts for name in pair})
+        absent = [name for name in dict.fromkeys(name for pair in missing for name in pair) if name not in known]
+        if not absent:
+            return ""
+        hints = []
+        for name in absent[:5]:
+            folded = {other.casefold().strip(): other for other in known}
+            close = [folded[key] for key in difflib.get_close_matches(name.casefold().strip(), folded, n=1)]
+            hints.append(f"{name!r} (did you mean {close[0]!r}?)" if close else repr(name))
+        more = " ..." if len(absent) > 5 else ""
+        return f"; the file names no class {', '.join(hints)}{more}: class names must be spelled as the dataset's"
+
     def generate(self, pairs: Iterable[Pair]) -> dict[Pair, SemanticPrompt]:
         pairs = _validate_pairs(pairs)
         found = {pair: self._lookup(pair) for pair in pairs}
         missing = [pair for pair, prompt in found.items() if prompt is None]
         if missing:
             shown = ", ".join(repr(pair) for pair in missing[:5]) + (" ..." if len(missing) > 5 else "")
+            shown += self._spelling_hint(missing)
             if self.fallback is None:
                 raise SemanticPromptFileError(
                     f"{self.path}: no prompts for {len(missing)} requested pair(s): {shown}. Add them to the file "
