@@ -597,3 +597,26 @@ def test_prepare_without_sem_anchors_the_experts_on_the_class_prompts(prep):
     _, state = prep.run(use_sem=False)
     classes = F.normalize(prep.zeroshot.get_class_text_features().detach().float(), dim=-1)
     assert _same_rows(state.commonality_centres, classes) and _same_rows(state.difference_centres, classes)
+
+
+@pytest.mark.parametrize(
+    "stored, message",
+    [
+        ([{"pair": [0, 1], "commonality": "round", "difference": "red"}], r"pairs\[0\] is missing the field"),
+        ([{"classes": ["cat", "dog"], "commonality": "", "difference": "red"}], r"pairs\[0\]\.commonality must be"),
+        ([{"classes": ["cat", "dog"], "commonality": "a", "difference": "b"}] * 2, r"pairs\[1\] repeats the pair"),
+    ],
+)
+def test_prepare_refuses_malformed_prompts_stored_with_a_bank(prep, stored, message):
+    """The template generator reuses a bank's stored prompts: a malformed entry (another shape, an empty sentence, a
+    repeated pair) is a clear error naming the bank, not a KeyError or an empty prompt embedded silently."""
+    bank = prep.bank()
+    bank.semantic_prompts = stored
+    with pytest.raises(SemanticPromptFileError, match=r"the confusion bank \(stored semantic prompts\): " + message):
+        prep.run(bank)
+    bank.semantic_prompts = stored
+    _, state = prep.run(bank, prompt_generator="lm", prompt_lm=ScriptedPipeline())  # not reused: not checked
+    assert {prompt.source for prompt in state.prompts.values()} == {"lm"}
+    bank.semantic_prompts = stored
+    out_bank, state = prep.run(bank, use_sem=False)  # no prompts used: not checked, and kept with the bank
+    assert state.prompts == {} and out_bank.semantic_prompts == stored

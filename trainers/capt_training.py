@@ -41,7 +41,7 @@ from modeling_capt.confusion import (
     retrieve_representatives,
     select_confusion_classes,
 )
-from trainers.semantic_prompts import SemanticPrompt, get_prompt_generator
+from trainers.semantic_prompts import SemanticPromptFileError, get_prompt_generator, prompts_from_entries
 
 
 logger = logging.getLogger(__name__)
@@ -123,11 +123,18 @@ def _prompts_to_data(prompts: dict) -> list[dict]:
     ]
 
 
-def _prompts_from_data(data) -> dict:
-    return {
-        tuple(item["classes"]): SemanticPrompt(item["commonality"], item["difference"], item.get("source", "bank"))
-        for item in data or []
-    }
+def _prompts_from_data(data, where: str = "the confusion bank's semantic prompts") -> dict:
+    """The prompts stored with a bank, checked as a prompt file's `pairs` are (a malformed entry is an error, not a
+    KeyError or an empty sentence embedded silently)."""
+    if not data:
+        return {}
+    try:
+        return prompts_from_entries(data, where)
+    except SemanticPromptFileError as err:
+        raise SemanticPromptFileError(
+            f"{err} --prompt_generator template reuses the prompts stored with the bank (bank_metadata.json): fix or "
+            "remove them, or let --prompt_generator json or lm write every pair's prompts."
+        ) from None
 
 
 def check_bank_matches_training_set(bank: CaptConfusionBank, train_labels, class_names, train_dataset=None) -> None:
@@ -230,13 +237,16 @@ def prepare_bank_and_prompts(accelerator, capt_args, train_args, zeroshot, train
     if k < 1:
         raise ValueError("CAPT needs at least two training classes")
 
-    # Prompts stored with a loaded bank are reused, unless the run asks for a generator of its own (--prompt_generator
-    # json or lm): then that generator answers every pair, as the flags say.
-    prompts = _prompts_from_data(bank.semantic_prompts) if capt_args.prompt_generator == "template" else {}
-    if bank.semantic_prompts and not prompts:
-        logger.info("--prompt_generator %s: the semantic prompts stored with the bank are not used",
-                    capt_args.prompt_generator)
+    prompts = {}
     if capt_args.use_sem:
+        # Prompts stored with a loaded bank are reused, unless the run asks for a generator of its own
+        # (--prompt_generator json or lm): then that generator answers every pair, as the flags say.
+        if capt_args.prompt_generator == "template":
+            stored = f"{capt_args.bank_path or 'the confusion bank'} (stored semantic prompts)"
+            prompts = _prompts_from_data(bank.semantic_prompts, stored)
+        elif bank.semantic_prompts:
+            logger.info("--prompt_generator %s: the semantic prompts stored with the bank are not used",
+                        capt_args.prompt_generator)
         pairs = confusion_pairs(bank, k, pseudo_gt=capt_args.pseudo_gt, use_statistics=capt_args.confusion_statistics,
                                 symmetric=capt_args.symmetric_statistics)
         named = [(class_names[a], class_names[b]) for a, b in pairs]
@@ -249,9 +259,9 @@ def prepare_bank_and_prompts(accelerator, capt_args, train_args, zeroshot, train
         prompts = {pair: prompts[pair] for pair in named}
         commonality = _text_features(zeroshot, tokenizer, [p.commonality for p in prompts.values()])
         difference = _text_features(zeroshot, tokenizer, [p.difference for p in prompts.values()])
-    else:  # no semantic prompts: the semantic experts start from the class prompts
+        bank.semantic_prompts = _prompts_to_data(prompts)
+    else:  # no semantic prompts: the semantic experts start from the class prompts; the bank keeps what it stores
         commonality = difference = F.normalize(zeroshot.get_class_text_features().detach().float().cpu(), dim=-1)
-    bank.semantic_prompts = _prompts_to_data(prompts)
     clusters = max(1, min(capt_args.mgde_num_clusters, commonality.shape[0], difference.shape[0]))
     state = SemanticState(
         prompts=prompts,

@@ -215,7 +215,7 @@ _ENTRY_KEYS = {*_ENTRY_REQUIRED, "source"}
 _TOP_LEVEL_KEYS = {"version", "metadata", "pairs"}
 
 
-def _parse_prompt_document(document: Any, path: str) -> dict[Pair, SemanticPrompt]:
+def _parse_prompt_document(document: Any, path: str, default_source: str = "json") -> dict[Pair, SemanticPrompt]:
     def fail(problem: str) -> SemanticPromptFileError:
         return SemanticPromptFileError(f"{path}: {problem}")
 
@@ -262,7 +262,7 @@ def _parse_prompt_document(document: Any, path: str) -> dict[Pair, SemanticPromp
         if pair in prompts:
             raise fail(f"{where} repeats the pair {list(pair)}.")
         prompts[pair] = SemanticPrompt(
-            commonality=entry["commonality"], difference=entry["difference"], source=entry.get("source", "json")
+            commonality=entry["commonality"], difference=entry["difference"], source=entry.get("source", default_source)
         )
     return prompts
 
@@ -351,6 +351,24 @@ def save_prompts(
         Path(handle.name).unlink(missing_ok=True)
         raise
     return path
+
+
+def prompts_from_entries(entries: Any, where: str, default_source: str = "bank") -> dict[Pair, SemanticPrompt]:
+    """Reads prompts stored as a list of entries of the format's `pairs` list (how a confusion bank stores them),
+    with the checks of [`load_prompts`].
+
+    Args:
+        entries (`list[dict]`):
+            The entries (`classes`, `commonality`, `difference`, optional `source`).
+        where (`str`):
+            Names the entries' origin in error messages (e.g. the bank's folder).
+        default_source (`str`, *optional*, defaults to `"bank"`):
+            The `source` of an entry without one.
+
+    Raises:
+        `SemanticPromptFileError`: an entry breaks the format; the message starts with `where`.
+    """
+    return _parse_prompt_document({"pairs": entries}, where, default_source)
 
 
 class JSONPromptGenerator:
@@ -779,5 +797,6 @@ __all__ = [
     "get_prompt_generator",
     "load_prompts",
     "parse_semantic_answer",
+    "prompts_from_entries",
     "save_prompts",
 ]
