@@ -390,6 +390,7 @@ def test_lm_generator_falls_back_to_templates_without_crashing(respond, caplog):
         for pair, template in TemplatePromptGenerator().generate([("wolf", "husky"), ("cat", "lynx")]).items()
     }
     assert "('wolf', 'husky')" in caplog.text and "('cat', 'lynx')" in caplog.text
+    assert "2 of 2 pair(s) use fallback prompts" in caplog.text  # counted, not only logged pair by pair
 
 
 def test_lm_generator_sends_chat_messages_to_chat_models():
@@ -631,3 +632,30 @@ def test_prepare_refuses_malformed_prompts_stored_with_a_bank(prep, stored, mess
     bank.semantic_prompts = stored
     out_bank, state = prep.run(bank, use_sem=False)  # no prompts used: not checked, and kept with the bank
     assert state.prompts == {} and out_bank.semantic_prompts == stored
+
+
+def test_prompt_features_do_not_depend_on_the_batch_size(prep, tokenizer):
+    import torch
+
+    from trainers.capt_training import _text_features
+
+    texts = [f"a photo of a {name}, not a {other}." for name in PREP_NAMES for other in PREP_NAMES[:2]]
+    one_batch = _text_features(prep.zeroshot, tokenizer, texts)
+    assert one_batch.shape == (len(texts), 16)
+    assert torch.allclose(_text_features(prep.zeroshot, tokenizer, texts, batch_size=3), one_batch, atol=1e-6)
+
+
+def test_the_centres_reach_the_models_semantic_experts(prep, tiny_clip, tokenizer):
+    """What the trainer does with the state: a CAPT model with `num_clusters` centres per expert, each expert set
+    from its own centres."""
+    import torch
+
+    from modeling_capt import CaptAdapterConfig, CaptForImageClassification
+
+    _, state = prep.run()
+    model = CaptForImageClassification.from_clip(
+        tiny_clip, PREP_NAMES, tokenizer=tokenizer, adapter_config=CaptAdapterConfig(mgde_num_clusters=state.num_clusters)
+    )
+    model.init_semantic_experts(state.commonality_centres, state.difference_centres)
+    assert torch.equal(model.mgde.commonality_expert.centres, state.commonality_centres)
+    assert torch.equal(model.mgde.difference_expert.centres, state.difference_centres)
