@@ -110,7 +110,10 @@ def compile_vision(model, backend: str = "inductor") -> None:
         model.mgde.compile(backend=backend)
 
 
-def build_optimizer(model, train_args, steps_per_epoch):
+def build_optimizer(model, train_args, steps_per_epoch, scheduler_steps_per_update=1):
+    """The optimizer over the trainable parameters and its learning-rate schedule, laid out in optimizer steps
+    (`steps_per_epoch` of them per epoch). The scheduler is stepped `scheduler_steps_per_update` times per optimizer
+    step: Accelerate's `AcceleratedScheduler` steps it once per process."""
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("The model has no trainable parameters")
@@ -119,9 +122,10 @@ def build_optimizer(model, train_args, steps_per_epoch):
     else:
         optimizer = torch.optim.AdamW(params, lr=train_args.learning_rate, weight_decay=train_args.weight_decay)
     total = max(1, train_args.num_train_epochs * steps_per_epoch)
-    warmup = min(train_args.warmup_epochs * steps_per_epoch, total - 1)
+    warmup = min(train_args.warmup_epochs * steps_per_epoch, total - 1)  # at least the last step at the peak
 
     def lr_lambda(step):  # CoOp: constant 1e-5 warmup, then cosine from the peak
+        step = step // scheduler_steps_per_update  # the optimizer step
         if step < warmup:
             return 1e-5 / train_args.learning_rate
         progress = (step - warmup) / max(1, total - warmup)
@@ -311,9 +315,9 @@ def train_model(model, bank, splits, train_rows, image_processor, accelerator, m
         )
     shuffle_generator = train_loader.generator  # the sampler's; `prepare` keeps the same object
     steps_per_epoch = math.ceil(len(train_loader) / (accelerator.num_processes * train_args.gradient_accumulation_steps))
-    # The prepared scheduler steps `num_processes` times per optimizer step (Accelerate's AcceleratedScheduler), so
-    # the schedule is laid out in those steps: the same learning rate per optimizer step whatever the process count.
-    optimizer, scheduler = build_optimizer(model, train_args, steps_per_epoch * accelerator.num_processes)
+    # The prepared scheduler steps `num_processes` times per optimizer step (Accelerate's AcceleratedScheduler): the
+    # schedule counts optimizer steps, so the learning rate per optimizer step is the same whatever the process count.
+    optimizer, scheduler = build_optimizer(model, train_args, steps_per_epoch, accelerator.num_processes)
     model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
     start_epoch = 0
     if train_args.report_to != "none":
