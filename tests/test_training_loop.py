@@ -4,15 +4,17 @@ gradient accumulation, the running alpha, and which epoch's weights are saved.""
 from __future__ import annotations
 
 import math
+import os
 from types import SimpleNamespace
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from modeling_capt import CaptAdapterConfig, CaptForImageClassification
-from trainers.train_capt import build_optimizer
+from trainers.train_capt import build_optimizer, main
 
-from conftest import CLASS_NAMES
+from conftest import CLASS_NAMES, reset_accelerate, write_image_dataset
 
 
 def optimizer_args(**overrides):
@@ -71,3 +73,58 @@ def test_schedule_per_optimizer_step_does_not_depend_on_the_process_count():
             rates, after = learning_rates(args, 3, processes)
             assert rates == pytest.approx(single, rel=1e-12), (warmup_epochs, processes)
             assert after == pytest.approx(single_after, abs=1e-15)
+
+
+# --------------------------------------------------------------------------------------------------- the loop
+@pytest.fixture
+def loop_args(tmp_path, tiny_clip_dir):
+    paths = write_image_dataset(tmp_path / "data")
+    return [
+        "--model_name_or_path", tiny_clip_dir,
+        "--train_dir", os.path.dirname(paths["train"]), "--test_dir", os.path.dirname(paths["test"]),
+        "--shots", "4", "--num_train_epochs", "2", "--per_device_eval_batch_size", "16", "--heatmap", "false",
+    ]  # 3 base classes x 4 shots: 12 training images
+
+
+def trained_weights(folder) -> dict:
+    return load_file(os.path.join(folder, "model.safetensors"))
+
+
+def test_gradient_accumulation_trains_as_the_larger_batch(loop_args, tmp_path):
+    """Batches of 2 accumulated twice are one optimizer step on a batch of 4: the loss is scaled once, the gradients
+    are summed before the step, the scheduler steps per optimizer step, and the running alpha counts every sample
+    once. CAPT without MGDE (whose router noise and dropout draw per forward) is deterministic."""
+    flags = ["--method", "capt", "--no_use_mgde", "--save_every_epochs", "0"]
+    main(loop_args + flags + ["--output_dir", str(tmp_path / "big"), "--per_device_train_batch_size", "4"])
+    reset_accelerate()
+    main(loop_args + flags + ["--output_dir", str(tmp_path / "accumulated"), "--per_device_train_batch_size", "2",
+                              "--gradient_accumulation_steps", "2"])
+    big, accumulated = trained_weights(tmp_path / "big" / "model"), trained_weights(tmp_path / "accumulated" / "model")
+    assert big.keys() == accumulated.keys()
+    adapter_weights = [name for name in big if "adapter" in name and name.endswith("weight")]
+    assert adapter_weights
+    assert max(big[name].abs().max().item() for name in adapter_weights if "out_proj" in name) > 1e-4  # it trained
+    for name in big:
+        torch.testing.assert_close(accumulated[name], big[name], rtol=1e-4, atol=1e-7, msg=name)
+    counts = [big[name] for name in big if name.endswith("alpha_count")]
+    assert counts and all(int(count) == 2 * 12 for count in counts)  # 2 epochs x 12 samples, each counted once
+
+
+def test_partial_accumulation_window_is_an_optimizer_step_and_the_last_epoch_is_kept(loop_args, tmp_path):
+    """6 batches of 2 accumulated 4 at a time: each epoch ends on a partial window of 2, which is flushed as an
+    optimizer step; the schedule counts it, so the learning rate reaches 0 right after the run's last step. The saved
+    model is the last epoch's."""
+    out = tmp_path / "out"
+    main(loop_args + ["--method", "coop", "--output_dir", str(out), "--per_device_train_batch_size", "2",
+                      "--gradient_accumulation_steps", "4", "--save_total_limit", "0"])
+    for epoch in (1, 2):
+        state = torch.load(out / "checkpoints" / f"epoch_{epoch}" / "scheduler.bin", weights_only=True)
+        assert state["last_epoch"] == 2 * epoch  # ceil(6 / 4) = 2 optimizer steps per epoch
+    assert state["_last_lr"] == [pytest.approx(0.0, abs=1e-12)]
+    final = trained_weights(out / "model")
+    last, first = (trained_weights(out / "checkpoints" / f"epoch_{e}") for e in (2, 1))
+    context = [name for name in final if "prompt_context" in name]
+    assert context
+    for name in context:
+        torch.testing.assert_close(final[name], last[name], rtol=0, atol=0)
+        assert not torch.equal(final[name], first[name])
