@@ -19,6 +19,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import REPO_ROOT, write_image_dataset
 
@@ -79,3 +80,13 @@ def test_two_cpu_processes_evaluate_every_sample_once_and_train_as_one(tmp_path,
                     "per_class_accuracy"):
             assert double[name][key] == single[name][key], (name, key, double[name][key], single[name][key])
     assert double["capt"]["correction_rate"] == single["capt"]["correction_rate"]
+    # ... and so are the trained weights, and the running alpha (the inference alpha), which each process folds every
+    # process's samples into: 2 epochs x 12 training images, each counted once
+    from safetensors.torch import load_file
+
+    weights = {processes: load_file(tmp_path / f"out-{processes}" / "model" / "model.safetensors") for processes in runs}
+    assert weights[1].keys() == weights[2].keys()
+    for name in weights[1]:
+        torch.testing.assert_close(weights[2][name], weights[1][name], rtol=1e-4, atol=1e-6, msg=name)
+    counts = [name for name in weights[1] if name.endswith("alpha_count")]
+    assert counts and all(int(weights[2][name]) == int(weights[1][name]) == 2 * 12 for name in counts)
