@@ -510,7 +510,7 @@ def prep(tiny_clip, tokenizer, tmp_path):
         from trainers.capt_training import prepare_bank_and_prompts
 
         return prepare_bank_and_prompts(
-            SimpleNamespace(is_main_process=True), SimpleNamespace(**args),
+            SimpleNamespace(is_main_process=True, num_processes=1, device=torch.device("cpu")), SimpleNamespace(**args),
             SimpleNamespace(seed=3, output_dir=str(tmp_path / "out"), per_device_eval_batch_size=8), zeroshot,
             SimpleNamespace(dataset={"label": labels.tolist()}), None, tokenizer, PREP_NAMES, "a photo of a {}.",
             None, None, bank=bank,
@@ -632,6 +632,41 @@ def test_prepare_refuses_malformed_prompts_stored_with_a_bank(prep, stored, mess
     bank.semantic_prompts = stored
     out_bank, state = prep.run(bank, use_sem=False)  # no prompts used: not checked, and kept with the bank
     assert state.prompts == {} and out_bank.semantic_prompts == stored
+
+
+def test_lm_prompts_are_generated_once_by_the_main_process_of_a_multi_process_run(tmp_path, monkeypatch):
+    """With several processes only the main one runs the LM (on the run's device) and shares its prompts through a
+    prompt file; the others read them (each used to load its own LM, all onto the pipeline's default device)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from trainers import capt_training
+
+    calls = []
+
+    def fake_generator(kind, **kwargs):
+        calls.append((kind, kwargs))
+        return SimpleNamespace(generate=lambda pairs: TemplatePromptGenerator().generate(pairs))
+
+    monkeypatch.setattr(capt_training, "get_prompt_generator", fake_generator)
+    args = SimpleNamespace(prompt_generator="lm", prompt_file=None, prompt_lm="/models/llm")
+    pairs = [("cat", "dog"), ("bird", "fish")]
+    expected = TemplatePromptGenerator().generate(pairs)
+    waits = []
+
+    def process(main):
+        return SimpleNamespace(is_main_process=main, num_processes=2, device=torch.device("cpu"),
+                               wait_for_everyone=lambda: waits.append(main))
+
+    assert capt_training.generate_semantic_prompts(process(True), args, str(tmp_path), pairs) == expected
+    assert len(calls) == 1 and calls[0][1]["pipeline_kwargs"] == {"device": torch.device("cpu")}
+    assert (tmp_path / capt_training.SHARED_LM_PROMPTS).is_file()
+    assert capt_training.generate_semantic_prompts(process(False), args, str(tmp_path), pairs) == expected
+    assert len(calls) == 1 and waits == [True, False]  # the other process waited, then read; it ran no LM
+    single = SimpleNamespace(is_main_process=True, num_processes=1, device=torch.device("cpu"))
+    assert capt_training.generate_semantic_prompts(single, args, str(tmp_path / "one"), pairs) == expected
+    assert len(calls) == 2 and not (tmp_path / "one").exists()  # one process: no shared file
 
 
 def test_prompt_features_do_not_depend_on_the_batch_size(prep, tokenizer):

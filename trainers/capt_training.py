@@ -41,7 +41,9 @@ from modeling_capt.confusion import (
     retrieve_representatives,
     select_confusion_classes,
 )
-from trainers.semantic_prompts import SemanticPromptFileError, get_prompt_generator, prompts_from_entries
+from trainers.semantic_prompts import (
+    SemanticPromptFileError, get_prompt_generator, load_prompts, prompts_from_entries, save_prompts,
+)
 
 
 logger = logging.getLogger(__name__)
@@ -201,6 +203,33 @@ def load_bank_for_training(bank_path, train_dataset, class_names, template) -> C
     return bank
 
 
+#: Where the main process leaves the LM's prompts for the other processes of a multi-process run.
+SHARED_LM_PROMPTS = "lm_semantic_prompts.json"
+
+
+def generate_semantic_prompts(accelerator, capt_args, output_dir, pairs) -> dict:
+    """The prompts of `pairs` from the run's `--prompt_generator`.
+
+    A language model (`lm`) runs on the run's device, and in a multi-process run on the main process only: it writes
+    the prompts to `OUTPUT_DIR/lm_semantic_prompts.json` (the prompt file format, atomically) and the other processes
+    read them there. Every process loading its own copy of the LM (all onto the first GPU, the pipeline's default) and
+    writing the same prompts again would cost memory and time for nothing.
+    """
+    def generate():
+        extra = {"pipeline_kwargs": {"device": accelerator.device}} if capt_args.prompt_generator == "lm" else {}
+        generator = get_prompt_generator(capt_args.prompt_generator, prompt_file=capt_args.prompt_file,
+                                         prompt_lm=capt_args.prompt_lm, **extra)
+        return generator.generate(pairs)
+
+    if capt_args.prompt_generator != "lm" or accelerator.num_processes == 1:
+        return generate()
+    shared = os.path.join(output_dir, SHARED_LM_PROMPTS)
+    if accelerator.is_main_process:
+        save_prompts(generate(), shared)
+    accelerator.wait_for_everyone()
+    return load_prompts(shared)
+
+
 def prepare_bank_and_prompts(accelerator, capt_args, train_args, zeroshot, train_rows, image_processor, tokenizer,
                              class_names, template, model_args, make_loader, bank=None):
     """Build (or load) the Confusion Bank, mine the semantic confusion pairs and embed their prompts.
@@ -252,10 +281,7 @@ def prepare_bank_and_prompts(accelerator, capt_args, train_args, zeroshot, train
         named = [(class_names[a], class_names[b]) for a, b in pairs]
         missing = [pair for pair in named if pair not in prompts]
         if missing:
-            generator = get_prompt_generator(
-                capt_args.prompt_generator, prompt_file=capt_args.prompt_file, prompt_lm=capt_args.prompt_lm
-            )
-            prompts.update(generator.generate(missing))
+            prompts.update(generate_semantic_prompts(accelerator, capt_args, train_args.output_dir, missing))
         prompts = {pair: prompts[pair] for pair in named}
         commonality = _text_features(zeroshot, tokenizer, [p.commonality for p in prompts.values()])
         difference = _text_features(zeroshot, tokenizer, [p.difference for p in prompts.values()])
