@@ -85,6 +85,17 @@ def pixel_batch(image_processor, n: int = 3, seed: int = 0) -> torch.Tensor:
     return image_processor(images=random_images(n, seed), return_tensors="pt")["pixel_values"]
 
 
+def small_run_args(tmp_path, clip_dir) -> list[str]:
+    """Trainer flags for a 2-epoch, 4-shot run of `clip_dir` on `write_image_dataset` splits under `tmp_path/data`
+    (3 base classes x 4 shots: 12 training images); no output folder, no heatmap."""
+    paths = write_image_dataset(tmp_path / "data")
+    return [
+        "--model_name_or_path", clip_dir,
+        "--train_dir", os.path.dirname(paths["train"]), "--test_dir", os.path.dirname(paths["test"]),
+        "--shots", "4", "--num_train_epochs", "2", "--per_device_eval_batch_size", "16", "--heatmap", "false",
+    ]
+
+
 def write_image_dataset(root, class_names=CLASS_NAMES, per_class_train=6, per_class_test=3, seed=0):
     """Parquet train/test splits of class-coloured noise images with a ClassLabel `label` column."""
     import datasets

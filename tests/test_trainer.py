@@ -16,18 +16,12 @@ from trainers.args import layers_to_transform, parse_args
 from trainers.metrics import ClassificationMetrics, classification_metrics, confusion_matrix, harmonic_mean
 from trainers.train_capt import main
 
-from conftest import CLASS_NAMES, write_image_dataset, reset_accelerate
+from conftest import CLASS_NAMES, reset_accelerate, small_run_args
 
 
 @pytest.fixture
 def run_args(tmp_path, tiny_clip_dir):
-    paths = write_image_dataset(tmp_path / "data")
-    return [
-        "--model_name_or_path", tiny_clip_dir,
-        "--train_dir", os.path.dirname(paths["train"]), "--test_dir", os.path.dirname(paths["test"]),
-        "--output_dir", str(tmp_path / "out"), "--shots", "4", "--num_train_epochs", "2",
-        "--per_device_eval_batch_size", "16", "--heatmap", "false",
-    ]
+    return small_run_args(tmp_path, tiny_clip_dir) + ["--output_dir", str(tmp_path / "out")]
 
 
 # --------------------------------------------------------------------------------------------------- arguments

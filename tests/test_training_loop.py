@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from modeling_capt import CaptAdapterConfig, CaptForImageClassification
 from trainers.train_capt import build_optimizer, main
 
-from conftest import CLASS_NAMES, reset_accelerate, write_image_dataset
+from conftest import CLASS_NAMES, reset_accelerate, small_run_args
 
 
 def optimizer_args(**overrides):
@@ -78,12 +78,7 @@ def test_schedule_per_optimizer_step_does_not_depend_on_the_process_count():
 # --------------------------------------------------------------------------------------------------- the loop
 @pytest.fixture
 def loop_args(tmp_path, tiny_clip_dir):
-    paths = write_image_dataset(tmp_path / "data")
-    return [
-        "--model_name_or_path", tiny_clip_dir,
-        "--train_dir", os.path.dirname(paths["train"]), "--test_dir", os.path.dirname(paths["test"]),
-        "--shots", "4", "--num_train_epochs", "2", "--per_device_eval_batch_size", "16", "--heatmap", "false",
-    ]  # 3 base classes x 4 shots: 12 training images
+    return small_run_args(tmp_path, tiny_clip_dir)  # 3 base classes x 4 shots: 12 training images
 
 
 def trained_weights(folder) -> dict:
