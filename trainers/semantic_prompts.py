@@ -424,7 +424,8 @@ class JSONPromptGenerator:
             if self.fallback is None:
                 raise SemanticPromptFileError(
                     f"{self.path}: no prompts for {len(missing)} requested pair(s): {shown}. Add them to the file "
-                    "or build the generator with fallback='template'."
+                    "(the trainer needs every pair it mines there), or, from Python, build the generator with "
+                    "fallback='template'."
                 )
             logger.warning(
                 "%s: no prompts for %d pair(s) (%s); using %s for them.",
