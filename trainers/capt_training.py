@@ -239,11 +239,9 @@ def prepare_bank_and_prompts(accelerator, capt_args, train_args, zeroshot, train
 
     Returns `(bank, SemanticState)`. The bank (with its prompts) is saved to `OUTPUT_DIR/confusion_bank`.
     """
-    if bank is not None:
-        check_bank_matches_training_set(bank, train_rows.dataset["label"], class_names)  # checked in full already
-    elif capt_args.bank_path:
+    if bank is None and capt_args.bank_path:
         bank = load_bank_for_training(capt_args.bank_path, train_rows.dataset, class_names, template)
-    else:
+    elif bank is None:
         base_model, base_id = zeroshot, f"zero-shot {model_args.model_name_or_path}"
         if capt_args.bank_base_model:
             base_model = CaptForImageClassification.from_pretrained(capt_args.bank_base_model).to(accelerator.device)

@@ -139,7 +139,12 @@ def _epoch_folders(root) -> list[str]:
     if not os.path.isdir(root):
         return []
     names = [d for d in os.listdir(root) if re.fullmatch(r"epoch_\d+", d) and os.path.isdir(os.path.join(root, d))]
-    return sorted(names, key=lambda d: int(d.split("_")[1]))
+    return sorted(names, key=_epoch_number)
+
+
+def _epoch_number(folder_name: str) -> int:
+    """N of an `epoch_N` checkpoint folder."""
+    return int(folder_name.split("_")[1])
 
 
 def _prune_checkpoints(root, keep, newest: int | None = None):
@@ -154,8 +159,7 @@ def _prune_checkpoints(root, keep, newest: int | None = None):
         return
     done = _epoch_folders(root)
     if newest is not None:
-        epoch = lambda name: int(name.split("_")[1])  # noqa: E731
-        done = [d for d in done if epoch(d) > newest] + [d for d in done if epoch(d) <= newest]
+        done = [d for d in done if _epoch_number(d) > newest] + [d for d in done if _epoch_number(d) <= newest]
     for old in done[:-keep]:
         shutil.rmtree(os.path.join(root, old), ignore_errors=True)
 
