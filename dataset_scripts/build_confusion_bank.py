@@ -25,7 +25,7 @@ from transformers import PretrainedConfig
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dataset_scripts.confusion_bank import METADATA_FILE, push_bank_to_hub, save_bank  # noqa: E402
+from dataset_scripts.confusion_bank import check_bank_output_dir, push_bank_to_hub, save_bank  # noqa: E402
 from dataset_scripts.data_fingerprint import training_set_fingerprint  # noqa: E402
 from modeling_capt import CaptForImageClassification, load_image_processor  # noqa: E402
 from trainers.args import EMBEDDED_MODEL, DataArguments, check_local_path  # noqa: E402
@@ -77,10 +77,7 @@ def main(argv=None):
     check_local_path("dataset_name", args.dataset_name)
     for flag in ("data_dir", "train_dir", "test_dir"):
         check_local_path(flag, getattr(args, flag), always_local=True)
-    if os.path.isdir(args.output_dir) and os.listdir(args.output_dir) and not os.path.isfile(
-            os.path.join(args.output_dir, METADATA_FILE)):  # save_bank refuses it too, but only after the work
-        raise ValueError(f"--output_dir {args.output_dir} is a non-empty folder that holds no Confusion Bank; "
-                         "refusing to replace it")
+    check_bank_output_dir(args.output_dir)  # save_bank checks it too, but only after the work
     splits = prepare_splits(data_args, args.seed)
     class_names = splits["train_names"]
     device = torch.device(args.device if args.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu")

@@ -138,6 +138,14 @@ def _dataset_card(bank: CaptConfusionBank, metadata: dict[str, Any], num_bytes: 
     )
 
 
+def check_bank_output_dir(output_dir: str | os.PathLike) -> None:
+    """Raise a `ValueError` if `output_dir` is a non-empty folder that is not a saved bank: [`save_bank`] replaces
+    the folder as a whole, so it never takes the place of other files. Call it early to refuse before any work."""
+    output_dir = Path(output_dir)
+    if output_dir.exists() and any(output_dir.iterdir()) and not (output_dir / METADATA_FILE).is_file():
+        raise ValueError(f"{output_dir} is a non-empty folder that holds no Confusion Bank; refusing to replace it")
+
+
 def save_bank(bank: CaptConfusionBank, output_dir: str | os.PathLike, semantic_prompts: Any = None) -> Path:
     r"""Write a bank as a Parquet dataset with its card and metadata, atomically.
 
@@ -158,8 +166,7 @@ def save_bank(bank: CaptConfusionBank, output_dir: str | os.PathLike, semantic_p
         `Path` of `output_dir`.
     """
     output_dir = Path(output_dir)
-    if output_dir.exists() and any(output_dir.iterdir()) and not (output_dir / METADATA_FILE).is_file():
-        raise ValueError(f"{output_dir} is a non-empty folder that holds no Confusion Bank; refusing to replace it")
+    check_bank_output_dir(output_dir)
     if semantic_prompts is None:
         semantic_prompts = bank.semantic_prompts
     metadata = _metadata(bank, semantic_prompts)
@@ -305,4 +312,4 @@ def push_bank_to_hub(
     )
 
 
-__all__ = ["bank_features", "bank_to_dataset", "load_bank", "push_bank_to_hub", "save_bank"]
+__all__ = ["bank_features", "bank_to_dataset", "check_bank_output_dir", "load_bank", "push_bank_to_hub", "save_bank"]

@@ -406,9 +406,9 @@ class JSONPromptGenerator:
         absent = [name for name in dict.fromkeys(name for pair in missing for name in pair) if name not in known]
         if not absent:
             return ""
+        folded = {other.casefold().strip(): other for other in known}
         hints = []
         for name in absent[:5]:
-            folded = {other.casefold().strip(): other for other in known}
             close = [folded[key] for key in difflib.get_close_matches(name.casefold().strip(), folded, n=1)]
             hints.append(f"{name!r} (did you mean {close[0]!r}?)" if close else repr(name))
         more = " ..." if len(absent) > 5 else ""
