@@ -1,10 +1,10 @@
 #!/usr/bin/env python
 """Confusion Bank costs: building it against plain inference, and retrieval time against bank size.
 
-1. Building: `trainers.capt_training.build_bank` (the base model's forward, softmax, embeddings gathered to the CPU,
+1. Building: `dataset_scripts.bank.build_bank` (the base model's forward, softmax, embeddings gathered to the CPU,
    the bank and its index) against plain zero-shot inference (forward + argmax) over the same preprocessed batches,
    alternating. `bank_build_ratio` is the bank's throughput over plain inference (1.0: building costs nothing extra).
-2. Retrieval: `modeling_capt.confusion.retrieve_representatives` (the Sample Confusion Miner's one matmul + scatter
+2. Retrieval: `trainers.confusion.retrieve_representatives` (the Sample Confusion Miner's one matmul + scatter
    per step) for one training batch, on synthetic banks of 10^3 .. 10^6 samples with the model's embedding size.
    `retrieval_loglog_slope` is the least-squares slope of log(time) against log(bank size): 1 is linear. Each size
    also times both of its paths forced (dense: one `B x pool` score matrix; per-class: one matmul per requested
@@ -27,10 +27,11 @@ from benchmark_utils import (
     build_clip, class_names, clock_for, describe_run, image_processor_for, interleaved, median, paired_ratio,
     parse_args, print_table, synthetic_image_dataset, torch_dtype, zero_shot_model,
 )
-from modeling_capt import confusion
-from modeling_capt.confusion import CaptConfusionBank, retrieve_representatives, select_confusion_classes
-from trainers.capt_training import build_bank
-from trainers.data import IndexedImageDataset
+from trainers import confusion
+from dataset_scripts.bank import CaptConfusionBank
+from trainers.confusion import retrieve_representatives, select_confusion_classes
+from dataset_scripts.bank import build_bank
+from dataset_scripts.data import IndexedImageDataset
 
 
 def add_arguments(parser):
@@ -88,8 +89,7 @@ def bench_building(args, clip, tokenizer, clock):
 
     def bank_building():
         with autocast:
-            build_bank(model, rows, processor, batch_size, names, model.config.template, "zero-shot",
-                       lambda *_args, **_kwargs: batches)
+            build_bank(model, rows, processor, batch_size, names, model.config.template, "zero-shot", loader=batches)
 
     with torch.inference_mode(), autocast:
         model.get_class_text_features()  # cached before timing, for both (in the precision they run in)
@@ -180,7 +180,7 @@ def main(argv=None):
                 [[size, pool, auto * 1000, auto / pool * 1e9, chosen, dense * 1000, per_class * 1000]
                  for size, pool, auto, dense, per_class, chosen in retrieval])
     print(f"the dense path runs up to {confusion.DENSE_RETRIEVAL_MAX_SCORES} query x pool scores "
-          f"(modeling_capt.confusion.DENSE_RETRIEVAL_MAX_SCORES); {crossover(retrieval, args.retrieval_batch)}")
+          f"(trainers.confusion.DENSE_RETRIEVAL_MAX_SCORES); {crossover(retrieval, args.retrieval_batch)}")
     ratio = paired_ratio(times["inference"], times["bank"])
     print(f"bank_build_ratio={ratio:.3f}")
     print(f"retrieval_loglog_slope={slope:.3f}")

@@ -24,10 +24,10 @@ from benchmark_utils import (
     median, paired_ratios, parse_args, print_ratio_spread, print_table, synthetic_image_dataset, zero_shot_model,
 )
 from trainers.args import CaptArguments
-from trainers.capt_training import CaptStep, build_bank
-from trainers.data import ImageClassificationCollator, IndexedImageDataset
+from dataset_scripts.bank import build_bank
+from trainers.capt_training import CaptStep
+from dataset_scripts.data import ImageClassificationCollator, IndexedImageDataset
 from trainers.prefix_cache import FrozenPrefixCache
-from trainers.train_capt import make_loader
 
 
 def add_arguments(parser):
@@ -55,7 +55,7 @@ def main(argv=None):
     accelerator = accelerator_for(args)
 
     zeroshot = zero_shot_model(clip, tokenizer, names).to(accelerator.device)
-    bank = build_bank(zeroshot, rows, processor, 32, names, zeroshot.config.template, "zero-shot", make_loader)
+    bank = build_bank(zeroshot, rows, processor, 32, names, zeroshot.config.template, "zero-shot")
     del zeroshot
     layers = [int(part) for part in args.layers.split(",")]
     model = capt_model(clip, tokenizer, names, layers=layers).to(accelerator.device).train()

@@ -25,14 +25,13 @@ from transformers import PretrainedConfig
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from dataset_scripts.bank import build_bank, top_confused_pairs  # noqa: E402
 from dataset_scripts.confusion_bank import check_bank_output_dir, push_bank_to_hub, save_bank  # noqa: E402
 from dataset_scripts.data_fingerprint import training_set_fingerprint  # noqa: E402
+from dataset_scripts.data import (  # noqa: E402
+    EMBEDDED_MODEL, DataArguments, IndexedImageDataset, check_local_path, prepare_splits, resolve_template,
+)
 from modeling_capt import CaptForImageClassification, load_image_processor  # noqa: E402
-from trainers.args import EMBEDDED_MODEL, DataArguments, check_local_path  # noqa: E402
-from trainers.capt_training import build_bank  # noqa: E402
-from trainers.data import IndexedImageDataset, prepare_splits  # noqa: E402
-from trainers.metrics import top_confused_pairs  # noqa: E402
-from trainers.train_capt import make_loader, resolve_template  # noqa: E402
 
 
 logger = logging.getLogger("capt.bank")
@@ -100,12 +99,12 @@ def main(argv=None):
 
     rows = IndexedImageDataset(splits["train"], "train")
     fingerprint = training_set_fingerprint(splits["train"])  # the trainer checks it when it loads the bank
-    bank = build_bank(model, rows, image_processor, args.batch_size, class_names, template, base_id, make_loader,
+    bank = build_bank(model, rows, image_processor, args.batch_size, class_names, template, base_id,
                       data_fingerprint=fingerprint)
     path = save_bank(bank, args.output_dir)
     print(f"confusion bank: {len(bank)} samples, {bank.num_misclassified} misclassified by {base_id}")
-    for pair in top_confused_pairs(bank.confusion_matrix.cpu(), class_names):
-        print(f"  {pair['true']} -> {pair['predicted']}: {pair['count']}")
+    for true, predicted, count in top_confused_pairs(bank.confusion_matrix.cpu(), class_names):
+        print(f"  {true} -> {predicted}: {count}")
     print(f"saved to {path}")
     if args.push_to_hub:
         push_bank_to_hub(args.output_dir, args.push_to_hub, private=args.private or None)

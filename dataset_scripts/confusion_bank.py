@@ -23,6 +23,7 @@ so `datasets.load_dataset(folder_or_repo)` reads it like any dataset, and `load_
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -35,12 +36,14 @@ from datasets import ClassLabel, Features, List, Value
 from huggingface_hub import HfApi, snapshot_download
 
 from dataset_scripts.atomic_io import write_directory_atomic
-from modeling_capt.confusion import CaptConfusionBank, top_confused_pairs
+from dataset_scripts.bank import CaptConfusionBank, check_bank_matches_training_set, top_confused_pairs
 
 
 DATA_FILE = "data/train-00000-of-00001.parquet"
 METADATA_FILE = "bank_metadata.json"
 CARD_FILE = "README.md"
+
+logger = logging.getLogger(__name__)
 
 
 def bank_features(class_names: list[str], num_classes: int, embed_dim: int) -> Features:
@@ -220,7 +223,7 @@ def load_bank(
 
     Returns:
         `CaptConfusionBank`, with `semantic_prompts` and `data_fingerprint` set from the metadata. The fingerprint is
-        not checked here (no training set is given): `trainers.capt_training.check_bank_matches_training_set` does.
+        not checked here (no training set is given): `dataset_scripts.bank.check_bank_matches_training_set` does.
     """
     folder = Path(path_or_repo_id)
     if not folder.is_dir():
@@ -311,5 +314,14 @@ def push_bank_to_hub(
         repo_id=repo_id, folder_path=str(output_dir), repo_type="dataset", commit_message=commit_message
     )
 
+
+
+def load_bank_for_training(bank_path, train_dataset, class_names, template) -> CaptConfusionBank:
+    """Load the `--bank_path` bank and check it against the training set (`check_bank_matches_training_set`,
+    fingerprint included): the trainer calls it before the zero-shot evaluation, so a wrong bank costs no work."""
+    bank = load_bank(bank_path, class_names=class_names, template=template)
+    check_bank_matches_training_set(bank, train_dataset["label"], class_names, train_dataset)
+    logger.info("loaded the confusion bank from %s (%d samples)", bank_path, len(bank))
+    return bank
 
 __all__ = ["bank_features", "bank_to_dataset", "check_bank_output_dir", "load_bank", "push_bank_to_hub", "save_bank"]

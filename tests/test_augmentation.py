@@ -14,7 +14,7 @@ from PIL import Image
 
 from trainers import train_capt
 from trainers.args import parse_args
-from trainers.data import ImageClassificationCollator, RandomResizedCropFlip, processor_crop_size
+from dataset_scripts.data import ImageClassificationCollator, RandomResizedCropFlip, processor_crop_size
 from trainers.train_capt import main
 
 from conftest import write_image_dataset

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from conftest import CLASS_NAMES
 from modeling_capt import CaptAdapterConfig, CaptForImageClassification
-from modeling_capt.confusion import CaptConfusionBank
+from dataset_scripts.bank import CaptConfusionBank
 from trainers.capt_training import CaptStep
 
 
@@ -78,7 +78,7 @@ def setup(tiny_clip, tokenizer):
 def mined_classes(bank, j, y, args):
     """Sample `j`'s confusion classes as the flags say: with SEM, the score S and the pseudo-GT as configured; without
     SEM, the base model's most probable wrong classes (no statistics, true label)."""
-    from modeling_capt.confusion import select_confusion_classes
+    from trainers.confusion import select_confusion_classes
 
     if args.use_sem:
         flags = dict(pseudo_gt=args.pseudo_gt, use_statistics=args.confusion_statistics,
@@ -91,7 +91,7 @@ def mined_classes(bank, j, y, args):
 
 def loss_by_hand(model, bank, pixels, batch_indices, args):
     """Every quantity from METHODS.md, sample by sample, images encoded one at a time."""
-    from modeling_capt.confusion import retrieve_representatives
+    from trainers.confusion import retrieve_representatives
 
     k = args.k_pairs
     labels = bank.labels[batch_indices]
@@ -226,18 +226,17 @@ def test_bank_embeddings_are_frozen_clip_features_whatever_the_base_model(setup,
     """METHODS.md CAPT 1 / paper Eq. 8: the bank stores the *frozen* image embedding e_j (retrieval compares samples
     through the frozen encoder E_I), also when the base model is a trained CAPT checkpoint whose adapters and MGDE
     move the image features; its probabilities C_j are the trained model's own."""
-    from trainers.capt_training import build_bank
+    from dataset_scripts.bank import build_bank
 
     model, _, rows = setup
     model.eval()
     labels = torch.arange(NUM_CLASSES).repeat_interleave(PER_CLASS)
 
-    def make_loader(dataset, image_processor, batch_size, shuffle, num_workers, split):
-        return [{"pixel_values": rows.pixels[i : i + 5], "indices": torch.arange(i, min(i + 5, len(rows))),
+    loader = [{"pixel_values": rows.pixels[i : i + 5], "indices": torch.arange(i, min(i + 5, len(rows))),
                  "labels": labels[i : i + 5]} for i in range(0, len(rows), 5)]
 
     bank = build_bank(model, SimpleNamespace(dataset=None), None, 5, model.config.class_names, model.config.template,
-                      "capt", make_loader)
+                      "capt", loader=loader)
     with torch.no_grad():
         frozen = F.normalize(tiny_clip.get_image_features(pixel_values=rows.pixels).pooler_output, dim=-1)
         adapted = model(pixel_values=rows.pixels)
@@ -294,7 +293,7 @@ def test_correction_metrics_match_predictions_to_bank_rows_by_index(monkeypatch)
     trained = {"indices": trained_order, "preds": torch.tensor([0, 1, 1, 2])[trained_order],
                "labels": test_labels[trained_order]}
     result = correction_metrics(None, bank, SimpleNamespace(dataset=None), None, accelerator, zeroshot, trained,
-                                None, None, lambda *args: None, 4)
+                                None, None, 4)
     assert result["correction_rate"] == pytest.approx(200 / 3)
     assert result["bank_misclassified"] == 3
     assert result["test_correction_rate"] == pytest.approx(50.0)
@@ -321,7 +320,7 @@ def test_a_bank_of_other_training_data_is_refused(tmp_path):
         return prepare_bank_and_prompts(
             SimpleNamespace(is_main_process=False), args, SimpleNamespace(seed=0, output_dir=str(tmp_path)),
             SimpleNamespace(get_class_text_features=lambda: torch.eye(3)), rows, None, None, names,
-            "a photo of a {}.", None, None,
+            "a photo of a {}.", None,
         )
 
     loaded, _ = prepare([0, 0, 1, 1, 2, 2])

@@ -6,11 +6,10 @@ import math
 import pytest
 import torch
 
-from modeling_capt.confusion import (
-    CaptConfusionBank,
+from dataset_scripts.bank import CaptConfusionBank, compute_confusion_matrix, top_confused_pairs
+from trainers.confusion import (
     adapter_alpha,
     break_rate,
-    compute_confusion_matrix,
     confusion_infonce_loss,
     confusion_intensity,
     confusion_pairs,
@@ -21,7 +20,6 @@ from modeling_capt.confusion import (
     pseudo_ground_truth,
     retrieve_representatives,
     select_confusion_classes,
-    top_confused_pairs,
 )
 
 
@@ -281,7 +279,7 @@ def test_bank_without_misclassified_samples_warns_and_falls_back():
 @pytest.fixture(params=["dense", "per_class"])
 def retrieval_path(request, monkeypatch):
     """Run a retrieval test through the dense `B x pool` path and through the per-class path."""
-    from modeling_capt import confusion
+    from trainers import confusion
 
     monkeypatch.setattr(confusion, "DENSE_RETRIEVAL_MAX_SCORES", 1 << 40 if request.param == "dense" else 0)
     return request.param
@@ -354,7 +352,7 @@ def test_a_sample_never_retrieves_itself_or_its_own_class(retrieval_path, pseudo
 
 
 def test_both_retrieval_paths_agree_on_a_large_bank(monkeypatch):
-    from modeling_capt import confusion
+    from trainers import confusion
 
     bank = random_bank(num_samples=3000, num_classes=40, dim=32, seed=5)
     query, classes = random_queries(bank, 64, k=5, seed=6)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from dataset_scripts import confusion_bank as bank_io
-from modeling_capt.confusion import CaptConfusionBank
+from dataset_scripts.bank import CaptConfusionBank
 
 
 CLASS_NAMES = ["annual crop", "forest", "river", "sea lake"]

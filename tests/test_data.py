@@ -1,4 +1,4 @@
-"""trainers/data.py: image decoding of every PIL mode, and the data pipeline's edge cases."""
+"""dataset_scripts/data.py: image decoding of every PIL mode, and the data pipeline's edge cases."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from trainers.data import ImageClassificationCollator, to_rgb
+from dataset_scripts.data import ImageClassificationCollator, to_rgb
 
 
 
@@ -88,7 +88,7 @@ def _data_args(path, **overrides):
 
 def test_label_column_beside_another_column_named_label(tmp_path):
     """A CIFAR-100-like source: `--label_column fine_label --image_column img`, and a string column `label` too."""
-    from trainers.data import prepare_splits
+    from dataset_scripts.data import prepare_splits
     from trainers.evaluate_capt import load_evaluation_split
 
     names = ["apple", "bear", "cup", "dolphin"]
@@ -109,7 +109,7 @@ def test_label_column_beside_another_column_named_label(tmp_path):
 
 def test_imagefolder_test_tree_without_a_class_folder(tmp_path):
     """A class with no test image has no test folder: the test labels are read by name in the training classes."""
-    from trainers.data import prepare_splits
+    from dataset_scripts.data import prepare_splits
 
     for split, classes in (("train", ["ant", "bee", "cat", "dog"]), ("test", ["ant", "bee", "dog"])):
         for label, name in enumerate(classes):
@@ -129,7 +129,7 @@ def test_imagefolder_test_tree_without_a_class_folder(tmp_path):
 
 
 def test_fewshot_cache_key_tells_the_configs_of_a_benchmark_apart():
-    from trainers.data import fewshot_cache_key
+    from dataset_scripts.data import fewshot_cache_key
 
     dtd = fewshot_cache_key(_data_args("/data/coop", dataset_config_name="dtd"))
     eurosat = fewshot_cache_key(_data_args("/data/coop", dataset_config_name="eurosat"))
@@ -141,7 +141,7 @@ def test_fewshot_cache_key_tells_the_configs_of_a_benchmark_apart():
 def test_save_to_disk_folders_load_as_a_source(tmp_path):
     """`DatasetDict.save_to_disk` (for --dataset_name) and `Dataset.save_to_disk` (for --train_dir/--test_dir) folders
     load; they failed with "the data split is empty (Instruction "train" corresponds to no data!)"."""
-    from trainers.data import prepare_splits
+    from dataset_scripts.data import prepare_splits
     from trainers.evaluate_capt import load_evaluation_split
 
     names = ["ant", "bee", "cat", "dog"]
@@ -170,7 +170,7 @@ def test_save_to_disk_folders_load_as_a_source(tmp_path):
 def test_an_image_column_that_is_not_a_datasets_image_is_named(tmp_path):
     """A column of file paths (or a mistyped --image_column naming a text column) failed as 'Cannot decode the image
     of train row 0: 'str' object has no attribute 'load'', as if the image were corrupt."""
-    from trainers.data import check_dataset
+    from dataset_scripts.data import check_dataset
     from trainers.evaluate_capt import load_evaluation_split
 
     path = tmp_path / "a.png"
@@ -189,7 +189,7 @@ def test_prepare_splits_on_a_coop_benchmark(tmp_path):
     """CoOp's Pets: few-shot on all classes, then base = first ceil(3 / 2) = 2 labels; prompts without underscores."""
     from fixtures_coop import make_oxford_pets
 
-    from trainers.data import prepare_splits
+    from dataset_scripts.data import prepare_splits
 
     make_oxford_pets(str(tmp_path))  # abyssinian, american_bulldog, yorkshire_terrier; 3 train / 2 test images each
     splits = prepare_splits(_data_args(None, dataset_name=None, dataset="oxford_pets", data_dir=str(tmp_path),

@@ -18,10 +18,10 @@ from PIL import Image
 from conftest import write_image_dataset
 from dataset_scripts.confusion_bank import save_bank
 from dataset_scripts.data_fingerprint import FINGERPRINT_SCHEME, training_set_fingerprint
-from modeling_capt.confusion import CaptConfusionBank
-from trainers.args import DataArguments
-from trainers.capt_training import check_bank_matches_training_set, load_bank_for_training
-from trainers.data import load_local_dataset, prepare_splits
+from dataset_scripts.bank import CaptConfusionBank
+from dataset_scripts.bank import check_bank_matches_training_set
+from dataset_scripts.confusion_bank import load_bank_for_training
+from dataset_scripts.data import DataArguments, load_local_dataset, prepare_splits
 
 
 FEATURES = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["cat", "dog"])})

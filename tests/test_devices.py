@@ -23,13 +23,14 @@ import torch
 from safetensors.torch import load_file
 
 from dataset_scripts.confusion_bank import load_bank, save_bank
-from modeling_capt import CaptAdapterConfig, CaptForImageClassification, confusion
-from modeling_capt.confusion import retrieve_representatives
-from trainers.capt_training import build_bank
-from trainers.data import IndexedImageDataset
+from modeling_capt import CaptAdapterConfig, CaptForImageClassification
+from trainers import confusion
+from trainers.confusion import retrieve_representatives
+from dataset_scripts.bank import build_bank
+from dataset_scripts.data import IndexedImageDataset
 from trainers.prefix_cache import FrozenPrefixCache
 from trainers import train_capt
-from trainers.train_capt import main, make_loader
+from trainers.train_capt import main
 
 from conftest import CLASS_NAMES, pixel_batch, reset_accelerate, write_image_dataset
 from test_confusion import random_bank, random_queries
@@ -125,7 +126,7 @@ def test_bank_built_on_the_device_matches_the_cpu_and_saves(device, tiny_clip, t
 
     def bank_on(where):
         return build_bank(copy.deepcopy(model).to(where), rows, image_processor, 5, CLASS_NAMES,
-                          model.config.template, "tiny", make_loader)
+                          model.config.template, "tiny")
 
     expected, bank = bank_on("cpu"), bank_on(device)
     for name in ("indices", "labels", "preds"):

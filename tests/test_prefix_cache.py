@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from modeling_capt import CaptAdapterConfig, CaptForImageClassification
-from trainers.data import IndexedImageDataset
+from dataset_scripts.data import IndexedImageDataset
 from trainers.prefix_cache import (
     CACHE_INFO_NAME, FrozenPrefixCache, compute_prefix, prefix_dropout_modules, prefix_start_layer,
 )

@@ -262,7 +262,7 @@ def test_runner_on_parquet_and_embedded_data(tmp_path, tiny_clip_dir, monkeypatc
     assert evaluated["template"] == "a photo of a {}."
 
     # --embedded: the trainer's default data source (pointed here at the small Parquet folder)
-    monkeypatch.setattr("trainers.data.EMBEDDED_DATA", str(folder))
+    monkeypatch.setattr("dataset_scripts.data.EMBEDDED_DATA", str(folder))
     embedded = run_protocol.run_protocol(
         ["--protocol", "base2novel", "--embedded", "--method", "zeroshot", "--seeds", "1", "--output_dir", runs]
         + quick(tiny_clip_dir)

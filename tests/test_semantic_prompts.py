@@ -492,7 +492,7 @@ def prep(tiny_clip, tokenizer, tmp_path):
     import torch
 
     from modeling_capt import CaptForImageClassification
-    from modeling_capt.confusion import CaptConfusionBank
+    from dataset_scripts.bank import CaptConfusionBank
 
     labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
     generator = torch.Generator().manual_seed(0)
@@ -513,11 +513,11 @@ def prep(tiny_clip, tokenizer, tmp_path):
             SimpleNamespace(is_main_process=True, num_processes=1, device=torch.device("cpu")), SimpleNamespace(**args),
             SimpleNamespace(seed=3, output_dir=str(tmp_path / "out"), per_device_eval_batch_size=8), zeroshot,
             SimpleNamespace(dataset={"label": labels.tolist()}), None, tokenizer, PREP_NAMES, "a photo of a {}.",
-            None, None, bank=bank,
+            None, bank=bank,
         )
 
     def mined(bank, k=2):
-        from modeling_capt.confusion import confusion_pairs
+        from trainers.confusion import confusion_pairs
 
         return [(PREP_NAMES[a], PREP_NAMES[b]) for a, b in confusion_pairs(bank, k)]
 
@@ -573,7 +573,7 @@ def test_prepare_embeds_the_mined_pairs_prompts_into_the_right_experts(prep):
 def test_prepare_clusters_with_the_runs_seed_and_cluster_count(prep):
     import torch.nn.functional as F
 
-    from modeling_capt.confusion import kmeans
+    from trainers.confusion import kmeans
 
     _, state = prep.run(mgde_num_clusters=2)
     assert state.commonality_centres.shape == state.difference_centres.shape == (2, 16)

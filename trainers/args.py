@@ -14,10 +14,9 @@ from dataclasses import dataclass, field, fields
 import yaml
 from transformers import HfArgumentParser
 
+from dataset_scripts.data import EMBEDDED_DATA, EMBEDDED_MODEL, REPO_ROOT, DataArguments, check_local_path  # noqa: F401
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-EMBEDDED_MODEL = os.path.join(REPO_ROOT, "embedded", "capt-tiny-fashion")
-EMBEDDED_DATA = os.path.join(REPO_ROOT, "embedded", "fashion-subset")
+
 METHODS = ("zeroshot", "coop", "capt")
 
 
@@ -33,31 +32,6 @@ class ModelArguments:
     )
     n_ctx: int = field(default=4, metadata={"help": "CoOp: number of learnable context tokens."})
     ctx_init: str | None = field(default="a photo of a", metadata={"help": "CoOp: words initialising the context."})
-
-
-@dataclass
-class DataArguments:
-    dataset_name: str | None = field(
-        default=None,
-        metadata={"help": "A `datasets` image-classification dataset: Hub id, or a local folder (Parquet/ImageFolder)."},
-    )
-    dataset_config_name: str | None = field(default=None, metadata={"help": "Config of --dataset_name."})
-    dataset: str | None = field(
-        default=None, metadata={"help": "A CoOp benchmark name (e.g. oxford_pets), read from --data_dir."}
-    )
-    data_dir: str | None = field(default=None, metadata={"help": "Root of the CoOp dataset folders."})
-    train_dir: str | None = field(default=None, metadata={"help": "Training images: Parquet file/folder or ImageFolder."})
-    test_dir: str | None = field(default=None, metadata={"help": "Test images: Parquet file/folder or ImageFolder."})
-    image_column: str = field(default="image", metadata={"help": "Column holding the images."})
-    label_column: str = field(default="label", metadata={"help": "ClassLabel column holding the labels."})
-    shots: int = field(default=16, metadata={"help": "Training images per class (0 or negative: all)."})
-    subsample_classes: str = field(
-        default="base", metadata={"help": "base (train on base, evaluate base and novel), or all."}
-    )
-    max_eval_samples: int | None = field(
-        default=None, metadata={"help": "Cap the test split, before its base/novel split (for quick runs)."}
-    )
-    fewshot_cache_dir: str | None = field(default=None, metadata={"help": "Where few-shot indices are cached (JSON)."})
 
 
 @dataclass
@@ -306,21 +280,6 @@ def validate(model_args, data_args, capt_args, train_args) -> None:
     for flag, value in (("train_dir", data_args.train_dir), ("test_dir", data_args.test_dir),
                         ("data_dir", data_args.data_dir), ("prompt_file", capt_args.prompt_file)):
         check_local_path(flag, value, always_local=True)
-
-
-def check_local_path(flag: str, value: str | None, always_local: bool = False) -> None:
-    """Raise `FileNotFoundError` naming `--flag` when `value` is a local path (or, `always_local`, any value) that
-    does not exist. Hub ids are left to their loaders."""
-    if value and (always_local or _looks_like_local_path(value)) and not os.path.exists(value):
-        raise FileNotFoundError(f"--{flag}: no such file or folder: {value}")
-
-
-def _looks_like_local_path(value: str) -> bool:
-    """A value no Hub id can be (absolute, `./`/`../`/`~`, or more than one `/`): a missing one is a missing path,
-    not a repository to look up (which would fail with a confusing repo-id error)."""
-    value = str(value)
-    return (os.path.isabs(value) or value.startswith((".", "~")) or os.sep in value.replace("/", "", 1)
-            or value.count("/") > 1)
 
 
 def layers_to_transform(capt_args) -> list[int]:

@@ -1,7 +1,7 @@
 """CAPT's training-time machinery: the Confusion Bank, the semantic prompts, and one training step.
 
-The math lives in `modeling_capt/confusion.py` (pure torch, shipped with the model); this module wires it to the
-data, the trainer's flags and Accelerate.
+The bank is `dataset_scripts/bank.py`, the mining and loss math `trainers/confusion.py` (pure torch); this module
+wires them to the data, the trainer's flags and Accelerate.
 
 Ablations (paper Tables 5-8) and how each flag is read here:
 
@@ -23,14 +23,13 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
-from dataset_scripts.confusion_bank import load_bank, save_bank
-from dataset_scripts.data_fingerprint import fingerprint_scheme, training_set_fingerprint
+from dataset_scripts.bank import CaptConfusionBank, build_bank, check_bank_matches_training_set
+from dataset_scripts.confusion_bank import load_bank_for_training, save_bank
+from dataset_scripts.data import make_loader
+from dataset_scripts.data_fingerprint import training_set_fingerprint
 from modeling_capt import CaptForImageClassification
-from modeling_capt.diff_manner import adapters_disabled
-from modeling_capt.confusion import (
-    CaptConfusionBank,
+from trainers.confusion import (
     adapter_alpha,
     break_rate,
     confusion_infonce_loss,
@@ -61,48 +60,6 @@ class SemanticState:
     @property
     def num_clusters(self) -> int:
         return int(self.commonality_centres.shape[0])
-
-
-def frozen_image_embeds(model, pixel_values: torch.Tensor) -> torch.Tensor:
-    """CLIP's own L2-normalised image embedding (the frozen encoder `E_I` of paper Eq. 8): the vision tower with the
-    Diff-Manner adapters disabled, no MGDE, then CLIP's post-layernorm and visual projection."""
-    with adapters_disabled(model.clip.vision_model):
-        hidden = model.encode_image_hidden(pixel_values, cls_only=True)
-    pooled = model.clip.vision_model.post_layernorm(hidden[:, 0])
-    return F.normalize(model.clip.visual_projection(pooled).float(), dim=-1)
-
-
-@torch.inference_mode()
-def build_bank(base_model, train_rows, image_processor, batch_size, class_names, template, base_model_id, make_loader,
-               data_fingerprint=None):
-    """Run the base model over the training set, batch by batch, and keep what CAPT mines from.
-
-    `data_fingerprint` (`training_set_fingerprint(train_rows.dataset)`) is recorded in the bank, so that a run
-    loading it with `--bank_path` can check the bank describes its own training images.
-
-    `probs` are the base model's own (`C_j`); `embeds` are always the frozen CLIP embedding `e_j` (METHODS.md CAPT 1,
-    paper Eq. 8): for a zero-shot or CoOp base model that is its own image embedding, for a CAPT checkpoint (whose
-    adapters and MGDE move the image features) it is computed with the adapters off and without MGDE.
-    """
-    base_model.eval()
-    loader = make_loader(train_rows.dataset, image_processor, batch_size, False, 0, "train")
-    device = next(base_model.parameters()).device
-    adapted = bool(base_model.adapted_layer_names) or base_model.mgde is not None
-
-    def batches():
-        for batch in tqdm(loader, desc="confusion bank", leave=False):
-            pixel_values = batch["pixel_values"].to(device)
-            out = base_model(pixel_values=pixel_values)
-            embeds = frozen_image_embeds(base_model, pixel_values) if adapted else out.image_embeds.float()
-            yield {
-                "indices": batch["indices"],
-                "labels": batch["labels"],
-                "probs": out.logits.float().softmax(-1),
-                "embeds": embeds,
-            }
-
-    return CaptConfusionBank.build(batches(), class_names, template=template, base_model=base_model_id,
-                                   data_fingerprint=data_fingerprint)
 
 
 def _text_features(model, tokenizer, texts, batch_size=256) -> torch.Tensor:
@@ -139,70 +96,6 @@ def _prompts_from_data(data, where: str = "the confusion bank's semantic prompts
         ) from None
 
 
-def check_bank_matches_training_set(bank: CaptConfusionBank, train_labels, class_names, train_dataset=None) -> None:
-    """Raise a `ValueError` unless the bank describes this training set sample by sample: one row per training-set
-    index `0..N-1`, with the training set's label and, when `train_dataset` is given, built from the same images.
-
-    A bank of other data (another dataset, split or class subset of the same size) would otherwise be used silently:
-    its rows would be looked up for the wrong images, and a sample's own label could then reach its confusion
-    classes and its own row the retrieval (the Sample Confusion Miner relies on the bank's labels being the batch's).
-    A bank of another few-shot draw (another `--seed`, same `--shots` and classes) has the same size and labels in
-    the same order: only the images tell it apart, through the content fingerprint the bank records
-    (`dataset_scripts.data_fingerprint.training_set_fingerprint`), which is compared with `train_dataset`'s. A bank
-    that records none (saved by an older version) cannot be checked: a warning says so.
-    """
-    labels = torch.as_tensor(list(train_labels), dtype=torch.long)
-    remedy = "Build the bank from the same data, --shots, --seed and --subsample_classes as the run."
-    if len(bank) != len(labels):
-        raise ValueError(f"The confusion bank holds {len(bank)} samples but the training set has {len(labels)}")
-    if not torch.equal(bank.indices.cpu(), torch.arange(len(labels))):
-        raise ValueError(
-            f"The confusion bank's training-set indices {bank.indices[:5].tolist()}... are not those of this training "
-            f"set (0..{len(labels) - 1})"
-        )
-    differ = torch.nonzero(bank.labels.cpu() != labels).reshape(-1)
-    if differ.numel():
-        i = int(differ[0])
-        raise ValueError(
-            f"The confusion bank does not describe this training set: training sample {i} is a "
-            f"{class_names[int(labels[i])]!r} here but a {class_names[int(bank.labels[i])]!r} in the bank "
-            f"({differ.numel()} of {len(labels)} labels differ). {remedy}"
-        )
-    if train_dataset is None:
-        return
-    recorded = bank.data_fingerprint
-    if recorded is None:
-        logger.warning(
-            "The confusion bank records no training-set fingerprint (it was saved by an older version): it cannot be "
-            "checked to describe this training set's images, only its size and labels. A bank of another few-shot "
-            "draw (another --seed) would pass. Rebuild it to have it checked."
-        )
-        return
-    actual = training_set_fingerprint(train_dataset)
-    if fingerprint_scheme(recorded) != fingerprint_scheme(actual):
-        logger.warning(
-            "The confusion bank's training-set fingerprint %r is of another scheme than this version's (%s): it "
-            "cannot be checked to describe this training set's images, only its size and labels.",
-            recorded, fingerprint_scheme(actual),
-        )
-        return
-    if recorded != actual:
-        raise ValueError(
-            f"The confusion bank was built from other images than this training set: its {len(bank)} labels match, "
-            f"but its training-set fingerprint ({recorded}) is not this training set's ({actual}), so bank row j "
-            f"describes another image than training sample j (say another few-shot draw: another --seed). {remedy}"
-        )
-
-
-def load_bank_for_training(bank_path, train_dataset, class_names, template) -> CaptConfusionBank:
-    """Load the `--bank_path` bank and check it against the training set (`check_bank_matches_training_set`,
-    fingerprint included): the trainer calls it before the zero-shot evaluation, so a wrong bank costs no work."""
-    bank = load_bank(bank_path, class_names=class_names, template=template)
-    check_bank_matches_training_set(bank, train_dataset["label"], class_names, train_dataset)
-    logger.info("loaded the confusion bank from %s (%d samples)", bank_path, len(bank))
-    return bank
-
-
 #: Where the main process leaves the LM's prompts for the other processes of a multi-process run.
 SHARED_LM_PROMPTS = "lm_semantic_prompts.json"
 
@@ -231,7 +124,7 @@ def generate_semantic_prompts(accelerator, capt_args, output_dir, pairs) -> dict
 
 
 def prepare_bank_and_prompts(accelerator, capt_args, train_args, zeroshot, train_rows, image_processor, tokenizer,
-                             class_names, template, model_args, make_loader, bank=None):
+                             class_names, template, model_args, bank=None):
     """Build (or load) the Confusion Bank, mine the semantic confusion pairs and embed their prompts.
 
     `bank`: the `--bank_path` bank, already loaded and checked by `load_bank_for_training` (the trainer does so
@@ -254,7 +147,7 @@ def prepare_bank_and_prompts(accelerator, capt_args, train_args, zeroshot, train
         fingerprint = training_set_fingerprint(train_rows.dataset)
         with accelerator.autocast():  # the run's precision, as every evaluation of the run
             bank = build_bank(base_model, train_rows, image_processor, train_args.per_device_eval_batch_size,
-                              class_names, template, base_id, make_loader, data_fingerprint=fingerprint)
+                              class_names, template, base_id, data_fingerprint=fingerprint)
         check_bank_matches_training_set(bank, train_rows.dataset["label"], class_names)
     if bank.num_misclassified == 0:
         logger.warning("The base model misclassifies no training sample: SAM falls back to each class's samples")
@@ -407,7 +300,7 @@ def _percent(value: float) -> float | None:
 
 
 def correction_metrics(model, bank, train_rows, image_processor, accelerator, zs_pred, tr_pred, zs_novel, tr_novel,
-                       make_loader, batch_size) -> dict:
+                       batch_size) -> dict:
     """Correction rate on the bank's misclassified training samples, and test correction / break rates (in %).
 
     METHODS.md §8 measures the test-split rates against "the base model". Here that is always the run's zero-shot

@@ -28,11 +28,12 @@ if __package__ in (None, ""):  # `python trainers/evaluate_capt.py` runs this fi
 from dataset_scripts.coop_datasets import get_dataset_info, list_datasets, load_coop_dataset  # noqa: E402
 from modeling_capt import CaptForImageClassification, load_image_processor  # noqa: E402
 from modeling_capt.configuration_capt import DEFAULT_TEMPLATE  # noqa: E402
-from trainers.args import check_local_path  # noqa: E402
-from trainers.data import check_dataset, load_local_dataset, prompt_class_names, standard_columns  # noqa: E402
+from dataset_scripts.data import (  # noqa: E402
+    check_dataset, check_local_path, load_local_dataset, make_loader, prompt_class_names, standard_columns,
+)
 from trainers.metrics import top_confused_pairs  # noqa: E402
 from dataset_scripts.atomic_io import write_json_atomic  # noqa: E402
-from trainers.train_capt import evaluate_split, make_loader  # noqa: E402
+from trainers.train_capt import evaluate_split  # noqa: E402
 
 
 logger = logging.getLogger(__name__)

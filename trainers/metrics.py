@@ -14,7 +14,7 @@ import datasets
 import evaluate
 import torch
 
-from modeling_capt import confusion
+from dataset_scripts import bank as confusion_bank
 
 
 def confusion_matrix(labels: Sequence[int] | torch.Tensor, preds: Sequence[int] | torch.Tensor, num_classes: int):
@@ -56,7 +56,7 @@ def harmonic_mean(base: float, novel: float) -> float:
 
 def top_confused_pairs(matrix, class_names: Sequence[str], k: int = 5) -> list[dict]:
     """The `k` largest off-diagonal cells of a confusion matrix, as `{"true", "predicted", "count"}` records."""
-    pairs = confusion.top_confused_pairs(torch.as_tensor(matrix), class_names, k)
+    pairs = confusion_bank.top_confused_pairs(torch.as_tensor(matrix), class_names, k)
     return [{"true": true, "predicted": predicted, "count": count} for true, predicted, count in pairs]
 
 

@@ -37,7 +37,7 @@ from safetensors.torch import save_file
 
 from dataset_scripts.atomic_io import write_json_atomic
 from modeling_capt.diff_manner import CaptAdaptedLayer
-from trainers.data import ImageClassificationCollator, IndexedImageDataset
+from dataset_scripts.data import ImageClassificationCollator, IndexedImageDataset
 
 
 logger = logging.getLogger(__name__)
@@ -465,7 +465,7 @@ def _write_disk_cache(model, rows, image_processor, start_layer, batch_size, acc
 def rows_loader(dataset, batch_size: int, shuffle: bool, seed: int = 0, num_workers: int = 0):
     """A training loader of `{labels, indices}` only (no image decoding), drawn exactly as the trainer's image loader.
 
-    Same length, batch size and seeded sampler as `train_capt.make_loader`, so the batches hold the same rows in the
+    Same length, batch size and seeded sampler as `dataset_scripts.data.make_loader`, so the batches hold the same rows in the
     same order as without the cache.
     """
     generator = torch.Generator().manual_seed(seed)

@@ -2,7 +2,7 @@
 
 For each semantic confusion pair ``(a, b)`` of class names (a training sample's class and one of its confusion
 classes; the trainer asks for each unordered pair once, the lower class index first, as
-``modeling_capt.confusion.confusion_pairs`` returns them, so ``a`` is not necessarily the class mistaken for ``b``),
+``trainers.confusion.confusion_pairs`` returns them, so ``a`` is not necessarily the class mistaken for ``b``),
 CAPT needs two sentences: a *commonality* prompt (what ``a`` and ``b`` share) and a *difference* prompt (what tells
 them apart). Their frozen text features initialise the semantic experts of MGDE. The prompts are
 data: generate them once, store them next to the confusion bank with [`save_prompts`], and read them back with

@@ -30,14 +30,14 @@ if __package__ in (None, ""):  # `accelerate launch trainers/train_capt.py` runs
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from dataset_scripts.atomic_io import replace_directory, write_directory_atomic, write_json_atomic  # noqa: E402
-from dataset_scripts.coop_datasets import get_dataset_info, list_datasets  # noqa: E402
+from dataset_scripts.confusion_bank import load_bank_for_training  # noqa: E402
+from dataset_scripts.data import (  # noqa: E402
+    IndexedImageDataset, RandomResizedCropFlip, classes_without_images, make_loader, prepare_splits,
+    processor_crop_size, resolve_template,
+)
 from modeling_capt import CaptAdapterConfig, CaptConfig, CaptForImageClassification, load_image_processor  # noqa: E402
 from trainers import capt_training  # noqa: E402
 from trainers.args import layers_to_transform, parse_args, training_settings  # noqa: E402
-from trainers.data import (  # noqa: E402
-    ImageClassificationCollator, IndexedImageDataset, RandomResizedCropFlip, classes_without_images, prepare_splits,
-    processor_crop_size,
-)
 from trainers.heatmap import save_confusion_heatmaps  # noqa: E402
 from trainers.hub import push_folder_to_hub, write_model_card  # noqa: E402
 from trainers.metrics import classification_metrics, harmonic_mean, top_confused_pairs  # noqa: E402
@@ -51,16 +51,6 @@ PROGRESS_FILE = "capt_progress.json"
 # The trainer's own random generators (the training loader's shuffle, CAPT's random representative draws), one file
 # per process: Accelerate's `save_state` restores the global RNGs but not these private generators.
 GENERATORS_FILE = "capt_generators_{}.safetensors"
-
-
-def resolve_template(model_args, data_args) -> str:
-    if model_args.template:
-        return model_args.template
-    if data_args.dataset:
-        return get_dataset_info(data_args.dataset).template
-    if data_args.dataset_config_name in list_datasets():  # a Parquet benchmark built by build_benchmark.py
-        return get_dataset_info(data_args.dataset_config_name).template
-    return "a photo of a {}."
 
 
 @torch.inference_mode()
@@ -87,18 +77,6 @@ def evaluate_split(model, loader, accelerator, class_names, desc) -> tuple[dict,
     result = predict(model, loader, accelerator, desc)
     metrics = classification_metrics(result["labels"], result["preds"], class_names)
     return metrics, result
-
-
-def make_loader(dataset, image_processor, batch_size, shuffle, num_workers, split_name, seed=0, augment=None):
-    generator = torch.Generator().manual_seed(seed)
-    return torch.utils.data.DataLoader(
-        IndexedImageDataset(dataset, split_name),
-        batch_size=batch_size,
-        shuffle=shuffle,
-        num_workers=num_workers,
-        collate_fn=ImageClassificationCollator(image_processor, split_name, augment=augment),
-        generator=generator if shuffle else None,
-    )
 
 
 def compile_vision(model, backend: str = "inductor") -> None:
@@ -439,7 +417,7 @@ def main(argv=None):
     if model_args.method == "capt" and capt_args.bank_path:
         # a bank of other data (other labels, or other images: another --seed's few-shot draw) fails here, before
         # any model is loaded or evaluated
-        loaded_bank = capt_training.load_bank_for_training(capt_args.bank_path, splits["train"],
+        loaded_bank = load_bank_for_training(capt_args.bank_path, splits["train"],
                                                            splits["train_names"], template)
     tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path)
     image_processor = load_image_processor(model_args.model_name_or_path)
@@ -480,7 +458,7 @@ def main(argv=None):
         if method == "capt":
             bank, semantic = capt_training.prepare_bank_and_prompts(
                 accelerator, capt_args, train_args, zeroshot, train_rows, image_processor, tokenizer, train_names,
-                template, model_args, make_loader, bank=loaded_bank,
+                template, model_args, bank=loaded_bank,
             )
             overrides["adapter_config"] = adapter_config_of(
                 capt_args, semantic.num_clusters if capt_args.use_mgde else capt_args.mgde_num_clusters)
@@ -512,7 +490,7 @@ def main(argv=None):
             capt_training.correction_metrics(
                 accelerator.unwrap_model(model), bank, train_rows, image_processor, accelerator,
                 zs["base_predictions"], tr["base_predictions"], zs.get("novel_predictions"),
-                tr.get("novel_predictions"), make_loader, eval_bs,
+                tr.get("novel_predictions"), eval_bs,
             )
         )
     summary["wall_time_s"] = round(time.time() - started, 1)

@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import re
+from dataclasses import dataclass, field
 
 import datasets
 import numpy as np
@@ -20,12 +21,65 @@ import torch
 from datasets import ClassLabel, DatasetDict
 from PIL import Image
 
+from dataset_scripts.coop_datasets import get_dataset_info, list_datasets
 from dataset_scripts.fewshot import few_shot_indices, label_array, subsample_classes
-
-from .args import EMBEDDED_DATA
 
 
 logger = logging.getLogger(__name__)
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EMBEDDED_MODEL = os.path.join(REPO_ROOT, "embedded", "capt-tiny-fashion")
+EMBEDDED_DATA = os.path.join(REPO_ROOT, "embedded", "fashion-subset")
+
+
+@dataclass
+class DataArguments:
+    dataset_name: str | None = field(
+        default=None,
+        metadata={"help": "A `datasets` image-classification dataset: Hub id, or a local folder (Parquet/ImageFolder)."},
+    )
+    dataset_config_name: str | None = field(default=None, metadata={"help": "Config of --dataset_name."})
+    dataset: str | None = field(
+        default=None, metadata={"help": "A CoOp benchmark name (e.g. oxford_pets), read from --data_dir."}
+    )
+    data_dir: str | None = field(default=None, metadata={"help": "Root of the CoOp dataset folders."})
+    train_dir: str | None = field(default=None, metadata={"help": "Training images: Parquet file/folder or ImageFolder."})
+    test_dir: str | None = field(default=None, metadata={"help": "Test images: Parquet file/folder or ImageFolder."})
+    image_column: str = field(default="image", metadata={"help": "Column holding the images."})
+    label_column: str = field(default="label", metadata={"help": "ClassLabel column holding the labels."})
+    shots: int = field(default=16, metadata={"help": "Training images per class (0 or negative: all)."})
+    subsample_classes: str = field(
+        default="base", metadata={"help": "base (train on base, evaluate base and novel), or all."}
+    )
+    max_eval_samples: int | None = field(
+        default=None, metadata={"help": "Cap the test split, before its base/novel split (for quick runs)."}
+    )
+    fewshot_cache_dir: str | None = field(default=None, metadata={"help": "Where few-shot indices are cached (JSON)."})
+
+
+def check_local_path(flag: str, value: str | None, always_local: bool = False) -> None:
+    """Raise `FileNotFoundError` naming `--flag` when `value` is a local path (or, `always_local`, any value) that
+    does not exist. Hub ids are left to their loaders."""
+    if value and (always_local or _looks_like_local_path(value)) and not os.path.exists(value):
+        raise FileNotFoundError(f"--{flag}: no such file or folder: {value}")
+
+
+def _looks_like_local_path(value: str) -> bool:
+    """A value no Hub id can be (absolute, `./`/`../`/`~`, or more than one `/`): a missing one is a missing path,
+    not a repository to look up (which would fail with a confusing repo-id error)."""
+    value = str(value)
+    return (os.path.isabs(value) or value.startswith((".", "~")) or os.sep in value.replace("/", "", 1)
+            or value.count("/") > 1)
+
+
+def resolve_template(model_args, data_args) -> str:
+    if model_args.template:
+        return model_args.template
+    if data_args.dataset:
+        return get_dataset_info(data_args.dataset).template
+    if data_args.dataset_config_name in list_datasets():  # a Parquet benchmark built by build_benchmark.py
+        return get_dataset_info(data_args.dataset_config_name).template
+    return "a photo of a {}."
 
 
 def load_local_dataset(path: str, split: str | None = None, config_name: str | None = None):
@@ -394,3 +448,15 @@ class IndexedImageDataset(torch.utils.data.Dataset):
         """Processed images of the given rows, `(len(indices), 3, H, W)` (representative samples in CAPT)."""
         rows = [self[int(i)] for i in indices]
         return ImageClassificationCollator(image_processor, self.split_name)(rows)["pixel_values"]
+
+
+def make_loader(dataset, image_processor, batch_size, shuffle, num_workers, split_name, seed=0, augment=None):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.utils.data.DataLoader(
+        IndexedImageDataset(dataset, split_name),
+        batch_size=batch_size,
+        shuffle=shuffle,
+        num_workers=num_workers,
+        collate_fn=ImageClassificationCollator(image_processor, split_name, augment=augment),
+        generator=generator if shuffle else None,
+    )
