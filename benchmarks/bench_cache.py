@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """CAPT training step time with the frozen-prefix cache against without it.
 
-One real `trainers.capt_training.CaptStep` (confusion mining, representative retrieval, the adapted forward of the
+One real `trainers.methods.capt.CaptStep` (confusion mining, representative retrieval, the adapted forward of the
 batch and its `k` representatives, both losses) plus backward and the optimizer step, on the same batch and model,
 alternating: without the cache the step runs the whole vision tower on pixels; with it, the tower resumes from the
 cached hidden states entering the first adapted layer. Images are JPEG photos (`--photo_size`, 500 x 375 by default,
@@ -23,9 +23,9 @@ from benchmark_utils import (
     accelerator_for, build_clip, capt_model, class_names, clock_for, describe_run, image_processor_for, interleaved,
     median, paired_ratios, parse_args, print_ratio_spread, print_table, synthetic_image_dataset, zero_shot_model,
 )
-from trainers.args import CaptArguments
+from trainers.methods.capt import CaptArguments
 from dataset_scripts.bank import build_bank
-from trainers.capt_training import CaptStep
+from trainers.methods.capt import CaptStep
 from dataset_scripts.data import ImageClassificationCollator, IndexedImageDataset
 from trainers.prefix_cache import FrozenPrefixCache
 

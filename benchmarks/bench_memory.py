@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Peak memory of one CAPT training step on a 1000-class label set at batch 32.
 
-A real `trainers.capt_training.CaptStep` (batch 32 plus 32 x 5 representatives = 192 images through the adapted
+A real `trainers.methods.capt.CaptStep` (batch 32 plus 32 x 5 representatives = 192 images through the adapted
 encoder, both losses), its backward and the first SGD step (which allocates the momentum buffers), with the
 frozen-prefix cache (the trainer's default; `--quick` measures only this) and without it, each in a fresh process. Class text features for the 1000
 classes are computed and cached before the measurement, as in training; the bank and the cached hidden states are
@@ -36,8 +36,8 @@ from benchmark_utils import (
     accelerator_for, build_clip, capt_model, class_names, describe_run, image_processor_for, parse_args, print_table,
 )
 from bench_bank import synthetic_bank
-from trainers.args import CaptArguments
-from trainers.capt_training import CaptStep
+from trainers.methods.capt import CaptArguments
+from trainers.methods.capt import CaptStep
 from trainers.prefix_cache import FrozenPrefixCache, _MemoryStore, prefix_start_layer
 
 

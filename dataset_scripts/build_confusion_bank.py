@@ -70,12 +70,7 @@ def main(argv=None):
         test_dir=args.test_dir, shots=args.shots, subsample_classes=args.subsample_classes,
         image_column=args.image_column, label_column=args.label_column,
     )
-    if args.dataset and not args.data_dir:
-        raise ValueError("--dataset needs --data_dir")
-    check_local_path("model", args.model)
-    check_local_path("dataset_name", args.dataset_name)
-    for flag in ("data_dir", "train_dir", "test_dir"):
-        check_local_path(flag, getattr(args, flag), always_local=True)
+    check_local_path("model", args.model)  # DataArguments checked the data flags
     check_bank_output_dir(args.output_dir)  # save_bank checks it too, but only after the work
     splits = prepare_splits(data_args, args.seed)
     class_names = splits["train_names"]

@@ -56,6 +56,24 @@ class DataArguments:
     )
     fewshot_cache_dir: str | None = field(default=None, metadata={"help": "Where few-shot indices are cached (JSON)."})
 
+    def __post_init__(self):
+        if self.subsample_classes not in ("base", "all"):
+            raise ValueError(f"--subsample_classes must be base or all, got {self.subsample_classes!r}")
+        if self.max_eval_samples is not None and self.max_eval_samples < 1:
+            raise ValueError(f"--max_eval_samples must be at least 1 (or left out for the whole test split), "
+                             f"got {self.max_eval_samples}")
+        check_local_path("dataset_name", self.dataset_name)
+        sources = [bool(self.dataset_name), bool(self.dataset), bool(self.train_dir or self.test_dir)]
+        if sum(sources) > 1:
+            raise ValueError("Give one data source: --dataset_name, --dataset/--data_dir, or --train_dir/--test_dir")
+        if self.dataset and not self.data_dir:
+            raise ValueError("--dataset needs --data_dir (the root of the CoOp dataset folders)")
+        if bool(self.train_dir) != bool(self.test_dir):
+            raise ValueError("--train_dir and --test_dir go together")
+        # always local paths, never Hub ids: a missing one is named here, before any model or data is loaded
+        for flag in ("train_dir", "test_dir", "data_dir"):
+            check_local_path(flag, getattr(self, flag), always_local=True)
+
 
 def check_local_path(flag: str, value: str | None, always_local: bool = False) -> None:
     """Raise `FileNotFoundError` naming `--flag` when `value` is a local path (or, `always_local`, any value) that

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from trainers import train_capt
+from trainers import loop
 from trainers.args import parse_args
 from dataset_scripts.data import ImageClassificationCollator, RandomResizedCropFlip, processor_crop_size
 from trainers.train_capt import main
@@ -128,15 +128,15 @@ def test_trainer_augments_without_the_prefix_cache(tmp_path, tiny_clip_dir, monk
             return super().__call__(image, generator)
 
     built = []
-    original_build = train_capt.FrozenPrefixCache.build
+    original_build = loop.FrozenPrefixCache.build
 
     def recording_build(*args, **kwargs):
         cache = original_build(*args, **kwargs)
         built.append((kwargs["augment"], cache))
         return cache
 
-    monkeypatch.setattr(train_capt, "RandomResizedCropFlip", CountingAugment)
-    monkeypatch.setattr(train_capt.FrozenPrefixCache, "build", recording_build)
+    monkeypatch.setattr(loop, "RandomResizedCropFlip", CountingAugment)
+    monkeypatch.setattr(loop.FrozenPrefixCache, "build", recording_build)
     paths = write_image_dataset(tmp_path / "data")
     out = tmp_path / "out"
     main([

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from conftest import CLASS_NAMES
 from modeling_capt import CaptAdapterConfig, CaptForImageClassification
 from dataset_scripts.bank import CaptConfusionBank
-from trainers.capt_training import CaptStep
+from trainers.methods.capt import CaptStep
 
 
 NUM_CLASSES, PER_CLASS = 4, 3
@@ -273,8 +273,8 @@ def test_mixed_precision_steps_reuse_the_class_text_features(setup, monkeypatch)
 def test_correction_metrics_match_predictions_to_bank_rows_by_index(monkeypatch):
     """The trained model's predictions come back in any order (shards of several processes): each is matched to its
     bank row by training-set index, and the test predictions of the two models by test index."""
-    import trainers.train_capt as train_capt
-    from trainers.capt_training import correction_metrics
+    import trainers.methods.capt as capt_method
+    from trainers.methods.capt import correction_metrics
 
     labels = torch.tensor([0, 0, 1, 1, 2, 2])
     base_preds = [1, 0, 0, 1, 2, 0]  # the bank's misclassified samples: indices 10, 12 and 15
@@ -283,7 +283,8 @@ def test_correction_metrics_match_predictions_to_bank_rows_by_index(monkeypatch)
     order = torch.tensor([5, 3, 0, 4, 1, 2])
     new_preds = torch.tensor([0, 0, 0, 1, 2, 2])  # corrects 10 and 15, keeps 12 wrong: 2 of 3
     shuffled = {"indices": bank.indices[order], "preds": new_preds[order], "labels": labels[order]}
-    monkeypatch.setattr(train_capt, "predict", lambda *args, **kwargs: shuffled)
+    monkeypatch.setattr(capt_method, "predict", lambda *args, **kwargs: shuffled)
+    monkeypatch.setattr(capt_method, "make_loader", lambda *args, **kwargs: None)
 
     accelerator = FakeAccelerator()
     accelerator.prepare = lambda loader: loader
@@ -304,7 +305,7 @@ def test_a_bank_of_other_training_data_is_refused(tmp_path):
     """--bank_path: a bank whose rows are not this training set's (same classes and size, other labels per index)
     is an error before any training, not a silent mismatch (its rows would be mined for the wrong samples)."""
     from dataset_scripts.confusion_bank import save_bank
-    from trainers.capt_training import prepare_bank_and_prompts
+    from trainers.methods.capt import prepare_bank_and_prompts
 
     names = ["cat", "dog", "fox"]
     labels = torch.tensor([0, 0, 1, 1, 2, 2])

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import functools
+import dataclasses
 import os
 
 import pytest
@@ -29,7 +29,7 @@ from trainers.confusion import retrieve_representatives
 from dataset_scripts.bank import build_bank
 from dataset_scripts.data import IndexedImageDataset
 from trainers.prefix_cache import FrozenPrefixCache
-from trainers import train_capt
+from trainers.methods import capt as capt_method
 from trainers.train_capt import main
 
 from conftest import CLASS_NAMES, pixel_batch, reset_accelerate, write_image_dataset
@@ -194,8 +194,9 @@ def without_random_regularisers(monkeypatch):
     """Train with MGDE's router noise and expert dropout off. A device draws them from its own generator (CUDA's
     Philox, not the CPU's Mersenne Twister), so with them on, fp32 weights on two devices differ by whole noise draws,
     not by rounding; every other random choice of a run comes from CPU generators the trainer seeds itself."""
-    monkeypatch.setattr(train_capt, "CaptAdapterConfig", functools.partial(
-        CaptAdapterConfig, mgde_router_noise_std=0.0, mgde_expert_dropout=0.0))
+    adapter_config_of = capt_method.adapter_config_of
+    monkeypatch.setattr(capt_method, "adapter_config_of", lambda *args: dataclasses.replace(
+        adapter_config_of(*args), mgde_router_noise_std=0.0, mgde_expert_dropout=0.0))
 
 
 def train(monkeypatch, device_type, args, output_dir, reference=False):

@@ -507,7 +507,7 @@ def prep(tiny_clip, tokenizer, tmp_path):
                     confusion_statistics=True, symmetric_statistics=False, prompt_generator="template",
                     prompt_file=None, prompt_lm=None, mgde_num_clusters=64)
         args.update(overrides)
-        from trainers.capt_training import prepare_bank_and_prompts
+        from trainers.methods.capt import prepare_bank_and_prompts
 
         return prepare_bank_and_prompts(
             SimpleNamespace(is_main_process=True, num_processes=1, device=torch.device("cpu")), SimpleNamespace(**args),
@@ -641,7 +641,7 @@ def test_lm_prompts_are_generated_once_by_the_main_process_of_a_multi_process_ru
 
     import torch
 
-    from trainers import capt_training
+    from trainers.methods import capt as capt_training
 
     calls = []
 
@@ -672,7 +672,7 @@ def test_lm_prompts_are_generated_once_by_the_main_process_of_a_multi_process_ru
 def test_prompt_features_do_not_depend_on_the_batch_size(prep, tokenizer):
     import torch
 
-    from trainers.capt_training import _text_features
+    from trainers.methods.capt import _text_features
 
     texts = [f"a photo of a {name}, not a {other}." for name in PREP_NAMES for other in PREP_NAMES[:2]]
     one_batch = _text_features(prep.zeroshot, tokenizer, texts)

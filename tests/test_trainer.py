@@ -104,21 +104,25 @@ def test_missing_data_paths_are_named_before_any_work(tmp_path, flag):
 
 
 
-def test_readme_flag_table_lists_every_trainer_flag():
-    """The README's table of the trainer's arguments names every flag of trainers/args.py, and no other."""
-    import re
+@pytest.mark.parametrize("method", ["zeroshot", "coop", "capt"])
+def test_help_lists_every_flag_of_the_method_with_its_help(method, capsys):
+    """Flag help comes from the argument dataclasses: `--method M --help` names every flag of M's run, each with the
+    help text its field declares, and no other method's flags."""
     from dataclasses import fields
 
-    from conftest import REPO_ROOT
-    from trainers.args import ALL_ARGUMENTS
+    from trainers.args import argument_classes
+    from trainers.methods import METHODS
 
-    readme = open(os.path.join(REPO_ROOT, "README.md"), encoding="utf-8").read()
-    section = readme[readme.index("## The trainer"):readme.index("### Bad input")]
-    table = "\n".join(line for line in section.splitlines() if line.startswith("| "))
-    named = set(re.findall(r"--([a-z_]+)", table))
-    flags = {f.name for group in ALL_ARGUMENTS for f in fields(group)}
-    assert flags - named == set(), "flags missing from the README table"
-    assert named - flags == set(), "README table names flags the trainer does not have"
+    with pytest.raises(SystemExit):
+        main(["--method", method, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    own = {f.name: f for group in argument_classes(method) for f in fields(group)}
+    for name, f in own.items():
+        assert f"--{name}" in text, name
+        assert " ".join(f.metadata["help"].split()) in text, name
+    others = {f.name for other in METHODS.values() for f in fields(other.Arguments)} - set(own)
+    assert not [name for name in others if f"--{name} " in text]
+
 
 # --------------------------------------------------------------------------------------------------- metrics
 def test_metrics_by_hand():
@@ -222,7 +226,7 @@ def test_resume_gives_the_uninterrupted_weights(run_args, tmp_path, method):
     """Resuming after epoch 1 continues the training loader's shuffle and CAPT's random draws where they were."""
     from safetensors.torch import load_file
 
-    flags = ["--method", method, "--save_total_limit", "0", "--random_samples"]
+    flags = ["--method", method, "--save_total_limit", "0"] + (["--random_samples"] if method == "capt" else [])
     main(run_args + flags + ["--output_dir", str(tmp_path / "full"), "--num_train_epochs", "3"])
     reset_accelerate()
     main(run_args + flags + ["--output_dir", str(tmp_path / "resumed"), "--num_train_epochs", "3",
@@ -236,11 +240,11 @@ def test_resume_gives_the_uninterrupted_weights(run_args, tmp_path, method):
 
 def test_interrupted_checkpoint_saves_leave_a_loadable_latest(tmp_path, monkeypatch):
     """A crash while a checkpoint is written or replaced: `latest` finds a complete one, pruning does not crash."""
-    from trainers import train_capt
+    from trainers import checkpointing
 
     root = tmp_path / "checkpoints"
 
-    class Saver:  # the parts of Accelerator that _atomic_save_state uses
+    class Saver:  # the parts of Accelerator that save_checkpoint uses
         is_main_process, process_index = True, 0
 
         def __init__(self, content):
@@ -254,29 +258,29 @@ def test_interrupted_checkpoint_saves_leave_a_loadable_latest(tmp_path, monkeypa
             for name in ("model.safetensors", "optimizer.bin"):
                 (tmp_path / directory / name).write_text(self.content)
 
-    train_capt._atomic_save_state(Saver("first"), str(root / "epoch_1"), 1)
-    train_capt._atomic_save_state(Saver("first"), str(root / "epoch_2"), 2)
+    checkpointing.save_checkpoint(Saver("first"), str(root / "epoch_1"), 1)
+    checkpointing.save_checkpoint(Saver("first"), str(root / "epoch_2"), 2)
     # a crash inside the deletion of the checkpoint being replaced (resumed from epoch 1, saving epoch 2 again)
-    real_rmtree = train_capt.shutil.rmtree
+    real_rmtree = checkpointing.shutil.rmtree
 
     def crashing_rmtree(path, *args, **kwargs):
         for name in sorted(os.listdir(path))[:1]:
             os.remove(os.path.join(path, name))
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(train_capt.shutil, "rmtree", crashing_rmtree)
+    monkeypatch.setattr(checkpointing.shutil, "rmtree", crashing_rmtree)
     with pytest.raises(KeyboardInterrupt):
-        train_capt._atomic_save_state(Saver("second"), str(root / "epoch_2"), 2)
-    monkeypatch.setattr(train_capt.shutil, "rmtree", real_rmtree)
+        checkpointing.save_checkpoint(Saver("second"), str(root / "epoch_2"), 2)
+    monkeypatch.setattr(checkpointing.shutil, "rmtree", real_rmtree)
     # and a crash after the progress file of epoch 3 was written, before its rename
     os.makedirs(root / "epoch_3.tmp")
-    (root / "epoch_3.tmp" / train_capt.PROGRESS_FILE).write_text('{"epoch": 3}')
+    (root / "epoch_3.tmp" / checkpointing.PROGRESS_FILE).write_text('{"epoch": 3}')
 
-    latest = train_capt._latest_checkpoint(str(tmp_path))
+    latest = checkpointing.latest_checkpoint(str(tmp_path))
     assert latest == str(root / "epoch_2")
     assert sorted(os.listdir(latest)) == ["capt_progress.json", "model.safetensors", "optimizer.bin"]
-    train_capt._prune_checkpoints(str(root), 1)
-    assert train_capt._latest_checkpoint(str(tmp_path)) == str(root / "epoch_2")
+    checkpointing.prune_checkpoints(str(root), 1)
+    assert checkpointing.latest_checkpoint(str(tmp_path)) == str(root / "epoch_2")
 
 
 def test_push_to_hub_uploads_the_saved_folder(run_args, monkeypatch):
@@ -510,7 +514,7 @@ def test_capt_end_to_end_on_the_embedded_default(tmp_path):
     the saved model, recomputed here image by image against zero-shot CLIP."""
     import math
 
-    from trainers.args import EMBEDDED_DATA, EMBEDDED_MODEL
+    from dataset_scripts.data import EMBEDDED_DATA, EMBEDDED_MODEL
 
     summary = main(["--output_dir", str(tmp_path / "out"), "--max_eval_samples", "400", "--save_every_epochs", "0"])
     assert summary["method"] == "capt" and summary["model"].endswith("capt-tiny-fashion")

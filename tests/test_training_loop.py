@@ -12,7 +12,8 @@ import torch
 from safetensors.torch import load_file
 
 from modeling_capt import CaptAdapterConfig, CaptForImageClassification
-from trainers.train_capt import build_optimizer, main
+from trainers.loop import build_optimizer
+from trainers.train_capt import main
 
 from conftest import CLASS_NAMES, reset_accelerate, small_run_args
 

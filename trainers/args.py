@@ -1,10 +1,15 @@
 """Command-line arguments of `trainers/train_capt.py`, as dataclasses read by `HfArgumentParser`.
 
+The flags are read in two steps: `--method` (default `capt`) picks a method from the registry
+(`trainers/methods/__init__.py`), then the model, data and training flags and that method's own flags
+(`Method.Arguments`) are parsed together. A method's flags are built from the configuration dataclasses that own
+its options (`flags_from_dataclasses`), so each option is declared and validated once, by its configuration class.
 A YAML or JSON file given with `--config FILE` supplies defaults; flags on the command line override it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -14,10 +19,10 @@ from dataclasses import dataclass, field, fields
 import yaml
 from transformers import HfArgumentParser
 
-from dataset_scripts.data import EMBEDDED_DATA, EMBEDDED_MODEL, REPO_ROOT, DataArguments, check_local_path  # noqa: F401
+from dataset_scripts.data import EMBEDDED_MODEL, DataArguments, check_local_path
 
 
-METHODS = ("zeroshot", "coop", "capt")
+DEFAULT_METHOD = "capt"
 
 
 @dataclass
@@ -26,47 +31,19 @@ class ModelArguments:
         default=EMBEDDED_MODEL,
         metadata={"help": "CLIP checkpoint (Hub id or path). Default: the embedded capt-tiny-fashion."},
     )
-    method: str = field(default="capt", metadata={"help": "zeroshot, coop or capt."})
+    method: str = field(default=DEFAULT_METHOD, metadata={"help": "The method to train (see trainers/methods)."})
     template: str | None = field(
         default=None, metadata={"help": "Prompt template with one {}; default: the dataset's, else 'a photo of a {}.'"}
     )
-    n_ctx: int = field(default=4, metadata={"help": "CoOp: number of learnable context tokens."})
-    ctx_init: str | None = field(default="a photo of a", metadata={"help": "CoOp: words initialising the context."})
+
+    def __post_init__(self):
+        if self.template is not None and self.template.count("{}") != 1:
+            raise ValueError(f"--template must contain exactly one '{{}}', got {self.template!r}")
+        check_local_path("model_name_or_path", self.model_name_or_path)
 
 
 @dataclass
-class CaptArguments:
-    bank_path: str | None = field(default=None, metadata={"help": "Load a confusion bank (folder or Hub dataset id)."})
-    bank_base_model: str | None = field(
-        default=None, metadata={"help": "Checkpoint the bank is built from (default: zero-shot CLIP)."}
-    )
-    k_pairs: int = field(default=5, metadata={"help": "Confusion classes per sample."})
-    use_sem: bool = field(default=True, metadata={"help": "Semantic Confusion Miner (scores + semantic prompts)."})
-    use_sam: bool = field(default=True, metadata={"help": "Sample Confusion Miner (representative samples)."})
-    use_mgde: bool = field(default=True, metadata={"help": "Multi-Granularity Discrepancy Expert."})
-    confusion_statistics: bool = field(default=True, metadata={"help": "Weight scores by bank statistics (Eq. 7)."})
-    symmetric_statistics: bool = field(default=False, metadata={"help": "n_i = M[i,g] + M[g,i]."})
-    pseudo_gt: bool = field(default=True, metadata={"help": "Use the base model's prediction as GT for mining."})
-    random_samples: bool = field(default=False, metadata={"help": "Random instead of representative samples."})
-    adapter_branches: str = field(default="both", metadata={"help": "global, local or both."})
-    layers_to_transform: str = field(default="-2,-1", metadata={"help": "Vision layers to adapt (comma list)."})
-    alpha_scale: float = field(default=5.0, metadata={"help": "s in alpha = s * c ** gamma."})
-    alpha_gamma: float = field(default=0.5, metadata={"help": "gamma in alpha = s * c ** gamma."})
-    lambda_confuse: float = field(default=1.0, metadata={"help": "Weight of the confusion InfoNCE loss."})
-    load_balance_coef: float = field(default=0.0, metadata={"help": "Weight of MGDE's load-balancing loss."})
-    mgde_num_clusters: int = field(default=8, metadata={"help": "K-means centres per semantic expert."})
-    mgde_top_k: int = field(default=2, metadata={"help": "Experts routed per sample."})
-    prompt_generator: str = field(
-        default="template",
-        metadata={"help": "template, json or lm. template reuses the prompts stored with a --bank_path bank; json and "
-                          "lm write every pair's prompts anew."},
-    )
-    prompt_file: str | None = field(default=None, metadata={"help": "JSON prompts for --prompt_generator json."})
-    prompt_lm: str | None = field(default=None, metadata={"help": "Causal LM for --prompt_generator lm."})
-
-
-@dataclass
-class CaptTrainingArguments:
+class TrainingArguments:
     output_dir: str = field(default="outputs/capt-tiny-fashion", metadata={"help": "Where everything is written."})
     seed: int = field(default=1, metadata={"help": "Seed of few-shot sampling and training."})
     num_train_epochs: int = field(default=10, metadata={"help": "Training epochs (the last one is kept)."})
@@ -108,8 +85,117 @@ class CaptTrainingArguments:
         default=0.08, metadata={"help": "Smallest area fraction of the random resized crop (--augment)."}
     )
 
+    def __post_init__(self):
+        choices = {"optimizer": ("sgd", "adamw"), "mixed_precision": ("no", "fp16", "bf16"),
+                   "prefix_cache": ("auto", "memory", "disk", "off")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"--{name} must be {', '.join(allowed[:-1])} or {allowed[-1]}, "
+                                 f"got {getattr(self, name)!r}")
+        if self.torch_compile:
+            import torch._dynamo
 
-ALL_ARGUMENTS = (ModelArguments, DataArguments, CaptArguments, CaptTrainingArguments)
+            backends = torch._dynamo.list_backends(exclude_tags=())
+            if self.torch_compile_backend not in backends:
+                raise ValueError(
+                    f"--torch_compile_backend {self.torch_compile_backend!r} is not a torch.compile backend; "
+                    f"available: {', '.join(sorted(backends))}"
+                )
+        if not 0 < self.augment_min_scale <= 1:
+            raise ValueError(f"--augment_min_scale must be in (0, 1], got {self.augment_min_scale}")
+        if self.augment and self.prefix_cache in ("memory", "disk"):
+            raise ValueError(
+                f"--augment changes the frozen activations every epoch, so --prefix_cache {self.prefix_cache} "
+                "cannot be used with it (use --prefix_cache auto or off)"
+            )
+        for name in ("num_train_epochs", "per_device_train_batch_size", "per_device_eval_batch_size",
+                     "gradient_accumulation_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("save_every_epochs", "save_total_limit"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{name} must be 0 or more, got {getattr(self, name)}")
+        if not self.learning_rate > 0:
+            raise ValueError(f"--learning_rate must be positive, got {self.learning_rate}")
+        if self.push_to_hub and not self.hub_model_id:
+            raise ValueError("--push_to_hub needs --hub_model_id (e.g. org/capt-oxfordpets)")
+        if self.push_to_hub and self.hub_model_id.count("/") != 1:  # as push_folder_to_hub, after training
+            raise ValueError(f"--hub_model_id must look like 'org/name', got {self.hub_model_id!r}")
+        resume = self.resume_from_checkpoint
+        if resume and resume != "latest" and not os.path.isdir(resume):
+            raise FileNotFoundError(f"--resume_from_checkpoint: no checkpoint folder at {resume}")
+
+
+# ------------------------------------------------------------------------------------------------ method flags
+def _flag_type(annotation):
+    """The type of the flag of a config field typed `annotation`: a list-valued field is a comma-separated string."""
+    options = set(typing.get_args(annotation)) or {annotation}
+    scalar = options - {type(None)}
+    if len(scalar) == 1 and next(iter(scalar)) in (bool, int, float, str):
+        return annotation
+    return str | None if type(None) in options else str
+
+
+def _flag_default(value):
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v) for v in value)
+    return value
+
+
+def flags_from_dataclasses(name: str, sources, doc: str | None = None) -> type:
+    """A dataclass of command-line flags made of the fields of configuration dataclasses.
+
+    `sources` lists `(config_class, field_names)` pairs (`None`: every field). Each flag keeps its field's name,
+    default and help; a list-valued field becomes a comma-separated string (`config_kwargs` turns it back). The
+    configuration classes stay the one place each option is declared and validated: the flag class builds them in
+    its `__post_init__`, so a bad value fails while the flags are parsed.
+    """
+    specs = []
+    for source, names in sources:
+        hints = typing.get_type_hints(source)
+        for f in fields(source):
+            if names is not None and f.name not in names:
+                continue
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            specs.append((f.name, _flag_type(hints[f.name]),
+                          field(default=_flag_default(default), metadata=dict(f.metadata))))
+    configs = [source for source, _ in sources]
+
+    def __post_init__(self):
+        for config_class in configs:
+            config_class(**config_kwargs(self, config_class))
+
+    cls = dataclasses.make_dataclass(name, specs, namespace={"__post_init__": __post_init__})
+    cls.__doc__ = doc or f"Flags of {', '.join(config.__name__ for config in configs)}."
+    cls.__module__ = sys._getframe(1).f_globals.get("__name__", __name__)
+    return cls
+
+
+def config_kwargs(flags, config_class) -> dict:
+    """The keyword arguments of `config_class` that `flags` holds, comma lists turned back into lists."""
+    hints = typing.get_type_hints(config_class)
+    kwargs = {}
+    for f in fields(config_class):
+        if not hasattr(flags, f.name):
+            continue
+        value = getattr(flags, f.name)
+        if isinstance(value, str) and _flag_type(hints[f.name]) != hints[f.name]:
+            value = parse_comma_list(f.name, value, hints[f.name])
+        kwargs[f.name] = value
+    return kwargs
+
+
+def parse_comma_list(name: str, value: str, annotation=None) -> list:
+    """`"-2,-1"` -> `[-2, -1]`: integers when the field holds integers (or `annotation` is None), else strings."""
+    parts = [part.strip() for part in value.split(",") if part.strip()]
+    options = typing.get_args(annotation) if annotation is not None else ()
+    if annotation is not None and not any(option is int or typing.get_args(option) == (int,) for option in options):
+        return parts
+    try:
+        return [int(part) for part in parts]
+    except ValueError:
+        raise ValueError(f"--{name} must be a comma list of integers, got {value!r}") from None
+
 
 # Flags a resumed run may change: where things go, how they are reported, evaluated or executed (the frozen-prefix
 # cache and torch.compile give the same weights), and the epoch count (a longer run goes on from the checkpoint).
@@ -132,7 +218,27 @@ def training_settings(*argument_groups) -> dict:
     }
 
 
+def argument_classes(method: str) -> tuple[type, ...]:
+    """The four argument dataclasses of a run of `method`: model, data, the method's own, training."""
+    from trainers.methods import get_method
+
+    return (ModelArguments, DataArguments, get_method(method).Arguments, TrainingArguments)
+
+
+def _other_methods_hint(names) -> str:
+    """' (k_pairs is a flag of --method capt)' for the names that are other methods' flags."""
+    from trainers.methods import METHODS
+
+    hints = []
+    for name in names:
+        owners = [method for method, cls in METHODS.items() if name in {f.name for f in fields(cls.Arguments)}]
+        if owners:
+            hints.append(f"{name} is a flag of --method {' / '.join(owners)}")
+    return f" ({'; '.join(hints)})" if hints else ""
+
+
 def read_config_file(path: str) -> dict:
+    """The mapping of a `--config` YAML or JSON file; a list of integers becomes a flag's comma list."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"--config file not found: {path}")
     with open(path, encoding="utf-8") as handle:
@@ -141,22 +247,18 @@ def read_config_file(path: str) -> dict:
         return {}
     if not isinstance(data, dict):
         raise ValueError(f"--config {path} must hold a mapping of argument names to values")
-    known = {f.name for cls in ALL_ARGUMENTS for f in fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ValueError(f"--config {path} has unknown arguments: {unknown}")
-    layers = data.get("layers_to_transform")  # a flag's comma list; in a file, a YAML/JSON list or one integer too
-    if isinstance(layers, list) and layers and all(isinstance(v, int) and not isinstance(v, bool) for v in layers):
-        data["layers_to_transform"] = ",".join(str(v) for v in layers)
-    elif isinstance(layers, int) and not isinstance(layers, bool):
-        data["layers_to_transform"] = str(layers)
+    for key, value in list(data.items()):
+        if isinstance(value, list) and value and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            data[key] = ",".join(str(v) for v in value)
+        elif key == "layers_to_transform" and isinstance(value, int) and not isinstance(value, bool):
+            data[key] = str(value)
     return data
 
 
-def _check_types(config: dict, path: str) -> None:
+def _check_types(config: dict, path: str, classes) -> None:
     """Fail early on a config value of the wrong type (YAML would otherwise pass it through silently)."""
     hints = {}
-    for cls in ALL_ARGUMENTS:
+    for cls in classes:
         hints.update(typing.get_type_hints(cls))
     for key, value in config.items():
         options = typing.get_args(hints[key]) or (hints[key],)
@@ -190,100 +292,61 @@ def split_config_flag(argv: list[str]) -> tuple[str | None, list[str]]:
     return None, argv
 
 
+def method_of(argv: list[str], config: dict) -> str:
+    """The `--method` of `argv` (the last one given), else the config file's, else the default."""
+    method = config.get("method", DEFAULT_METHOD)
+    for position, arg in enumerate(argv):
+        if arg == "--method" and position + 1 < len(argv):
+            method = argv[position + 1]
+        elif arg.startswith("--method="):
+            method = arg.split("=", 1)[1]
+    return method
+
+
+def build_parser(method: str) -> HfArgumentParser:
+    """The parser of a run of `method` (its `--help` lists the method's own flags)."""
+    return HfArgumentParser(argument_classes(method))
+
+
 def parse_args(argv: list[str] | None = None):
-    """Parse `--config FILE` (YAML/JSON defaults) plus flags into the four argument dataclasses, validated."""
+    """Parse `--config FILE` (YAML/JSON defaults) plus flags into `(model_args, data_args, method_args, train_args)`.
+
+    Each dataclass validates its own fields when it is built; `validate` checks what spans several of them.
+    """
+    from trainers.methods import METHODS, get_method
+
     path, argv = split_config_flag(list(sys.argv[1:] if argv is None else argv))
-    config = {}
+    config = read_config_file(path) if path is not None else {}
+    method_name = method_of(argv, config)
+    if method_name not in METHODS:
+        raise ValueError(f"--method must be one of {tuple(METHODS)}, got {method_name!r}")
+    classes = argument_classes(method_name)
     if path is not None:
-        config = read_config_file(path)
-        _check_types(config, path)
-    parser = HfArgumentParser(ALL_ARGUMENTS)
-    parser.set_defaults(**config)
-    model_args, data_args, capt_args, train_args = parser.parse_args_into_dataclasses(args=argv)
-    validate(model_args, data_args, capt_args, train_args)
-    return model_args, data_args, capt_args, train_args
+        unknown = sorted(set(config) - {f.name for cls in classes for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"--config {path} has unknown arguments: {unknown}{_other_methods_hint(unknown)}")
+        _check_types(config, path, classes)
+    parser = build_parser(method_name)
+    parser.set_defaults(**{**get_method(method_name).training_defaults, **config})
+    *groups, remaining = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    if remaining:
+        names = [arg[2:].split("=", 1)[0].replace("no_", "", 1) if arg.startswith("--no_") else arg[2:].split("=", 1)[0]
+                 for arg in remaining if arg.startswith("--")]
+        raise ValueError(f"These flags are not used by --method {method_name}: {remaining}{_other_methods_hint(names)}")
+    model_args, data_args, method_args, train_args = groups
+    validate(model_args, data_args, method_args, train_args)
+    return model_args, data_args, method_args, train_args
 
 
-def validate(model_args, data_args, capt_args, train_args) -> None:
-    if model_args.method not in METHODS:
-        raise ValueError(f"--method must be one of {METHODS}, got {model_args.method!r}")
-    if model_args.template is not None and model_args.template.count("{}") != 1:
-        raise ValueError(f"--template must contain exactly one '{{}}', got {model_args.template!r}")
-    if data_args.subsample_classes not in ("base", "all"):
-        raise ValueError(f"--subsample_classes must be base or all, got {data_args.subsample_classes!r}")
-    if capt_args.adapter_branches not in ("global", "local", "both"):
-        raise ValueError(f"--adapter_branches must be global, local or both, got {capt_args.adapter_branches!r}")
-    if capt_args.prompt_generator not in ("template", "json", "lm"):
-        raise ValueError(f"--prompt_generator must be template, json or lm, got {capt_args.prompt_generator!r}")
-    if capt_args.prompt_generator == "json" and not capt_args.prompt_file:
-        raise ValueError("--prompt_generator json needs --prompt_file")
-    if capt_args.prompt_generator == "lm" and not capt_args.prompt_lm:
-        raise ValueError("--prompt_generator lm needs --prompt_lm (a local causal LM)")
-    if capt_args.k_pairs < 1:
-        raise ValueError(f"--k_pairs must be at least 1, got {capt_args.k_pairs}")
-    layers_to_transform(capt_args)  # parses
-    if train_args.optimizer not in ("sgd", "adamw"):
-        raise ValueError(f"--optimizer must be sgd or adamw, got {train_args.optimizer!r}")
-    if train_args.mixed_precision not in ("no", "fp16", "bf16"):
-        raise ValueError(f"--mixed_precision must be no, fp16 or bf16, got {train_args.mixed_precision!r}")
-    if train_args.prefix_cache not in ("auto", "memory", "disk", "off"):
-        raise ValueError(f"--prefix_cache must be auto, memory, disk or off, got {train_args.prefix_cache!r}")
-    if train_args.torch_compile:
-        import torch._dynamo
+def validate(model_args, data_args, method_args, train_args) -> None:
+    """Checks across the argument groups (each group checks its own fields when it is built)."""
+    from trainers.methods import get_method
 
-        backends = torch._dynamo.list_backends(exclude_tags=())
-        if train_args.torch_compile_backend not in backends:
-            raise ValueError(
-                f"--torch_compile_backend {train_args.torch_compile_backend!r} is not a torch.compile backend; "
-                f"available: {', '.join(sorted(backends))}"
-            )
-    if not 0 < train_args.augment_min_scale <= 1:
-        raise ValueError(f"--augment_min_scale must be in (0, 1], got {train_args.augment_min_scale}")
-    if train_args.augment and train_args.prefix_cache in ("memory", "disk"):
-        raise ValueError(
-            f"--augment changes the frozen activations every epoch, so --prefix_cache {train_args.prefix_cache} "
-            "cannot be used with it (use --prefix_cache auto or off)"
-        )
-    for name in ("num_train_epochs", "per_device_train_batch_size", "per_device_eval_batch_size",
-                 "gradient_accumulation_steps"):
-        if getattr(train_args, name) < 1:
-            raise ValueError(f"--{name} must be at least 1, got {getattr(train_args, name)}")
-    for name in ("save_every_epochs", "save_total_limit"):
-        if getattr(train_args, name) < 0:
-            raise ValueError(f"--{name} must be 0 or more, got {getattr(train_args, name)}")
-    if train_args.resume_from_checkpoint not in (None, "latest") and model_args.method == "zeroshot":
-        raise ValueError("--resume_from_checkpoint: --method zeroshot trains nothing, so there is nothing to resume")
-    if not train_args.learning_rate > 0:
-        raise ValueError(f"--learning_rate must be positive, got {train_args.learning_rate}")
-    if data_args.max_eval_samples is not None and data_args.max_eval_samples < 1:
-        raise ValueError(f"--max_eval_samples must be at least 1 (or left out for the whole test split), "
-                         f"got {data_args.max_eval_samples}")
-    if train_args.push_to_hub and not train_args.hub_model_id:
-        raise ValueError("--push_to_hub needs --hub_model_id (e.g. org/capt-oxfordpets)")
-    if train_args.push_to_hub and train_args.hub_model_id.count("/") != 1:  # as push_folder_to_hub, after training
-        raise ValueError(f"--hub_model_id must look like 'org/name', got {train_args.hub_model_id!r}")
-    for flag, value in (("model_name_or_path", model_args.model_name_or_path), ("bank_path", capt_args.bank_path),
-                        ("bank_base_model", capt_args.bank_base_model), ("dataset_name", data_args.dataset_name),
-                        ("prompt_lm", capt_args.prompt_lm)):
-        check_local_path(flag, value)
-    resume = train_args.resume_from_checkpoint
-    if resume and resume != "latest" and not os.path.isdir(resume):
-        raise FileNotFoundError(f"--resume_from_checkpoint: no checkpoint folder at {resume}")
-    sources = [bool(data_args.dataset_name), bool(data_args.dataset), bool(data_args.train_dir or data_args.test_dir)]
-    if sum(sources) > 1:
-        raise ValueError("Give one data source: --dataset_name, --dataset/--data_dir, or --train_dir/--test_dir")
-    if data_args.dataset and not data_args.data_dir:
-        raise ValueError("--dataset needs --data_dir (the root of the CoOp dataset folders)")
-    if bool(data_args.train_dir) != bool(data_args.test_dir):
-        raise ValueError("--train_dir and --test_dir go together")
-    # always local paths, never Hub ids: a missing one is named here, before any model or data is loaded
-    for flag, value in (("train_dir", data_args.train_dir), ("test_dir", data_args.test_dir),
-                        ("data_dir", data_args.data_dir), ("prompt_file", capt_args.prompt_file)):
-        check_local_path(flag, value, always_local=True)
+    if train_args.resume_from_checkpoint not in (None, "latest") and not get_method(model_args.method).trains:
+        raise ValueError(f"--resume_from_checkpoint: --method {model_args.method} trains nothing, so there is "
+                         "nothing to resume")
 
 
 def layers_to_transform(capt_args) -> list[int]:
-    try:
-        return [int(part) for part in str(capt_args.layers_to_transform).split(",") if part.strip()]
-    except ValueError:
-        raise ValueError(f"--layers_to_transform must be a comma list of integers, got {capt_args.layers_to_transform!r}")
+    """`--layers_to_transform` as a list of integers."""
+    return parse_comma_list("layers_to_transform", str(capt_args.layers_to_transform))

@@ -33,7 +33,7 @@ from dataset_scripts.data import (  # noqa: E402
 )
 from trainers.metrics import top_confused_pairs  # noqa: E402
 from dataset_scripts.atomic_io import write_json_atomic  # noqa: E402
-from trainers.train_capt import evaluate_split  # noqa: E402
+from trainers.evaluation import evaluate_split  # noqa: E402
 
 
 logger = logging.getLogger(__name__)

@@ -6,7 +6,6 @@ the folder and the arguments that would be sent.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 
@@ -16,7 +15,8 @@ from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from dataset_scripts.atomic_io import write_text_atomic
 from dataset_scripts.coop_datasets import list_datasets
-from trainers.args import REPO_ROOT
+from dataset_scripts.data import REPO_ROOT
+from trainers.methods import get_method
 
 
 logger = logging.getLogger(__name__)
@@ -91,33 +91,17 @@ def _hub_references(summary: dict) -> str:
     return yaml.safe_dump(references, sort_keys=False, allow_unicode=True) if references else ""
 
 
-def _capt_parts(folder: str) -> str:
-    """What a CAPT model in `folder` (its `config.json`) trains besides its adapters: their branches and MGDE."""
-    try:
-        with open(os.path.join(folder, "config.json"), encoding="utf-8") as handle:
-            adapter = json.load(handle).get("adapter_config") or {}
-    except (OSError, ValueError):
-        return " and the MGDE layer"
-    branches = {"global": " (global branch only)", "local": " (local branch only)"}
-    branches = branches.get(adapter.get("adapter_branches"), "")
-    return branches + (" and the MGDE layer" if adapter.get("use_mgde", True) else " (no MGDE layer)")
-
-
 def write_model_card(folder: str, summary: dict, class_names, repo_id: str | None = None) -> str | None:
     """Fill `hub_cards/capt_model_card.md` with a run's summary and write it as `folder/README.md`."""
     if not os.path.isfile(CARD_TEMPLATE):
         logger.warning("No model card template at %s: README.md not written", CARD_TEMPLATE)
         return None
     method = summary["method"]
-    trained = {
-        "zeroshot": "Nothing is trained: this is zero-shot CLIP over the class prompts.",
-        "coop": "Only the CoOp context vectors (learnable prompt tokens) are trained.",
-        "capt": f"The Diff-Manner adapters{_capt_parts(folder)} are trained (CAPT), from a Confusion Bank of the base "
-                "model's own mistakes.",
-    }[method]
+    method_class = get_method(method)
+    trained = method_class.trained_parts(folder)
     names = ", ".join(class_names[:20]) + (", ..." if len(class_names) > 20 else "")
     text = open(CARD_TEMPLATE, encoding="utf-8").read().format(
-        method=method, method_title={"zeroshot": "zero-shot CLIP", "coop": "CoOp", "capt": "CAPT"}[method],
+        method=method, method_title=method_class.title,
         base_model=summary["model"], dataset=summary["dataset"], model_name=repo_id or f"capt-{method}",
         repo_id=repo_id or "path/to/this/folder", shots=summary["shots"], seed=summary["seed"],
         subsample_classes=summary["subsample_classes"], template=summary["template"], num_classes=len(class_names),

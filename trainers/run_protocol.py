@@ -61,7 +61,9 @@ if __package__ in (None, ""):  # `python trainers/run_protocol.py` runs this fil
 
 from dataset_scripts.coop_datasets import get_dataset_info, list_datasets  # noqa: E402
 from trainers import evaluate_capt, train_capt  # noqa: E402
-from trainers.args import EMBEDDED_DATA, METHODS, parse_args, read_config_file, split_config_flag  # noqa: E402
+from dataset_scripts.data import EMBEDDED_DATA  # noqa: E402
+from trainers.args import parse_args, read_config_file, split_config_flag  # noqa: E402
+from trainers.methods import METHODS  # noqa: E402
 from trainers.metrics import harmonic_mean  # noqa: E402
 from trainers.paper_results import DISPLAY_NAMES, METHOD_NAMES, SOURCES, paper_value  # noqa: E402
 from dataset_scripts.atomic_io import write_json_atomic  # noqa: E402
@@ -176,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="Instead: `datasets` sources (Hub ids or local Parquet folders), one table row each.")
     parser.add_argument("--embedded", action="store_true",
                         help="The embedded default data (the default when no dataset and no --data_dir is given).")
-    parser.add_argument("--method", default="capt", choices=METHODS)
+    parser.add_argument("--method", default="capt", choices=list(METHODS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     parser.add_argument("--shots", nargs="+", type=int, default=None,
                         help="Shots per class: the columns of few_shot (default 1 2 4 8 16); one value elsewhere "

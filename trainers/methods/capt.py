@@ -1,7 +1,7 @@
-"""CAPT's training-time machinery: the Confusion Bank, the semantic prompts, and one training step.
+"""CAPT as a training method: its flags, the Confusion Bank and semantic prompts it prepares, and its training step.
 
-The bank is `dataset_scripts/bank.py`, the mining and loss math `trainers/confusion.py` (pure torch); this module
-wires them to the data, the trainer's flags and Accelerate.
+The bank is `dataset_scripts/bank.py`, the mining and loss math `trainers/confusion.py` (pure torch), the model
+`modeling_capt/modeling_capt.py`; this module wires them to the data, the flags and Accelerate.
 
 Ablations (paper Tables 5-8) and how each flag is read here:
 
@@ -16,19 +16,21 @@ Ablations (paper Tables 5-8) and how each flag is read here:
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
 from dataset_scripts.bank import CaptConfusionBank, build_bank, check_bank_matches_training_set
 from dataset_scripts.confusion_bank import load_bank_for_training, save_bank
-from dataset_scripts.data import make_loader
+from dataset_scripts.data import check_local_path, make_loader
 from dataset_scripts.data_fingerprint import training_set_fingerprint
-from modeling_capt import CaptForImageClassification
+from modeling_capt import CaptAdapterConfig, CaptForImageClassification
+from trainers.args import config_kwargs, flags_from_dataclasses
 from trainers.confusion import (
     adapter_alpha,
     break_rate,
@@ -40,6 +42,8 @@ from trainers.confusion import (
     retrieve_representatives,
     select_confusion_classes,
 )
+from trainers.evaluation import predict
+from trainers.methods.base import Method, RunContext
 from trainers.semantic_prompts import (
     SemanticPromptFileError, get_prompt_generator, load_prompts, prompts_from_entries, save_prompts,
 )
@@ -49,6 +53,64 @@ logger = logging.getLogger(__name__)
 
 # Above this many bytes the processed training images are not kept in memory (they are re-read when retrieved).
 PIXEL_CACHE_LIMIT_BYTES = 2 * 1024**3
+
+
+@dataclass
+class CaptTrainingConfig:
+    """CAPT's training options: the bank, the miners, the losses and the semantic prompts (the model's own options,
+    adapters and MGDE, are `CaptAdapterConfig`'s). Each is a flag of `--method capt`."""
+
+    bank_path: str | None = field(default=None, metadata={"help": "Load a confusion bank (folder or Hub dataset id)."})
+    bank_base_model: str | None = field(
+        default=None, metadata={"help": "Checkpoint the bank is built from (default: zero-shot CLIP)."}
+    )
+    k_pairs: int = field(default=5, metadata={"help": "Confusion classes per sample."})
+    use_sem: bool = field(default=True, metadata={"help": "Semantic Confusion Miner (scores + semantic prompts)."})
+    use_sam: bool = field(default=True, metadata={"help": "Sample Confusion Miner (representative samples)."})
+    confusion_statistics: bool = field(default=True, metadata={"help": "Weight scores by bank statistics (Eq. 7)."})
+    symmetric_statistics: bool = field(default=False, metadata={"help": "n_i = M[i,g] + M[g,i]."})
+    pseudo_gt: bool = field(default=True, metadata={"help": "Use the base model's prediction as GT for mining."})
+    random_samples: bool = field(default=False, metadata={"help": "Random instead of representative samples."})
+    lambda_confuse: float = field(default=1.0, metadata={"help": "Weight of the confusion InfoNCE loss."})
+    load_balance_coef: float = field(default=0.0, metadata={"help": "Weight of MGDE's load-balancing loss."})
+    prompt_generator: str = field(
+        default="template",
+        metadata={"help": "template, json or lm. template reuses the prompts stored with a --bank_path bank; json and "
+                          "lm write every pair's prompts anew."},
+    )
+    prompt_file: str | None = field(default=None, metadata={"help": "JSON prompts for --prompt_generator json."})
+    prompt_lm: str | None = field(default=None, metadata={"help": "Causal LM for --prompt_generator lm."})
+
+    def __post_init__(self):
+        if self.prompt_generator not in ("template", "json", "lm"):
+            raise ValueError(f"--prompt_generator must be template, json or lm, got {self.prompt_generator!r}")
+        if self.prompt_generator == "json" and not self.prompt_file:
+            raise ValueError("--prompt_generator json needs --prompt_file")
+        if self.prompt_generator == "lm" and not self.prompt_lm:
+            raise ValueError("--prompt_generator lm needs --prompt_lm (a local causal LM)")
+        if self.k_pairs < 1:
+            raise ValueError(f"--k_pairs must be at least 1, got {self.k_pairs}")
+        for flag in ("bank_path", "bank_base_model", "prompt_lm"):
+            check_local_path(flag, getattr(self, flag))
+        check_local_path("prompt_file", self.prompt_file, always_local=True)
+
+
+#: The adapter options that are trainer flags (the others keep `CaptAdapterConfig`'s defaults).
+ADAPTER_FLAGS = ("use_mgde", "adapter_branches", "layers_to_transform", "alpha_scale", "alpha_gamma",
+                 "mgde_num_clusters", "mgde_top_k")
+
+CaptArguments = flags_from_dataclasses(
+    "CaptArguments", [(CaptTrainingConfig, None), (CaptAdapterConfig, ADAPTER_FLAGS)],
+    doc="The flags of `--method capt`: `CaptTrainingConfig` and the adapter options of `CaptAdapterConfig`.",
+)
+
+
+def adapter_config_of(capt_args, mgde_num_clusters: int | None = None) -> CaptAdapterConfig:
+    """The CAPT adapter config the flags ask for (MGDE's cluster count is known once the semantic prompts are)."""
+    kwargs = config_kwargs(capt_args, CaptAdapterConfig)
+    if mgde_num_clusters is not None:
+        kwargs["mgde_num_clusters"] = mgde_num_clusters
+    return CaptAdapterConfig(**kwargs)
 
 
 @dataclass
@@ -309,8 +371,6 @@ def correction_metrics(model, bank, train_rows, image_processor, accelerator, zs
     then say what training changed relative to the frozen CLIP every run starts from. The bank correction rate uses
     the bank's own predictions, so it is measured against the bank's base model, whichever it was.
     """
-    from trainers.train_capt import predict  # local: train_capt imports this module
-
     loader = accelerator.prepare(make_loader(train_rows.dataset, image_processor, batch_size, False, 0, "train"))
     train_pred = predict(model, loader, accelerator, "correction rate")  # each process predicts its shard
     rows = bank.rows_for(train_pred["indices"]).cpu()
@@ -326,3 +386,76 @@ def correction_metrics(model, bank, train_rows, image_processor, accelerator, zs
         result["novel_test_correction_rate"] = _percent(correction_rate(base, new, labels))
         result["novel_test_break_rate"] = _percent(break_rate(base, new, labels))
     return result
+
+
+def _capt_parts(folder: str) -> str:
+    """What a CAPT model in `folder` (its `config.json`) trains besides its adapters: their branches and MGDE."""
+    try:
+        with open(os.path.join(folder, "config.json"), encoding="utf-8") as handle:
+            adapter = json.load(handle).get("adapter_config") or {}
+    except (OSError, ValueError):
+        return " and the MGDE layer"
+    branches = {"global": " (global branch only)", "local": " (local branch only)"}
+    branches = branches.get(adapter.get("adapter_branches"), "")
+    return branches + (" and the MGDE layer" if adapter.get("use_mgde", True) else " (no MGDE layer)")
+
+
+class CaptMethod(Method):
+    """CAPT: Diff-Manner adapters and MGDE trained from a Confusion Bank of the base model's own mistakes."""
+
+    name = "capt"
+    title = "CAPT"
+    Arguments = CaptArguments
+    needs_every_training_class = True  # its Confusion Bank and representative samples need every class
+    printed_metrics = ("correction_rate", "test_correction_rate", "test_break_rate")
+
+    def check(self, model_args) -> None:
+        from transformers import CLIPConfig
+
+        num_layers = CLIPConfig.from_pretrained(model_args.model_name_or_path).vision_config.num_hidden_layers
+        adapter_config_of(self.args).select_layers(num_layers)
+
+    def before_evaluation(self, run: RunContext) -> None:
+        if self.args.bank_path:
+            # a bank of other data (other labels, or other images: another --seed's few-shot draw) fails here, before
+            # any model is loaded or evaluated
+            run.state["bank"] = load_bank_for_training(self.args.bank_path, run.splits["train"], run.train_names,
+                                                       run.template)
+
+    def prepare(self, run: RunContext) -> None:
+        run.state["bank"], run.state["semantic"] = prepare_bank_and_prompts(
+            run.accelerator, self.args, run.train_args, run.zeroshot, run.train_rows, run.image_processor,
+            run.tokenizer, run.train_names, run.template, run.model_args, bank=run.state.get("bank"),
+        )
+
+    def build_model(self, run: RunContext):
+        semantic = run.state["semantic"]
+        clusters = semantic.num_clusters if self.args.use_mgde else self.args.mgde_num_clusters
+        model = run.build(CaptForImageClassification, adapter_config=adapter_config_of(self.args, clusters))
+        if model.mgde is not None:
+            model.init_semantic_experts(semantic.commonality_centres, semantic.difference_centres)
+        return model
+
+    def begin_training(self, model, run: RunContext, prefix_cache=None) -> None:
+        super().begin_training(model, run, prefix_cache)
+        self.step = CaptStep(model, run.state["bank"], self.args, run.train_rows, run.image_processor,
+                             run.accelerator, seed=run.train_args.seed, prefix_cache=prefix_cache)
+
+    def training_step(self, batch):
+        return self.step(batch)
+
+    def generators(self) -> dict:
+        return {"capt_step": self.step.generator}
+
+    def extra_metrics(self, model, run: RunContext, results: dict) -> dict:
+        zs, tr = results["zeroshot"], results[self.name]
+        return correction_metrics(
+            model, run.state["bank"], run.train_rows, run.image_processor, run.accelerator, zs["base_predictions"],
+            tr["base_predictions"], zs.get("novel_predictions"), tr.get("novel_predictions"),
+            run.train_args.per_device_eval_batch_size,
+        )
+
+    @classmethod
+    def trained_parts(cls, model_folder: str) -> str:
+        return (f"The Diff-Manner adapters{_capt_parts(model_folder)} are trained (CAPT), from a Confusion Bank of "
+                "the base model's own mistakes.")
