@@ -38,7 +38,8 @@ This file is the command line and the build's sequence of steps; the steps live 
 ``embedded_data`` (the source, its splits, the subset's Parquet files), ``embedded_captions``
 (caption templates and caption noise), ``embedded_processors`` (tokenizer and image processor),
 ``embedded_pretrain`` (the CLIP config and contrastive pre-training), ``embedded_eval`` (zero-shot
-and linear-probe evaluation) and ``embedded_cards`` (the two cards).
+and linear-probe evaluation) and ``embedded_cards`` (the two cards, from the templates in
+``hub_cards/``).
 
 Data: Fashion-MNIST, Zalando Research (Xiao, Rasul and Vollgraf, 2017), MIT licence.
 """
@@ -75,6 +76,7 @@ from dataset_scripts.embedded_captions import (  # noqa: E402
 )
 from dataset_scripts.embedded_cards import (  # noqa: E402
     BUILD_INFO_NAME,
+    check_card_templates,
     write_dataset_card,
     write_model_card,
 )
@@ -327,6 +329,8 @@ def build_embedded_default(
 
     def log(msg: str) -> None:
         print(f"[build {time.time() - start:6.1f}s] {msg}", flush=True)
+
+    check_card_templates()  # before minutes of pre-training, not after
 
     # 1. Source data and splits.
     if dataset:

@@ -1,4 +1,10 @@
-"""The model card and the dataset card of the embedded default, written from its build info."""
+"""The model card and the dataset card of the embedded default, filled in from its build info.
+
+Their text is in ``hub_cards/embedded_model_card.md`` and ``hub_cards/embedded_dataset_card.md``
+(``str.format`` templates, as ``trainers/hub.py`` fills ``hub_cards/capt_model_card.md``); this
+module computes the values that go into them from ``build_info.json``, so a card can be rendered
+again from a finished build (``render_model_card``, ``render_dataset_card``).
+"""
 
 from __future__ import annotations
 
@@ -13,6 +19,11 @@ from dataset_scripts.embedded_eval import confusions_text, planted_confusions, p
 
 #: The build's record, written next to the model; the cards are filled in from it and point readers to it.
 BUILD_INFO_NAME = "build_info.json"
+
+#: The card templates, in the repository's ``hub_cards/`` folder (beside this package).
+HUB_CARDS_DIR = Path(__file__).resolve().parent.parent / "hub_cards"
+MODEL_CARD_TEMPLATE = HUB_CARDS_DIR / "embedded_model_card.md"
+DATASET_CARD_TEMPLATE = HUB_CARDS_DIR / "embedded_dataset_card.md"
 
 #: Why the default build uses caption noise (the model card quotes it when the build has caption noise).
 NOISE_RATIONALE = """Why: a CLIP pre-trained on clean class-name captions of Fashion-MNIST is just a 10-way
@@ -42,83 +53,45 @@ trained model sits in between. That is why the rates are well above one half: in
 captions, InfoNCE would learn the mutual information alone, and the noise would barely show.)
 Give other rates as JSON, e.g. `--caption_noise '{"shirt": {"t-shirt": 0.7}}'`."""
 
+#: The model card's opening paragraph for a build with caption noise (a ``str.format`` template).
+_NOISY_INTRO = """It reproduces, in miniature, the situation CAPT (confusion-aware prompt tuning) addresses:
+**rich visual features, misaligned with the text**. Its pre-training captions were made noisy
+the way web captions are: a fixed share of the images of some classes are captioned with the
+name of a look-alike class (table below). The image features still separate the classes (a
+logistic-regression probe on them, fitted on {first_k} images per class, beats zero-shot by
+{base_gain} on the base classes and {novel_gain} on the novel ones), while the class-name text
+embeddings sit on the wrong side of the look-alike pairs, so that zero-shot classification makes
+fixed, systematic confusions ({pairs}). Few-shot adaptation (a linear probe, CoOp, CAPT) can
+repair them, which is what the package's demo is meant to show."""
+
+#: The model card's opening paragraph for a build without caption noise.
+_CLEAN_INTRO = """It was built without caption noise, so its zero-shot errors are the dataset's natural
+confusions only."""
+
+
+def check_card_templates() -> None:
+    """Raise ``FileNotFoundError`` unless both card templates are there (checked before a build, not after it)."""
+    missing = [str(p) for p in (MODEL_CARD_TEMPLATE, DATASET_CARD_TEMPLATE) if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"card template(s) not found: {', '.join(missing)}; run the build from a checkout of the capt repository"
+        )
+
+
+def _is_fashion_mnist(info: dict) -> bool:
+    return info["source"].get("source") == "fashion-mnist-idx" or info["class_names"] == FASHION_MNIST_CLASSES
+
+
+def _credit(info: dict) -> str:
+    if _is_fashion_mnist(info):
+        return FASHION_MNIST_CREDIT
+    return f"Source: {info['source_description']} (see its own licence)."
 
 
 def _yaml_dump(data) -> str:
     import yaml
 
     return yaml.safe_dump(data, sort_keys=False, allow_unicode=True, default_flow_style=False)
-
-
-def write_dataset_card(out_dir: Path, info: dict) -> None:
-    import pyarrow.parquet as pq
-
-    names = info["class_names"]
-    is_fashion = info["source"].get("source") == "fashion-mnist-idx" or names == FASHION_MNIST_CLASSES
-    meta = {
-        "license": "mit" if is_fashion else "other",
-        "pretty_name": info["subset_name"],
-        "task_categories": ["image-classification"],
-        "size_categories": ["1K<n<10K"],
-        "tags": ["capt", "few-shot", "toy"] + (["fashion-mnist"] if is_fashion else []),
-        "configs": [
-            {
-                "config_name": "default",
-                "data_files": [
-                    {"split": "train", "path": "train.parquet"},
-                    {"split": "test", "path": "test.parquet"},
-                ],
-            }
-        ],
-        "dataset_info": {
-            "features": [
-                {"name": "image", "dtype": "image"},
-                {"name": "label", "dtype": {"class_label": {"names": {str(i): n for i, n in enumerate(names)}}}},
-            ],
-            # num_bytes (the Arrow size, read back from the written Parquet): without it `datasets` calls the
-            # card's splits malformed and drops them
-            "splits": [
-                {"name": split, "num_bytes": pq.read_table(out_dir / f"{split}.parquet").nbytes,
-                 "num_examples": info["sizes"][size]}
-                for split, size in (("train", "pool"), ("test", "test"))
-            ],
-        },
-    }
-    credit = FASHION_MNIST_CREDIT if is_fashion else f"Source: {info['source_description']} (see its own licence)."
-    body = f"""# {info["subset_name"]}
-
-A small, fixed image-classification subset shipped inside the `capt` repository so that the
-package's few-shot prompt-tuning job, its examples and its tests run with no download. It goes
-with the toy CLIP model `{info["model_name"]}` (the sibling folder), which was pre-trained on other
-images of the same source.
-
-| split | images | drawn from |
-|---|---|---|
-| `train` | {info["sizes"]["pool"]} | the source's `{info["splits"]["pool_from"]}` split, {info["pool_per_class"]} per class: the few-shot **pool** (sample k shots per class from it); disjoint from the model's pre-training images |
-| `test` | {info["sizes"]["test"]} | the source's `{info["splits"]["test_from"]}` split, {info["test_per_class"]} per class |
-
-Columns: `image` (`datasets.Image()`, PNG bytes) and `label` (`ClassLabel`), with the classes, in label order:
-{", ".join(f"`{n}`" for n in names)}.
-
-```python
-from datasets import load_dataset
-ds = load_dataset("embedded/{info["subset_name"]}")          # this folder
-# or: load_dataset("parquet", data_files={{"train": ".../train.parquet", "test": ".../test.parquet"}})
-```
-
-Built (seed {info["seed"]}, sampling per class with `numpy.random.default_rng`) by:
-
-```bash
-{info["command"]}
-```
-
-The source indices of the images are recorded in `../{info["model_name"]}/{BUILD_INFO_NAME}` (`source_indices`).
-
-## Licence and credit
-
-{credit}
-"""
-    (out_dir / "README.md").write_text(f"---\n{_yaml_dump(meta)}---\n\n{body}", encoding="utf-8")
 
 
 def _load_text(env: dict) -> str:
@@ -161,21 +134,21 @@ def _noise_table(info: dict) -> str:
     return "\n".join(rows)
 
 
-def write_model_card(out_dir: Path, info: dict) -> None:
+
+def render_model_card(info: dict) -> str:
+    """The model folder's README.md for the build recorded in ``info`` (its build_info.json)."""
     names = info["class_names"]
-    is_fashion = info["source"].get("source") == "fashion-mnist-idx" or names == FASHION_MNIST_CLASSES
+    is_fashion = _is_fashion_mnist(info)
     zs = info["zero_shot"]
     probe = info["linear_probe"]
-    noisy = bool(info["caption_noise"]["map"])
+    training = info["training"]
+    environment = info["environment"]
     meta = {
         "library_name": "transformers",
         "pipeline_tag": "zero-shot-image-classification",
         "license": "mit" if is_fashion else "other",
         "tags": ["clip", "capt", "toy", "tiny"] + (["fashion-mnist"] if is_fashion else []),
     }
-    size = info["model_size"]
-    credit = FASHION_MNIST_CREDIT if is_fashion else f"Source: {info['source_description']} (see its own licence)."
-    per_class = "\n".join(f"| {c} | {a * 100:.1f} |" for c, a in zs["per_class_accuracy"].items())
     groups = probe["groups"]
     first_k = str(probe["shots"][0]) if probe["shots"] else None
 
@@ -185,120 +158,131 @@ def write_model_card(out_dir: Path, info: dict) -> None:
             return "n/a"
         return f"{(entry['linear_probe'][first_k]['accuracy'] - entry['zero_shot']) * 100:+.1f} points"
 
-    pairs = ", ".join(f"{p['true']} -> {p['predicted']}" for p in zs["top_confusions"][:3])
-    if noisy:
-        intro = f"""It reproduces, in miniature, the situation CAPT (confusion-aware prompt tuning) addresses:
-**rich visual features, misaligned with the text**. Its pre-training captions were made noisy
-the way web captions are: a fixed share of the images of some classes are captioned with the
-name of a look-alike class (table below). The image features still separate the classes (a
-logistic-regression probe on them, fitted on {first_k} images per class, beats zero-shot by
-{gain("base")} on the base classes and {gain("novel")} on the novel ones), while the class-name text
-embeddings sit on the wrong side of the look-alike pairs, so that zero-shot classification makes
-fixed, systematic confusions ({pairs}). Few-shot adaptation (a linear probe, CoOp, CAPT) can
-repair them, which is what the package's demo is meant to show."""
+    if info["caption_noise"]["map"]:
+        pairs = ", ".join(f"{p['true']} -> {p['predicted']}" for p in zs["top_confusions"][:3])
+        intro = _NOISY_INTRO.format(first_k=first_k, base_gain=gain("base"), novel_gain=gain("novel"), pairs=pairs)
+        noise_rationale = NOISE_RATIONALE
     else:
-        intro = """It was built without caption noise, so its zero-shot errors are the dataset's natural
-confusions only."""
+        intro, noise_rationale = _CLEAN_INTRO, ""
+    text = MODEL_CARD_TEMPLATE.read_text(encoding="utf-8").format(
+        metadata=_yaml_dump(meta),
+        model_name=info["model_name"],
+        subset_name=info["subset_name"],
+        num_parameters=info["num_parameters"],
+        safetensors_mb=info["safetensors_bytes"] / 1e6,
+        source_description=info["source_description"],
+        num_classes=len(names),
+        intro=intro,
+        zero_shot_total=zs["total"],
+        zero_shot_template=zs["template"],
+        zero_shot_percent=zs["accuracy"] * 100,
+        zero_shot_correct=zs["correct"],
+        chance_percent=100 / len(names),
+        top_confusions=confusions_text(zs["top_confusions"]),
+        planted_share=_planted_share_text(info),
+        per_class_rows="\n".join(f"| {c} | {a * 100:.1f} |" for c, a in zs["per_class_accuracy"].items()),
+        num_base_classes=len(groups["base"]["classes"]) if "base" in groups else 0,
+        probe_l2=probe["l2"],
+        probe_seed=probe["seed"],
+        probe_table=probe_table(probe),
+        noise_table=_noise_table(info),
+        noise_rationale=noise_rationale,
+        command=info["command"],
+        seed=info["seed"],
+        build_seconds=info["build_seconds"],
+        training_seconds=training["seconds"],
+        cpu_count=environment["cpu_count"],
+        load_average=_load_text(environment),
+        torch_threads=environment["torch_threads"],
+        torch_version=environment["torch"],
+        transformers_version=environment["transformers"],
+        build_info_name=BUILD_INFO_NAME,
+        pretrain_images=info["sizes"]["pretrain"],
+        pool_images=info["sizes"]["pool"],
+        test_images=info["sizes"]["test"],
+        pretrain_from=info["splits"]["pretrain_from"],
+        test_from=info["splits"]["test_from"],
+        num_caption_templates=len(info["caption_templates"]),
+        caption_templates="; ".join(f"`{t}`" for t in info["caption_templates"]),
+        vocab_size=info["vocab_size"],
+        num_merges=info["num_merges"],
+        image_mean=info["image_mean"],
+        image_std=info["image_std"],
+        eos_token_id=info["eos_token_id"],
+        lr=training["lr"],
+        weight_decay=training["weight_decay"],
+        steps=training["steps"],
+        batch_size=training["batch_size"],
+        epochs=training["steps"] * training["batch_size"] / max(1, info["sizes"]["pretrain"]),
+        warmup_percent=training["warmup_ratio"] * 100,
+        final_loss=training["final_loss"],
+        credit=_credit(info),
+        **info["model_size"],  # image_size, patch_size, vision_hidden, ...: the ModelSize fields
+    )
+    # An empty paragraph (no caption noise: no share of planted errors, no rationale) leaves a run of blank lines.
+    return re.sub(r"\n{3,}", "\n\n", text)
 
-    body = f"""# {info["model_name"]}
 
-**A toy for demos and CI, not a real CLIP.** This is a genuine `transformers.CLIPModel`
-({info["num_parameters"]:,} parameters, {info["safetensors_bytes"] / 1e6:.1f} MB of safetensors) that we
-pre-trained contrastively, from scratch, in a few minutes on a CPU, on {info["sizes"]["pretrain"]:,}
-images of {info["source_description"]} paired with template captions ("a photo of a sneaker.").
-It knows only the {len(names)} class names below and nothing about the visual world; do not use it
-for anything but exercising code paths (the `capt` package's few-shot prompt tuning, its examples
-and its tests) without a download.
+def render_dataset_card(info: dict, data_dir: str | Path) -> str:
+    """The subset folder's README.md for the build recorded in ``info``; the splits' Arrow sizes are read from the
+    Parquet files in ``data_dir``."""
+    import pyarrow.parquet as pq
 
-{intro}
+    data_dir = Path(data_dir)
+    names = info["class_names"]
+    is_fashion = _is_fashion_mnist(info)
+    meta = {
+        "license": "mit" if is_fashion else "other",
+        "pretty_name": info["subset_name"],
+        "task_categories": ["image-classification"],
+        "size_categories": ["1K<n<10K"],
+        "tags": ["capt", "few-shot", "toy"] + (["fashion-mnist"] if is_fashion else []),
+        "configs": [
+            {
+                "config_name": "default",
+                "data_files": [
+                    {"split": "train", "path": "train.parquet"},
+                    {"split": "test", "path": "test.parquet"},
+                ],
+            }
+        ],
+        "dataset_info": {
+            "features": [
+                {"name": "image", "dtype": "image"},
+                {"name": "label", "dtype": {"class_label": {"names": {str(i): n for i, n in enumerate(names)}}}},
+            ],
+            # num_bytes (the Arrow size, read back from the written Parquet): without it `datasets` calls the
+            # card's splits malformed and drops them
+            "splits": [
+                {"name": split, "num_bytes": pq.read_table(data_dir / f"{split}.parquet").nbytes,
+                 "num_examples": info["sizes"][size]}
+                for split, size in (("train", "pool"), ("test", "test"))
+            ],
+        },
+    }
+    return DATASET_CARD_TEMPLATE.read_text(encoding="utf-8").format(
+        metadata=_yaml_dump(meta),
+        subset_name=info["subset_name"],
+        model_name=info["model_name"],
+        pool_images=info["sizes"]["pool"],
+        pool_from=info["splits"]["pool_from"],
+        pool_per_class=info["pool_per_class"],
+        test_images=info["sizes"]["test"],
+        test_from=info["splits"]["test_from"],
+        test_per_class=info["test_per_class"],
+        class_names=", ".join(f"`{n}`" for n in names),
+        seed=info["seed"],
+        command=info["command"],
+        build_info_name=BUILD_INFO_NAME,
+        credit=_credit(info),
+    )
 
-## Zero-shot accuracy
 
-On the `test` split of the sibling dataset folder `{info["subset_name"]}` ({zs["total"]} images), with the
-prompt `{zs["template"]}`: **{zs["accuracy"] * 100:.2f} %** ({zs["correct"]} / {zs["total"]}; chance is {100 / len(names):.0f} %).
+def write_model_card(out_dir: Path, info: dict) -> None:
+    """Write ``render_model_card(info)`` as ``out_dir/README.md``."""
+    (Path(out_dir) / "README.md").write_text(render_model_card(info), encoding="utf-8")
 
-Top confused pairs (true -> predicted: count):
 
-```
-{confusions_text(zs["top_confusions"])}
-```
-{_planted_share_text(info)}
-
-| class | accuracy (%) |
-|---|---|
-{per_class}
-
-## Frozen image features versus zero-shot
-
-On the same test images, per group of classes (CoOp's base-to-novel split: the first
-{len(groups["base"]["classes"]) if "base" in groups else 0} labels are the base classes, the others novel; zero-shot chooses among
-the group's class names only, as base-to-novel evaluation does), against a logistic-regression
-probe (L2 penalty {probe["l2"]}, full-batch L-BFGS in float64) on the L2-normalised image features
-(`get_image_features`) of k images per class drawn with seed {probe["seed"]} from the `train` split (the
-few-shot pool, disjoint from the pre-training images):
-
-{probe_table(probe)}
-
-The build script computes and prints this table at its end (the command below).
-
-## Caption noise
-
-{_noise_table(info)}
-
-{NOISE_RATIONALE if noisy else ""}
-
-## Use
-
-```python
-from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
-from datasets import load_dataset
-
-model = CLIPModel.from_pretrained("embedded/{info["model_name"]}")
-tokenizer = AutoTokenizer.from_pretrained("embedded/{info["model_name"]}")
-image_processor = AutoImageProcessor.from_pretrained("embedded/{info["model_name"]}")
-test = load_dataset("embedded/{info["subset_name"]}", split="test")
-```
-
-## How it was built
-
-```bash
-{info["command"]}
-```
-
-(seed {info["seed"]}; {info["build_seconds"]:.0f} s wall time, {info["training"]["seconds"]:.0f} s of it pre-training, on a machine with
-{info["environment"]["cpu_count"]} CPU cores{_load_text(info["environment"])},
-{info["environment"]["torch_threads"]} torch thread(s), torch {info["environment"]["torch"]}, transformers {info["environment"]["transformers"]};
-every number above is in `{BUILD_INFO_NAME}`).
-
-- **Data.** {info["sizes"]["pretrain"]:,} pre-training images drawn from the source's
-  `{info["splits"]["pretrain_from"]}` split; the few-shot pool ({info["sizes"]["pool"]} images) and the
-  pre-training images are disjoint; the test images ({info["sizes"]["test"]}) come from the `{info["splits"]["test_from"]}` split.
-- **Captions.** Made afresh every time an image is drawn: a caption name (the image's class, or
-  a look-alike's with the caption-noise rates above) in one of {len(info["caption_templates"])} templates drawn at random:
-  {"; ".join(f"`{t}`" for t in info["caption_templates"])}.
-- **Tokenizer.** CLIP-style byte-level BPE (lower-case, `</w>` end-of-word suffix, CLIP's
-  pre-tokenisation), trained on the captions with the `tokenizers` library: {info["vocab_size"]} tokens
-  (256 bytes, the same with `</w>`, {info["num_merges"]} merges, `<|startoftext|>` / `<|endoftext|>`; the
-  latter is also the padding token). Any text tokenizes; unseen words fall back to bytes.
-  Loads as `CLIPTokenizer` / `AutoTokenizer`; `model_max_length` {size["max_position_embeddings"]}.
-- **Image processor.** `CLIPImageProcessor`: RGB conversion, bicubic resize of the shortest edge
-  to {size["image_size"]}, centre crop {size["image_size"]}x{size["image_size"]}, rescale to [0, 1], normalisation with the
-  per-channel mean {info["image_mean"]} and std {info["image_std"]} of the pre-training images (not
-  CLIP's ImageNet statistics). Grayscale images are fine (converted to RGB).
-- **Model.** ViT vision tower: {size["image_size"]}x{size["image_size"]} input, patch {size["patch_size"]}, width {size["vision_hidden"]},
-  {size["vision_layers"]} layers, {size["vision_heads"]} heads; text transformer: width {size["text_hidden"]}, {size["text_layers"]} layers,
-  {size["text_heads"]} heads, {size["max_position_embeddings"]} positions; projection {size["projection_dim"]}; `quick_gelu`; EOS pooling
-  by `eos_token_id` {info["eos_token_id"]}.
-- **Training.** Symmetric InfoNCE over the batch's distinct captions (one logit column per
-  distinct caption text; captions with the same drawn name, whatever the template, are positives
-  of each other; the true labels are never used), learnable temperature, AdamW (lr
-  {info["training"]["lr"]}, weight decay {info["training"]["weight_decay"]}), {info["training"]["steps"]} steps of batch {info["training"]["batch_size"]}
-  ({info["training"]["steps"] * info["training"]["batch_size"] / max(1, info["sizes"]["pretrain"]):.1f} epochs), linear warm-up over {info["training"]["warmup_ratio"] * 100:.0f} % then cosine
-  decay; final loss {info["training"]["final_loss"]:.3f}.
-
-## Licence and credit
-
-{credit} The model weights are released under the same licence as the data they were trained on.
-"""
-    body = re.sub(r"\n{3,}", "\n\n", body)
-    (out_dir / "README.md").write_text(f"---\n{_yaml_dump(meta)}---\n\n{body}", encoding="utf-8")
+def write_dataset_card(out_dir: Path, info: dict) -> None:
+    """Write the dataset card of the subset folder ``out_dir`` (holding its Parquet files) as ``out_dir/README.md``."""
+    (Path(out_dir) / "README.md").write_text(render_dataset_card(info, out_dir), encoding="utf-8")

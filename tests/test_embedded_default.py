@@ -5,7 +5,8 @@
 (b) the IDX reader on tiny IDX files written here;
 (c) the shipped ``embedded/`` artefacts load and reproduce the zero-shot and linear-probe numbers
     of build_info.json, in the intended regime (modest zero-shot accuracy, systematic confusions,
-    frozen image features clearly better than zero-shot);
+    frozen image features clearly better than zero-shot), and their cards are what the templates in
+    ``hub_cards/`` render from that build_info.json;
 (d) clear errors for datasets without an ``image`` column or a ClassLabel ``label`` column;
 (e) the caption noise: parsing, the drawn rates, and that the loss follows the captions, not the labels.
 """
@@ -22,6 +23,7 @@ import pytest
 import torch
 
 from dataset_scripts import build_embedded_default as bed
+from dataset_scripts import embedded_cards
 from dataset_scripts.embedded_captions import (
     CAPTION_TEMPLATES,
     FASHION_MNIST_CAPTION_NOISE,
@@ -29,7 +31,7 @@ from dataset_scripts.embedded_captions import (
     draw_caption_names,
     resolve_caption_noise,
 )
-from dataset_scripts.embedded_cards import BUILD_INFO_NAME
+from dataset_scripts.embedded_cards import BUILD_INFO_NAME, render_dataset_card, render_model_card
 from dataset_scripts.embedded_data import (
     FASHION_MNIST_CLASSES,
     load_fashion_mnist_idx,
@@ -358,6 +360,20 @@ def test_shipped_default_reproduces_build_info(tmp_path):
     folder = load_dataset(str(SHIPPED_DATA), cache_dir=str(tmp_path))
     assert folder["train"].num_rows == info["sizes"]["pool"]
     assert_card_split_sizes(SHIPPED_DATA)
+
+
+def test_shipped_cards_are_the_templates_filled_from_build_info():
+    """The READMEs in embedded/ are, byte for byte, what hub_cards/embedded_*_card.md render from build_info.json."""
+    info = json.loads((SHIPPED_MODEL / BUILD_INFO_NAME).read_text(encoding="utf-8"))
+    assert render_model_card(info).encode("utf-8") == (SHIPPED_MODEL / "README.md").read_bytes()
+    assert render_dataset_card(info, SHIPPED_DATA).encode("utf-8") == (SHIPPED_DATA / "README.md").read_bytes()
+
+
+def test_build_without_the_card_templates_stops_before_training(tmp_path, monkeypatch):
+    monkeypatch.setattr(embedded_cards, "MODEL_CARD_TEMPLATE", tmp_path / "no_such_card.md")
+    with pytest.raises(FileNotFoundError, match="card template"):
+        bed.main(["--dataset", str(SHIPPED_DATA), "--output_dir", str(tmp_path / "out"), "--no_progress"])
+    assert not (tmp_path / "out").exists()
 
 
 def assert_card_split_sizes(data_dir) -> None:
