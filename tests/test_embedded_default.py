@@ -1,10 +1,12 @@
-"""Tests of the embedded default model and data (``dataset_scripts/build_embedded_default.py``).
+"""Tests of the embedded default model and data (``dataset_scripts/build_embedded_default.py`` and the
+``dataset_scripts/embedded_*.py`` modules it runs).
 
 (a) a reduced end-to-end rebuild from the shipped Parquet subset (no Debian package needed);
 (b) the IDX reader on tiny IDX files written here;
 (c) the shipped ``embedded/`` artefacts load and reproduce the zero-shot and linear-probe numbers
     of build_info.json, in the intended regime (modest zero-shot accuracy, systematic confusions,
-    frozen image features clearly better than zero-shot);
+    frozen image features clearly better than zero-shot), and their cards are what the templates in
+    ``hub_cards/`` render from that build_info.json;
 (d) clear errors for datasets without an ``image`` column or a ClassLabel ``label`` column;
 (e) the caption noise: parsing, the drawn rates, and that the loss follows the captions, not the labels.
 """
@@ -21,6 +23,32 @@ import pytest
 import torch
 
 from dataset_scripts import build_embedded_default as bed
+from dataset_scripts import embedded_cards
+from dataset_scripts.embedded_captions import (
+    CAPTION_TEMPLATES,
+    FASHION_MNIST_CAPTION_NOISE,
+    caption_distribution,
+    draw_caption_names,
+    resolve_caption_noise,
+)
+from dataset_scripts.embedded_cards import BUILD_INFO_NAME, render_dataset_card, render_model_card
+from dataset_scripts.embedded_data import (
+    FASHION_MNIST_CLASSES,
+    load_fashion_mnist_idx,
+    load_image_classification_dataset,
+    make_splits,
+    read_idx,
+    write_idx,
+)
+from dataset_scripts.embedded_eval import (
+    linear_probe_evaluate,
+    planted_confusions,
+    probe_table,
+    top_confusions,
+    zero_shot_evaluate,
+)
+from dataset_scripts.embedded_pretrain import ModelSize, make_clip_config, pretrain_clip, tokenize_captions
+from dataset_scripts.embedded_processors import train_clip_tokenizer
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -48,7 +76,7 @@ REDUCED_ARGS = [
     "--threads", "1",
     "--no_progress",
 ]  # fmt: skip
-CHANCE = 1 / len(bed.FASHION_MNIST_CLASSES)
+CHANCE = 1 / len(FASHION_MNIST_CLASSES)
 MIN_REDUCED_ACCURACY = 0.35  # shuffled labels or a broken text/image path sit near 10 %
 
 
@@ -125,7 +153,7 @@ def test_reduced_build_outputs_load_and_classify(reduced_build):
     ds = _load_parquet_splits(data_dir, cache)
     assert isinstance(ds["train"].features["image"], Image)
     assert isinstance(ds["test"].features["label"], ClassLabel)
-    assert ds["test"].features["label"].names == bed.FASHION_MNIST_CLASSES
+    assert ds["test"].features["label"].names == FASHION_MNIST_CLASSES
     assert (ds["train"].num_rows, ds["test"].num_rows) == (100, 300)
     assert np.bincount(ds["train"]["label"]).tolist() == [10] * 10
     from datasets import load_dataset
@@ -146,22 +174,22 @@ def test_reduced_build_outputs_load_and_classify(reduced_build):
     assert "--caption_noise" not in info["command"]  # the default
     # The subset has Fashion-MNIST's class names, so the default caption noise applies, at its rates.
     noise = info["caption_noise"]
-    assert noise["spec"] == "default" and noise["map"] == bed.FASHION_MNIST_CAPTION_NOISE
+    assert noise["spec"] == "default" and noise["map"] == FASHION_MNIST_CAPTION_NOISE
     counts = np.asarray(noise["drawn_counts"])
-    assert counts.sum() == 100 * 128 and noise["caption_names"] == bed.FASHION_MNIST_CLASSES
-    for true, targets in bed.FASHION_MNIST_CAPTION_NOISE.items():
-        c = bed.FASHION_MNIST_CLASSES.index(true)
+    assert counts.sum() == 100 * 128 and noise["caption_names"] == FASHION_MNIST_CLASSES
+    for true, targets in FASHION_MNIST_CAPTION_NOISE.items():
+        c = FASHION_MNIST_CLASSES.index(true)
         for target, rate in targets.items():
-            got = counts[c, bed.FASHION_MNIST_CLASSES.index(target)] / counts[c].sum()
+            got = counts[c, FASHION_MNIST_CLASSES.index(target)] / counts[c].sum()
             assert abs(got - rate) < 0.08, (true, target, got, rate)
         assert counts[c, c] / counts[c].sum() == pytest.approx(1 - sum(targets.values()), abs=0.08)
-    clean = [c for c in bed.FASHION_MNIST_CLASSES if c not in bed.FASHION_MNIST_CAPTION_NOISE]
+    clean = [c for c in FASHION_MNIST_CLASSES if c not in FASHION_MNIST_CAPTION_NOISE]
     for c in clean:
-        i = bed.FASHION_MNIST_CLASSES.index(c)
+        i = FASHION_MNIST_CLASSES.index(c)
         assert counts[i, i] == counts[i].sum() > 0
     # The linear-probe summary is there, on CoOp's base / novel halves.
     probe = info["linear_probe"]
-    assert probe["shots"] == [4] and probe["groups"]["base"]["classes"] == bed.FASHION_MNIST_CLASSES[:5]
+    assert probe["shots"] == [4] and probe["groups"]["base"]["classes"] == FASHION_MNIST_CLASSES[:5]
     assert probe["groups"]["novel"]["test_images"] == 150
     assert probe["groups"]["all"]["zero_shot"] == pytest.approx(accuracy)
     assert probe["groups"]["all"]["linear_probe"]["4"]["train_images"] == 40
@@ -222,21 +250,21 @@ def test_read_idx_on_tiny_files(tmp_path):
     _write_idx_by_hand(tmp_path / "img.gz", images, 0x08, "u1")
     _write_idx_by_hand(tmp_path / "lab.gz", labels, 0x08, "u1")
     _write_idx_by_hand(tmp_path / "flt.gz", floats, 0x0D, ">f4")
-    got = bed.read_idx(tmp_path / "img.gz")
+    got = read_idx(tmp_path / "img.gz")
     assert got.shape == (5, 4, 3) and got.dtype == np.uint8 and np.array_equal(got, images)
-    assert np.array_equal(bed.read_idx(tmp_path / "lab.gz"), labels)
-    assert np.array_equal(bed.read_idx(tmp_path / "flt.gz"), floats)
+    assert np.array_equal(read_idx(tmp_path / "lab.gz"), labels)
+    assert np.array_equal(read_idx(tmp_path / "flt.gz"), floats)
     # Round trip through the writer, uncompressed too.
-    bed.write_idx(tmp_path / "raw.idx", images)
-    assert np.array_equal(bed.read_idx(tmp_path / "raw.idx"), images)
+    write_idx(tmp_path / "raw.idx", images)
+    assert np.array_equal(read_idx(tmp_path / "raw.idx"), images)
     # Corrupt files are refused.
     with gzip.open(tmp_path / "bad.gz", "wb") as f:
         f.write(b"\x00\x00\x08\x01" + struct.pack(">I", 10) + b"\x00" * 3)
     with pytest.raises(ValueError, match="expected 10 data bytes"):
-        bed.read_idx(tmp_path / "bad.gz")
+        read_idx(tmp_path / "bad.gz")
     (tmp_path / "junk").write_bytes(b"PK\x03\x04junk")
     with pytest.raises(ValueError, match="not an IDX file"):
-        bed.read_idx(tmp_path / "junk")
+        read_idx(tmp_path / "junk")
 
 
 def test_fashion_mnist_idx_loader_and_missing_files(tmp_path):
@@ -246,21 +274,21 @@ def test_fashion_mnist_idx_loader_and_missing_files(tmp_path):
             tmp_path / f"{split}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28), dtype=np.uint8), 8, "u1"
         )
         _write_idx_by_hand(tmp_path / f"{split}-labels-idx1-ubyte.gz", np.arange(n, dtype=np.uint8) % 10, 8, "u1")
-    source = bed.load_fashion_mnist_idx(tmp_path)
-    assert source.class_names == bed.FASHION_MNIST_CLASSES
+    source = load_fashion_mnist_idx(tmp_path)
+    assert source.class_names == FASHION_MNIST_CLASSES
     assert (len(source.splits["train"]), len(source.splits["test"])) == (40, 20)
     img = source.splits["test"].get_images([3])[0]
     assert img.mode == "L" and img.size == (28, 28)
-    splits = bed.make_splits(source, pretrain_size=1000, pool_per_class=2, test_per_class=1, seed=0)
+    splits = make_splits(source, pretrain_size=1000, pool_per_class=2, test_per_class=1, seed=0)
     assert len(splits.pool[1]) == 20 and len(splits.test[1]) == 10 and len(splits.pretrain[1]) == 20
     assert not set(splits.pool[1]) & set(splits.pretrain[1])
-    again = bed.make_splits(source, pretrain_size=1000, pool_per_class=2, test_per_class=1, seed=0)
+    again = make_splits(source, pretrain_size=1000, pool_per_class=2, test_per_class=1, seed=0)
     assert all(np.array_equal(a[1], b[1]) for a, b in zip(vars(splits).values(), vars(again).values()))
 
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(FileNotFoundError) as err:
-        bed.load_fashion_mnist_idx(empty)
+        load_fashion_mnist_idx(empty)
     message = str(err.value)
     assert "dataset-fashion-mnist" in message and "--idx_dir" in message and "--dataset" in message
 
@@ -271,11 +299,11 @@ def test_fashion_mnist_idx_loader_and_missing_files(tmp_path):
 
 
 def test_shipped_default_reproduces_build_info(tmp_path):
-    info = json.loads((SHIPPED_MODEL / bed.BUILD_INFO_NAME).read_text())
+    info = json.loads((SHIPPED_MODEL / BUILD_INFO_NAME).read_text())
     recorded = info["zero_shot"]
     assert recorded["template"] == "a photo of a {}."
     ds = _load_parquet_splits(SHIPPED_DATA, tmp_path)
-    assert ds["test"].features["label"].names == bed.FASHION_MNIST_CLASSES == info["class_names"]
+    assert ds["test"].features["label"].names == FASHION_MNIST_CLASSES == info["class_names"]
     assert (ds["train"].num_rows, ds["test"].num_rows) == (info["sizes"]["pool"], info["sizes"]["test"])
 
     pred, true, logits = _independent_zero_shot(SHIPPED_MODEL, ds["test"])
@@ -287,28 +315,28 @@ def test_shipped_default_reproduces_build_info(tmp_path):
     assert int((pred == true).sum()) == recorded["correct"], hint
     assert abs(float((pred == true).mean()) - recorded["accuracy"]) < 1e-6
     assert confusion.tolist() == recorded["confusion_matrix"], hint
-    assert bed.top_confusions(confusion, bed.FASHION_MNIST_CLASSES) == recorded["top_confusions"]
+    assert top_confusions(confusion, FASHION_MNIST_CLASSES) == recorded["top_confusions"]
     # The script's own evaluation agrees with the public-API one.
-    assert bed.zero_shot_evaluate(SHIPPED_MODEL, SHIPPED_DATA) == recorded
+    assert zero_shot_evaluate(SHIPPED_MODEL, SHIPPED_DATA) == recorded
 
     # The intended regime: modest zero-shot accuracy, well below the ~90 % ceiling ...
     assert 0.60 <= recorded["accuracy"] <= 0.75
     # ... whose errors are the systematic confusions the caption noise plants between look-alikes ...
-    assert info["caption_noise"]["map"] == bed.FASHION_MNIST_CAPTION_NOISE
-    planted = {(t, p) for t, targets in bed.FASHION_MNIST_CAPTION_NOISE.items() for p in targets}
+    assert info["caption_noise"]["map"] == FASHION_MNIST_CAPTION_NOISE
+    planted = {(t, p) for t, targets in FASHION_MNIST_CAPTION_NOISE.items() for p in targets}
     assert {(p["true"], p["predicted"]) for p in recorded["top_confusions"][:3]} <= planted
-    planted_errors, errors = bed.planted_confusions(info)
+    planted_errors, errors = planted_confusions(info)
     assert planted_errors >= 0.6 * errors, f"only {planted_errors} of {errors} zero-shot errors on the planted pairs"
     # ... while the frozen image features are clearly better: a 16-shot linear probe beats zero-shot
     # by at least 8 points on the base classes and on the novel classes.
     probe = info["linear_probe"]
-    assert probe["groups"]["base"]["classes"] == bed.FASHION_MNIST_CLASSES[:5]
+    assert probe["groups"]["base"]["classes"] == FASHION_MNIST_CLASSES[:5]
     for group in ("base", "novel"):
         entry = probe["groups"][group]
         assert entry["linear_probe"]["16"]["accuracy"] >= entry["zero_shot"] + 0.08, (group, entry)
     # The probe numbers are reproduced: zero-shot exactly; each probe to within one test image (an
     # L-BFGS fit on another CPU may move a borderline image).
-    again = bed.linear_probe_evaluate(
+    again = linear_probe_evaluate(
         SHIPPED_MODEL, SHIPPED_DATA, shots=probe["shots"], seed=probe["seed"], l2=probe["l2"]
     )
     assert again["groups"].keys() == probe["groups"].keys()
@@ -325,13 +353,27 @@ def test_shipped_default_reproduces_build_info(tmp_path):
     assert info["safetensors_bytes"] == (SHIPPED_MODEL / "model.safetensors").stat().st_size < 8_000_000
     assert info["source_indices"]["pretrain_pool_overlap"] == 0
     card = (SHIPPED_MODEL / "README.md").read_text()
-    assert f"{recorded['accuracy'] * 100:.2f} %" in card and bed._probe_table(probe) in card
+    assert f"{recorded['accuracy'] * 100:.2f} %" in card and probe_table(probe) in card
     # The dataset folder itself loads (YAML configs in its card).
     from datasets import load_dataset
 
     folder = load_dataset(str(SHIPPED_DATA), cache_dir=str(tmp_path))
     assert folder["train"].num_rows == info["sizes"]["pool"]
     assert_card_split_sizes(SHIPPED_DATA)
+
+
+def test_shipped_cards_are_the_templates_filled_from_build_info():
+    """The READMEs in embedded/ are, byte for byte, what hub_cards/embedded_*_card.md render from build_info.json."""
+    info = json.loads((SHIPPED_MODEL / BUILD_INFO_NAME).read_text(encoding="utf-8"))
+    assert render_model_card(info).encode("utf-8") == (SHIPPED_MODEL / "README.md").read_bytes()
+    assert render_dataset_card(info, SHIPPED_DATA).encode("utf-8") == (SHIPPED_DATA / "README.md").read_bytes()
+
+
+def test_build_without_the_card_templates_stops_before_training(tmp_path, monkeypatch):
+    monkeypatch.setattr(embedded_cards, "MODEL_CARD_TEMPLATE", tmp_path / "no_such_card.md")
+    with pytest.raises(FileNotFoundError, match="card template"):
+        bed.main(["--dataset", str(SHIPPED_DATA), "--output_dir", str(tmp_path / "out"), "--no_progress"])
+    assert not (tmp_path / "out").exists()
 
 
 def assert_card_split_sizes(data_dir) -> None:
@@ -370,7 +412,7 @@ def test_dataset_without_classlabel_label_is_refused(tmp_path):
     plain = tmp_path / "plain_int_label.parquet"
     _tiny_parquet(plain, Value("int64"))
     with pytest.raises(ValueError, match="no `label` column of type datasets.ClassLabel"):
-        bed.load_image_classification_dataset(str(plain), cache_dir=str(tmp_path / "cache"))
+        load_image_classification_dataset(str(plain), cache_dir=str(tmp_path / "cache"))
     with pytest.raises(ValueError, match="ClassLabel"):
         bed.main(["--dataset", str(plain), "--output_dir", str(tmp_path / "out"), "--cache_dir",
                   str(tmp_path / "cache"), "--no_progress"])  # fmt: skip
@@ -379,10 +421,10 @@ def test_dataset_without_classlabel_label_is_refused(tmp_path):
     no_image = tmp_path / "no_image.parquet"
     _tiny_parquet(no_image, ClassLabel(names=["a", "b"]), image_column="picture")
     with pytest.raises(ValueError, match="no `image` column"):
-        bed.load_image_classification_dataset(str(no_image), cache_dir=str(tmp_path / "cache"))
+        load_image_classification_dataset(str(no_image), cache_dir=str(tmp_path / "cache"))
 
     with pytest.raises(FileNotFoundError, match="no Parquet file matches"):
-        bed.load_image_classification_dataset(str(tmp_path / "nothing-*.parquet"))
+        load_image_classification_dataset(str(tmp_path / "nothing-*.parquet"))
 
 
 # ------------------------------------------------------------------------------------------
@@ -391,16 +433,16 @@ def test_dataset_without_classlabel_label_is_refused(tmp_path):
 
 
 def test_resolve_caption_noise(tmp_path):
-    names = bed.FASHION_MNIST_CLASSES
-    assert bed.resolve_caption_noise("default", names) == bed.FASHION_MNIST_CAPTION_NOISE
-    assert bed.resolve_caption_noise("none", names) == {} == bed.resolve_caption_noise(None, names)
-    assert bed.resolve_caption_noise("default", ["cat", "dog"]) == {}  # no built-in map: no noise
+    names = FASHION_MNIST_CLASSES
+    assert resolve_caption_noise("default", names) == FASHION_MNIST_CAPTION_NOISE
+    assert resolve_caption_noise("none", names) == {} == resolve_caption_noise(None, names)
+    assert resolve_caption_noise("default", ["cat", "dog"]) == {}  # no built-in map: no noise
     spec = '{"shirt": {"t-shirt": 0.7, "top": 0.1}, "bag": {"sneaker": 0}}'
-    assert bed.resolve_caption_noise(spec, names) == {"shirt": {"t-shirt": 0.7, "top": 0.1}}
+    assert resolve_caption_noise(spec, names) == {"shirt": {"t-shirt": 0.7, "top": 0.1}}
     (tmp_path / "noise.json").write_text(spec)
-    assert bed.resolve_caption_noise(str(tmp_path / "noise.json"), names) == {"shirt": {"t-shirt": 0.7, "top": 0.1}}
+    assert resolve_caption_noise(str(tmp_path / "noise.json"), names) == {"shirt": {"t-shirt": 0.7, "top": 0.1}}
     # ClassLabel names with underscores are matched, and named, with spaces.
-    assert bed.resolve_caption_noise({"ankle_boot": {"sneaker": 0.5}}, ["sneaker", "ankle_boot"]) == {
+    assert resolve_caption_noise({"ankle_boot": {"sneaker": 0.5}}, ["sneaker", "ankle_boot"]) == {
         "ankle boot": {"sneaker": 0.5}
     }
     for bad, match in [
@@ -412,9 +454,9 @@ def test_resolve_caption_noise(tmp_path):
         ("shirt=t-shirt", "expected 'default', 'none'"),
     ]:
         with pytest.raises(ValueError, match=match):
-            bed.resolve_caption_noise(bad, names)
+            resolve_caption_noise(bad, names)
 
-    caption_names, probs = bed.caption_distribution({"shirt": {"t-shirt": 0.7, "top": 0.1}}, names)
+    caption_names, probs = caption_distribution({"shirt": {"t-shirt": 0.7, "top": 0.1}}, names)
     assert caption_names == names + ["top"]
     assert probs.shape == (10, 11) and np.allclose(probs.sum(1), 1)
     shirt = names.index("shirt")
@@ -431,17 +473,17 @@ def test_resolve_caption_noise(tmp_path):
 
 
 def test_draw_caption_names_follows_the_rates():
-    _, probs = bed.caption_distribution({"b": {"a": 0.3, "other words": 0.5}}, ["a", "b", "c"])
+    _, probs = caption_distribution({"b": {"a": 0.3, "other words": 0.5}}, ["a", "b", "c"])
     labels = torch.tensor([1] * 20000 + [0] * 1000 + [2] * 1000)
-    drawn = bed.draw_caption_names(labels, torch.as_tensor(probs), torch.Generator().manual_seed(0))
-    again = bed.draw_caption_names(labels, torch.as_tensor(probs), torch.Generator().manual_seed(0))
+    drawn = draw_caption_names(labels, torch.as_tensor(probs), torch.Generator().manual_seed(0))
+    again = draw_caption_names(labels, torch.as_tensor(probs), torch.Generator().manual_seed(0))
     assert torch.equal(drawn, again)
     of_b = torch.bincount(drawn[labels == 1], minlength=4).double() / 20000
     assert of_b.tolist() == pytest.approx([0.3, 0.2, 0.0, 0.5], abs=0.015)
     assert torch.equal(drawn[labels != 1], labels[labels != 1])  # classes without noise keep their name
     # Without noise the labels come back unchanged.
-    _, clean = bed.caption_distribution({}, ["a", "b", "c"])
-    assert torch.equal(bed.draw_caption_names(labels, torch.as_tensor(clean), torch.Generator()), labels)
+    _, clean = caption_distribution({}, ["a", "b", "c"])
+    assert torch.equal(draw_caption_names(labels, torch.as_tensor(clean), torch.Generator()), labels)
 
 
 def test_pretraining_follows_the_captions_not_the_labels():
@@ -455,19 +497,19 @@ def test_pretraining_follows_the_captions_not_the_labels():
     class_names = ["dark", "bright"]
     labels = torch.arange(256) % 2
     pixels = (labels.float() * 2 - 1).view(-1, 1, 1, 1) + 0.3 * torch.randn(256, 3, 8, 8)
-    noise = bed.resolve_caption_noise('{"dark": {"bright": 1.0}, "bright": {"dark": 0.8}}', class_names)
-    caption_names, probs = bed.caption_distribution(noise, class_names)
-    corpus = [t.format(c) for c in caption_names for t in bed.CAPTION_TEMPLATES]
-    tokenizer = bed.train_clip_tokenizer(corpus, vocab_size=700, model_max_length=32)
-    size = bed.ModelSize(
+    noise = resolve_caption_noise('{"dark": {"bright": 1.0}, "bright": {"dark": 0.8}}', class_names)
+    caption_names, probs = caption_distribution(noise, class_names)
+    corpus = [t.format(c) for c in caption_names for t in CAPTION_TEMPLATES]
+    tokenizer = train_clip_tokenizer(corpus, vocab_size=700, model_max_length=32)
+    size = ModelSize(
         image_size=8, patch_size=4, vision_hidden=16, vision_layers=1, vision_heads=2,
         text_hidden=16, text_layers=1, text_heads=2, max_position_embeddings=32, projection_dim=16,
     )  # fmt: skip
     from transformers import CLIPModel
 
-    model = CLIPModel(bed.make_clip_config(size, tokenizer))
-    ids, mask = bed._tokenize_captions(tokenizer, caption_names, bed.CAPTION_TEMPLATES, 32)
-    losses, counts = bed.pretrain_clip(
+    model = CLIPModel(make_clip_config(size, tokenizer))
+    ids, mask = tokenize_captions(tokenizer, caption_names, CAPTION_TEMPLATES, 32)
+    losses, counts = pretrain_clip(
         model, pixels, labels, ids, mask, steps=60, batch_size=64, lr=3e-3, weight_decay=0.0,
         warmup_ratio=0.1, seed=0, caption_probs=torch.as_tensor(probs), progress=False,
     )  # fmt: skip
@@ -496,9 +538,9 @@ def test_custom_caption_noise_in_a_tiny_build(tmp_path):
     assert "--threads" not in info["command"]  # 2 is the default
     noise = info["caption_noise"]
     assert noise["spec"] == spec and noise["map"] == {"shirt": {"top": 0.5}, "sandal": {"sneaker": 1.0}}
-    assert noise["caption_names"] == bed.FASHION_MNIST_CLASSES + ["top"]
+    assert noise["caption_names"] == FASHION_MNIST_CLASSES + ["top"]
     counts = np.asarray(noise["drawn_counts"])
-    shirt, sandal, sneaker = (bed.FASHION_MNIST_CLASSES.index(c) for c in ("shirt", "sandal", "sneaker"))
+    shirt, sandal, sneaker = (FASHION_MNIST_CLASSES.index(c) for c in ("shirt", "sandal", "sneaker"))
     assert counts.shape == (10, 11) and counts.sum() == 30 * 100
     assert counts[shirt, 10] / counts[shirt].sum() == pytest.approx(0.5, abs=0.15)
     assert counts[shirt, 10] + counts[shirt, shirt] == counts[shirt].sum()
