@@ -3,13 +3,13 @@
 The flags are read in two steps: `--method` (default `capt`) picks a method from the registry
 (`trainers/methods/__init__.py`), then the model, data and training flags and that method's own flags
 (`Method.Arguments`) are parsed together. A method's flags are built from the configuration dataclasses that own
-its options (`flags_from_dataclasses`), so each option is declared and validated once, by its configuration class.
+its options (`trainers.flags.flags_from_dataclasses`), so each option is declared and validated once, by its
+configuration class.
 A YAML or JSON file given with `--config FILE` supplies defaults; flags on the command line override it.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import sys
@@ -20,6 +20,8 @@ import yaml
 from transformers import HfArgumentParser
 
 from dataset_scripts.data import EMBEDDED_MODEL, DataArguments, check_local_path
+from trainers.flags import parse_comma_list
+from trainers.methods import METHODS, get_method
 
 
 DEFAULT_METHOD = "capt"
@@ -126,77 +128,6 @@ class TrainingArguments:
             raise FileNotFoundError(f"--resume_from_checkpoint: no checkpoint folder at {resume}")
 
 
-# ------------------------------------------------------------------------------------------------ method flags
-def _flag_type(annotation):
-    """The type of the flag of a config field typed `annotation`: a list-valued field is a comma-separated string."""
-    options = set(typing.get_args(annotation)) or {annotation}
-    scalar = options - {type(None)}
-    if len(scalar) == 1 and next(iter(scalar)) in (bool, int, float, str):
-        return annotation
-    return str | None if type(None) in options else str
-
-
-def _flag_default(value):
-    if isinstance(value, (list, tuple)):
-        return ",".join(str(v) for v in value)
-    return value
-
-
-def flags_from_dataclasses(name: str, sources, doc: str | None = None) -> type:
-    """A dataclass of command-line flags made of the fields of configuration dataclasses.
-
-    `sources` lists `(config_class, field_names)` pairs (`None`: every field). Each flag keeps its field's name,
-    default and help; a list-valued field becomes a comma-separated string (`config_kwargs` turns it back). The
-    configuration classes stay the one place each option is declared and validated: the flag class builds them in
-    its `__post_init__`, so a bad value fails while the flags are parsed.
-    """
-    specs = []
-    for source, names in sources:
-        hints = typing.get_type_hints(source)
-        for f in fields(source):
-            if names is not None and f.name not in names:
-                continue
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            specs.append((f.name, _flag_type(hints[f.name]),
-                          field(default=_flag_default(default), metadata=dict(f.metadata))))
-    configs = [source for source, _ in sources]
-
-    def __post_init__(self):
-        for config_class in configs:
-            config_class(**config_kwargs(self, config_class))
-
-    cls = dataclasses.make_dataclass(name, specs, namespace={"__post_init__": __post_init__})
-    cls.__doc__ = doc or f"Flags of {', '.join(config.__name__ for config in configs)}."
-    cls.__module__ = sys._getframe(1).f_globals.get("__name__", __name__)
-    return cls
-
-
-def config_kwargs(flags, config_class) -> dict:
-    """The keyword arguments of `config_class` that `flags` holds, comma lists turned back into lists."""
-    hints = typing.get_type_hints(config_class)
-    kwargs = {}
-    for f in fields(config_class):
-        if not hasattr(flags, f.name):
-            continue
-        value = getattr(flags, f.name)
-        if isinstance(value, str) and _flag_type(hints[f.name]) != hints[f.name]:
-            value = parse_comma_list(f.name, value, hints[f.name])
-        kwargs[f.name] = value
-    return kwargs
-
-
-def parse_comma_list(name: str, value: str, annotation=None) -> list:
-    """`"-2,-1"` -> `[-2, -1]`: integers when the field holds integers (or `annotation` is None), else strings."""
-    parts = [part.strip() for part in value.split(",") if part.strip()]
-    options = typing.get_args(annotation) if annotation is not None else ()
-    if annotation is not None and not any(option is int or typing.get_args(option) == (int,) for option in options):
-        return parts
-    try:
-        return [int(part) for part in parts]
-    except ValueError:
-        raise ValueError(f"--{name} must be a comma list of integers, got {value!r}") from None
-
-
 # Flags a resumed run may change: where things go, how they are reported, evaluated or executed (the frozen-prefix
 # cache and torch.compile give the same weights), and the epoch count (a longer run goes on from the checkpoint).
 # Every other flag decides the trained weights and must match the checkpoint's run.
@@ -220,15 +151,11 @@ def training_settings(*argument_groups) -> dict:
 
 def argument_classes(method: str) -> tuple[type, ...]:
     """The four argument dataclasses of a run of `method`: model, data, the method's own, training."""
-    from trainers.methods import get_method
-
     return (ModelArguments, DataArguments, get_method(method).Arguments, TrainingArguments)
 
 
 def _other_methods_hint(names) -> str:
     """' (k_pairs is a flag of --method capt)' for the names that are other methods' flags."""
-    from trainers.methods import METHODS
-
     hints = []
     for name in names:
         owners = [method for method, cls in METHODS.items() if name in {f.name for f in fields(cls.Arguments)}]
@@ -313,8 +240,6 @@ def parse_args(argv: list[str] | None = None):
 
     Each dataclass validates its own fields when it is built; `validate` checks what spans several of them.
     """
-    from trainers.methods import METHODS, get_method
-
     path, argv = split_config_flag(list(sys.argv[1:] if argv is None else argv))
     config = read_config_file(path) if path is not None else {}
     method_name = method_of(argv, config)
@@ -340,8 +265,6 @@ def parse_args(argv: list[str] | None = None):
 
 def validate(model_args, data_args, method_args, train_args) -> None:
     """Checks across the argument groups (each group checks its own fields when it is built)."""
-    from trainers.methods import get_method
-
     if train_args.resume_from_checkpoint not in (None, "latest") and not get_method(model_args.method).trains:
         raise ValueError(f"--resume_from_checkpoint: --method {model_args.method} trains nothing, so there is "
                          "nothing to resume")

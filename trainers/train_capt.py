@@ -30,7 +30,7 @@ from dataset_scripts.data import (  # noqa: E402
     IndexedImageDataset, classes_without_images, make_loader, prepare_splits, resolve_template,
 )
 from modeling_capt import CaptForImageClassification, load_image_processor  # noqa: E402
-from trainers.args import build_parser, parse_args, training_settings  # noqa: E402
+from trainers.args import build_parser, method_of, parse_args, split_config_flag, training_settings  # noqa: E402
 from trainers.checkpointing import resolve_resume  # noqa: E402
 from trainers.evaluation import evaluate_base_and_novel, print_table, summarize_results  # noqa: E402
 from trainers.heatmap import save_confusion_heatmaps  # noqa: E402
@@ -64,8 +64,6 @@ def check_training_classes(splits, method, data_args) -> None:
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     if "-h" in argv or "--help" in argv:  # the flags of the --method given (CAPT's by default)
-        from trainers.args import method_of, split_config_flag
-
         build_parser(method_of(split_config_flag(argv)[1], {})).parse_args(["--help"])
     model_args, data_args, method_args, train_args = parse_args(argv)
     settings = training_settings(model_args, data_args, method_args, train_args)

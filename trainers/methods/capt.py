@@ -30,7 +30,7 @@ from dataset_scripts.confusion_bank import load_bank_for_training, save_bank
 from dataset_scripts.data import check_local_path, make_loader
 from dataset_scripts.data_fingerprint import training_set_fingerprint
 from modeling_capt import CaptAdapterConfig, CaptForImageClassification
-from trainers.args import config_kwargs, flags_from_dataclasses
+from trainers.flags import config_kwargs, flags_from_dataclasses
 from trainers.confusion import (
     adapter_alpha,
     break_rate,
