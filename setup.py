@@ -10,7 +10,14 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=find_packages(include=["modeling_capt", "trainers", "dataset_scripts"]),
+    packages=find_packages(include=["modeling_capt", "trainers", "dataset_scripts", "hub_cards", "embedded"]),
+    # Data read at run time, found through the import system (dataset_scripts.cards, dataset_scripts.paths): the card
+    # templates, and the embedded default model and data (about 3.5 MB), the trainer's defaults.
+    package_data={
+        "hub_cards": ["*.md"],
+        "embedded": ["capt-tiny-fashion/*", "fashion-subset/*"],
+    },
+    zip_safe=False,  # the embedded model and data are read as files from disk
     install_requires=[
         # torch is pinned by the caller (see README): `pip install torch==2.13.0` takes the CPU build here.
         "torch>=2.4",
