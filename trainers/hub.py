@@ -17,7 +17,7 @@ from huggingface_hub.utils import HFValidationError, validate_repo_id
 from dataset_scripts.atomic_io import write_text_atomic
 from dataset_scripts.cards import card_template, fill_card
 from dataset_scripts.coop_datasets import list_datasets
-from trainers.args import REPO_ROOT
+from dataset_scripts.paths import EMBEDDED_DIR
 
 
 logger = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ def _hub_id(value) -> str | None:
     if not isinstance(value, str) or not value or value in list_datasets():
         return None
     # a local path, from here or inside this package (the embedded default's `embedded/...`, from any folder)
-    if os.path.exists(value) or os.path.exists(os.path.join(REPO_ROOT, value)):
+    if os.path.exists(value) or os.path.exists(os.path.join(os.path.dirname(EMBEDDED_DIR), value)):
         return None
     try:
         validate_repo_id(value)
