@@ -37,4 +37,17 @@ setup(
         "numpy",
     ],
     extras_require={"test": ["pytest>=8"]},
+    entry_points={
+        "console_scripts": [
+            # trainers.cli runs a script's main(argv=None) and exits 0 (those mains return their results to Python
+            # callers, which a console script would hand to sys.exit); build_benchmark's main returns an exit status.
+            "capt-train = trainers.cli:train",
+            "capt-evaluate = trainers.cli:evaluate",
+            "capt-build-bank = trainers.cli:build_bank",
+            "capt-build-benchmark = dataset_scripts.build_benchmark:main",
+            "capt-protocol = trainers.cli:protocol",
+            "capt-ablations = trainers.cli:ablations",
+            "capt-build-embedded = trainers.cli:build_embedded",
+        ],
+    },
 )
