@@ -36,7 +36,8 @@ setup(
         "scipy",  # Stanford Cars and Flowers102 annotations (.mat)
         "numpy",
     ],
-    extras_require={"test": ["pytest>=8"]},
+    # setuptools: tests/test_packaging.py builds and installs the package without build isolation
+    extras_require={"test": ["pytest>=8", "setuptools>=70.1"]},
     entry_points={
         "console_scripts": [
             # trainers.cli runs a script's main(argv=None) and exits 0 (those mains return their results to Python
