@@ -10,7 +10,14 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=find_packages(include=["modeling_capt", "trainers", "dataset_scripts"]),
+    packages=find_packages(include=["modeling_capt", "trainers", "dataset_scripts", "hub_cards", "embedded"]),
+    # Data read at run time, found through the import system (dataset_scripts.cards, dataset_scripts.paths): the card
+    # templates, and the embedded default model and data (about 3.5 MB), the trainer's defaults.
+    package_data={
+        "hub_cards": ["*.md"],
+        "embedded": ["capt-tiny-fashion/*", "fashion-subset/*"],
+    },
+    zip_safe=False,  # the embedded model and data are read as files from disk
     install_requires=[
         # torch is pinned by the caller (see README): `pip install torch==2.13.0` takes the CPU build here.
         "torch>=2.4",
@@ -29,5 +36,19 @@ setup(
         "scipy",  # Stanford Cars and Flowers102 annotations (.mat)
         "numpy",
     ],
-    extras_require={"test": ["pytest>=8"]},
+    # setuptools: tests/test_packaging.py builds and installs the package without build isolation
+    extras_require={"test": ["pytest>=8", "setuptools>=70.1"]},
+    entry_points={
+        "console_scripts": [
+            # trainers.cli runs a script's main(argv=None) and exits 0 (those mains return their results to Python
+            # callers, which a console script would hand to sys.exit); build_benchmark's main returns an exit status.
+            "capt-train = trainers.cli:train",
+            "capt-evaluate = trainers.cli:evaluate",
+            "capt-build-bank = trainers.cli:build_bank",
+            "capt-build-benchmark = dataset_scripts.build_benchmark:main",
+            "capt-protocol = trainers.cli:protocol",
+            "capt-ablations = trainers.cli:ablations",
+            "capt-build-embedded = trainers.cli:build_embedded",
+        ],
+    },
 )

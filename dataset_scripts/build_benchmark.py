@@ -42,6 +42,7 @@ from datasets.table import embed_table_storage  # noqa: E402
 from datasets.utils.py_utils import convert_file_size_to_int  # noqa: E402
 
 from dataset_scripts.atomic_io import write_directory_atomic, write_text_atomic  # noqa: E402
+from dataset_scripts.cards import fill_card  # noqa: E402
 from dataset_scripts.coop_datasets import get_dataset_info, list_datasets, read_coop_dataset  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -265,27 +266,7 @@ def render_dataset_card(records: Sequence[dict], previous_metadata: dict | None 
         "configs": list(configs.values()),
         "dataset_info": list(infos.values()),
     }
-    front_matter = yaml.safe_dump(metadata, sort_keys=False, allow_unicode=True, width=1000)
-
-    lines = [
-        "# CoOp-protocol image classification benchmarks",
-        "",
-        "Built by `capt` (`dataset_scripts/build_benchmark.py`) from the on-disk layout of CoOp's DATASETS.md.",
-        "One config per dataset, with `train` / `val` / `test` splits (test only for the ImageNet variants),",
-        "an `image` column (bytes embedded) and a `label` ClassLabel column. The splits follow CoOp's",
-        "`split_zhou` files (or CoOp's generation rule where recorded below), so results are comparable",
-        "with the papers that use the CoOp protocol.",
-        "",
-        "```python",
-        "from datasets import load_dataset",
-        f'ds = load_dataset("<this repo or folder>", "{records[0]["config_name"] if records else "<config>"}")',
-        "```",
-        "",
-        "## Configs and split provenance",
-        "",
-        "| config | dataset | classes | train | val | test | prompt template | split provenance |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
+    rows = []
     for record in records:
         counts = [str(record["splits"].get(split, {}).get("num_examples", "-")) for split in ("train", "val", "test")]
         provenance = record["provenance"].replace("|", "\\|")
@@ -293,31 +274,24 @@ def render_dataset_card(records: Sequence[dict], previous_metadata: dict | None 
             provenance += f"; {record['corrupt_images_skipped']} undecodable image(s) skipped"
         if not record.get("images_verified", True):
             provenance += "; images not verified"
-        lines.append(
+        rows.append(
             f"| `{record['config_name']}` | {record['display_name']} | {len(record['classnames'])} | "
             + " | ".join(counts)
             + f" | `{record['template']}` | {provenance} |"
         )
     kept = [name for name in configs if name not in {record["config_name"] for record in records}]
-    if kept:
-        lines += ["", f"Configs kept from an earlier card without a provenance record: {', '.join(kept)}."]
-    lines += [
-        "",
-        "## Licence",
-        "",
-        "This repository only re-packages the original datasets. Each config's images and labels remain under",
-        "the licence or terms of use of the original dataset, which **you must check yourself** before use or",
-        "redistribution (several allow non-commercial research use only):",
-        "",
-    ]
-    lines += [f"- `{record['config_name']}` ({record['display_name']}): {record['homepage']}" for record in records]
-    lines += [
-        "",
-        "The split files (`split_zhou_*.json`) come from CoOp (Zhou et al., *Learning to Prompt for",
-        "Vision-Language Models*, IJCV 2022).",
-        "",
-    ]
-    return f"---\n{front_matter}---\n\n" + "\n".join(lines)
+    kept_note = f"Configs kept from an earlier card without a provenance record: {', '.join(kept)}."
+    # Each row and the note bring their own leading line breaks, so that an empty list leaves no extra blank line.
+    return fill_card(
+        "benchmark_dataset_card.md",
+        front_matter=yaml.safe_dump(metadata, sort_keys=False, allow_unicode=True, width=1000),
+        example_config=records[0]["config_name"] if records else "<config>",
+        config_rows="".join(f"\n{row}" for row in rows),
+        kept_configs=f"\n\n{kept_note}" if kept else "",
+        licence_rows="".join(
+            f"\n- `{record['config_name']}` ({record['display_name']}): {record['homepage']}" for record in records
+        ),
+    )
 
 
 def write_dataset_card(output_dir: str | os.PathLike) -> str:

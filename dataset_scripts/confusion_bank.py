@@ -37,6 +37,7 @@ from huggingface_hub import HfApi, snapshot_download
 
 from dataset_scripts.atomic_io import write_directory_atomic
 from dataset_scripts.bank import CaptConfusionBank, check_bank_matches_training_set, top_confused_pairs
+from dataset_scripts.cards import fill_card
 
 
 DATA_FILE = "data/train-00000-of-00001.parquet"
@@ -112,32 +113,19 @@ def _dataset_card(bank: CaptConfusionBank, metadata: dict[str, Any], num_bytes: 
         "tags": ["capt", "confusion-bank", "clip"],
     }
     pairs = top_confused_pairs(bank.confusion_matrix, bank.class_names, k=10)
-    pair_lines = "\n".join(f"| {true} | {pred} | {count} |" for true, pred, count in pairs) or "| - | - | 0 |"
-    share = bank.num_misclassified / max(len(bank), 1)
-    prompts = metadata["semantic_prompts"]
-    return (
-        "---\n"
-        + yaml.safe_dump(header, sort_keys=False, allow_unicode=True)
-        + "---\n\n"
-        + "# CAPT Confusion Bank\n\n"
-        + "What a base model predicted for every training sample, for Confusion-Aware Prompt Tuning (CAPT). "
-        + "Load it with `dataset_scripts.confusion_bank.load_bank`, or as a plain dataset with "
-        + "`datasets.load_dataset`.\n\n"
-        + f"- Base model: `{bank.base_model or 'unspecified'}`\n"
-        + f"- Template: `{bank.template}`\n"
-        + f"- Classes ({bank.num_classes}): {', '.join(bank.class_names)}\n"
-        + f"- Samples: {len(bank)}\n"
-        + f"- Training-set fingerprint: `{bank.data_fingerprint or 'not recorded'}`\n"
-        + f"- Misclassified by the base model: {bank.num_misclassified} ({share:.1%})\n"
-        + f"- Semantic prompts stored: {'yes' if prompts is not None else 'no'}\n\n"
-        + "Columns: `index` (training-set index), `label` and `pred` (true and predicted class), `probs` (the base "
-        + "model's class probabilities), `embed` (L2-normalised frozen image embedding). `bank_metadata.json` holds "
-        + "the class names, template, base model, the training set's fingerprint (a SHA-256 of its labels and encoded "
-        + "image bytes, in order: a bank is used only with the training set it was built from) and semantic "
-        + "prompts.\n\n"
-        + "## Most confused pairs\n\n| True class | Predicted as | Count |\n|---|---|---|\n"
-        + pair_lines
-        + "\n"
+    return fill_card(
+        "confusion_bank_card.md",
+        front_matter=yaml.safe_dump(header, sort_keys=False, allow_unicode=True),
+        base_model=bank.base_model or "unspecified",
+        template=bank.template,
+        num_classes=bank.num_classes,
+        class_names=", ".join(bank.class_names),
+        num_samples=len(bank),
+        data_fingerprint=bank.data_fingerprint or "not recorded",
+        num_misclassified=bank.num_misclassified,
+        misclassified_share=bank.num_misclassified / max(len(bank), 1),
+        semantic_prompts_stored="yes" if metadata["semantic_prompts"] is not None else "no",
+        pair_rows="\n".join(f"| {true} | {pred} | {count} |" for true, pred, count in pairs) or "| - | - | 0 |",
     )
 
 

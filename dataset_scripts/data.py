@@ -23,14 +23,10 @@ from PIL import Image
 
 from dataset_scripts.coop_datasets import get_dataset_info, list_datasets
 from dataset_scripts.fewshot import few_shot_indices, label_array, subsample_classes
+from dataset_scripts.paths import EMBEDDED_DATA, EMBEDDED_MODEL  # noqa: F401 (the trainer's defaults)
 
 
 logger = logging.getLogger(__name__)
-
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-EMBEDDED_MODEL = os.path.join(REPO_ROOT, "embedded", "capt-tiny-fashion")
-EMBEDDED_DATA = os.path.join(REPO_ROOT, "embedded", "fashion-subset")
-
 
 @dataclass
 class DataArguments:

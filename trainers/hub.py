@@ -14,8 +14,9 @@ from huggingface_hub import HfApi
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from dataset_scripts.atomic_io import write_text_atomic
+from dataset_scripts.cards import card_template, fill_card
 from dataset_scripts.coop_datasets import list_datasets
-from dataset_scripts.data import REPO_ROOT
+from dataset_scripts.paths import EMBEDDED_DIR
 from trainers.methods import get_method
 
 
@@ -43,7 +44,7 @@ def push_folder_to_hub(folder: str, repo_id: str, private: bool | None = None, r
     )
 
 
-CARD_TEMPLATE = os.path.join(REPO_ROOT, "hub_cards", "capt_model_card.md")
+CARD_TEMPLATE = "capt_model_card.md"  # in hub_cards/
 
 
 def _results_table(summary: dict) -> str:
@@ -72,7 +73,7 @@ def _hub_id(value) -> str | None:
     if not isinstance(value, str) or not value or value in list_datasets():
         return None
     # a local path, from here or inside this package (the embedded default's `embedded/...`, from any folder)
-    if os.path.exists(value) or os.path.exists(os.path.join(REPO_ROOT, value)):
+    if os.path.exists(value) or os.path.exists(os.path.join(os.path.dirname(EMBEDDED_DIR), value)):
         return None
     try:
         validate_repo_id(value)
@@ -93,14 +94,16 @@ def _hub_references(summary: dict) -> str:
 
 def write_model_card(folder: str, summary: dict, class_names, repo_id: str | None = None) -> str | None:
     """Fill `hub_cards/capt_model_card.md` with a run's summary and write it as `folder/README.md`."""
-    if not os.path.isfile(CARD_TEMPLATE):
-        logger.warning("No model card template at %s: README.md not written", CARD_TEMPLATE)
+    template = card_template(CARD_TEMPLATE)
+    if not template.is_file():
+        logger.warning("No model card template at %s: README.md not written", template)
         return None
     method = summary["method"]
     method_class = get_method(method)
     trained = method_class.trained_parts(folder)
     names = ", ".join(class_names[:20]) + (", ..." if len(class_names) > 20 else "")
-    text = open(CARD_TEMPLATE, encoding="utf-8").read().format(
+    text = fill_card(
+        CARD_TEMPLATE,
         method=method, method_title=method_class.title,
         base_model=summary["model"], dataset=summary["dataset"], model_name=repo_id or f"capt-{method}",
         repo_id=repo_id or "path/to/this/folder", shots=summary["shots"], seed=summary["seed"],

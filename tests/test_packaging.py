@@ -1,0 +1,110 @@
+"""The installed package: console scripts, card templates and the embedded default, from outside the repository.
+
+The slow test builds `capt` from a copy of this checkout and installs it (not editable) into a temporary folder, then
+checks from another folder that the hub_cards templates and the embedded model and data resolve inside that install
+and that the console scripts run.
+"""
+
+from __future__ import annotations
+
+import filecmp
+import json
+import os
+import shutil
+import subprocess
+import sys
+import types
+
+import pytest
+
+from trainers import cli
+
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONSOLE_SCRIPTS = {
+    "capt-train", "capt-evaluate", "capt-build-bank", "capt-build-benchmark", "capt-protocol", "capt-ablations",
+    "capt-build-embedded",
+}
+
+
+@pytest.mark.parametrize("returned, status", [({"accuracy": 50.0}, 0), (None, 0), (0, 0), (2, 2)])
+def test_console_scripts_exit_0_when_main_returns_its_result(monkeypatch, returned, status):
+    """A console script hands its function's return value to sys.exit: a script's summary dict must not become
+    exit status 1 (and a printed dict); an int a main returns is its exit status."""
+    calls = []
+    script = types.ModuleType("fake_capt_script")
+    script.main = lambda argv=None: calls.append(argv) or returned
+    monkeypatch.setitem(sys.modules, "fake_capt_script", script)
+    assert cli.run_main("fake_capt_script", ["--flag"]) == status
+    assert calls == [["--flag"]]
+
+
+def _copy_sources(destination: str) -> None:
+    """What setup.py builds from: the top-level files and the packages (folders with an `__init__.py`)."""
+    os.makedirs(destination)
+    for name in os.listdir(REPO_ROOT):
+        path = os.path.join(REPO_ROOT, name)
+        if os.path.isfile(path) and not name.startswith("."):
+            shutil.copy2(path, destination)
+        elif os.path.isfile(os.path.join(path, "__init__.py")):
+            shutil.copytree(path, os.path.join(destination, name), ignore=shutil.ignore_patterns("__pycache__"))
+
+
+_CHECK_INSTALL = r"""
+import json, os, sys
+from importlib.metadata import distributions
+
+import dataset_scripts, embedded, hub_cards, trainers
+from dataset_scripts.cards import card_template
+from dataset_scripts.paths import EMBEDDED_DATA, EMBEDDED_MODEL
+
+site, templates = sys.argv[1], sys.argv[2:]
+(dist,) = [dist for dist in distributions(path=[site]) if dist.metadata["Name"] == "capt"]
+print(json.dumps({
+    "modules": [module.__file__ for module in (dataset_scripts, embedded, hub_cards, trainers)],
+    "templates": {name: str(card_template(name)) for name in templates if card_template(name).is_file()},
+    "embedded": [EMBEDDED_MODEL, EMBEDDED_DATA],
+    "entry_points": {ep.name: f"{ep.value} -> {ep.load().__module__}" for ep in dist.entry_points
+                     if ep.group == "console_scripts"},
+}))
+"""
+
+
+@pytest.mark.slow
+def test_non_editable_install_finds_its_templates_and_embedded_default(tmp_path):
+    pytest.importorskip("setuptools", reason="building the package without build isolation needs setuptools")
+    source, site = str(tmp_path / "src"), str(tmp_path / "site")
+    _copy_sources(source)
+    install = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--no-compile",
+         "--target", site, source],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert install.returncode == 0, install.stdout + install.stderr
+
+    # from a folder outside the repository, with only the install (and the environment's dependencies) importable
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    env = dict(os.environ, PYTHONPATH=site)
+    templates = sorted(name for name in os.listdir(os.path.join(REPO_ROOT, "hub_cards")) if name.endswith(".md"))
+    assert templates, "no card template in hub_cards/"
+    check = subprocess.run([sys.executable, "-c", _CHECK_INSTALL, site, *templates], cwd=outside, env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert check.returncode == 0, check.stderr
+    found = json.loads(check.stdout.strip().splitlines()[-1])
+
+    inside = os.path.join(os.path.realpath(site), "")
+    assert all(os.path.realpath(path).startswith(inside) for path in found["modules"]), found["modules"]
+    assert sorted(found["templates"]) == templates
+    assert all(os.path.realpath(path).startswith(inside) for path in found["templates"].values())
+    for path in found["embedded"]:
+        assert os.path.realpath(path).startswith(inside) and os.path.isdir(path), path
+        shipped = filecmp.dircmp(os.path.join(REPO_ROOT, "embedded", os.path.basename(path)), path)
+        assert not (shipped.left_only or shipped.right_only or shipped.diff_files), shipped.report()
+    assert set(found["entry_points"]) == CONSOLE_SCRIPTS
+
+    script = os.path.join(site, "bin", "capt-train")
+    result = subprocess.run([script, "--help"], cwd=outside, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: capt-train")
+    assert "--model_name_or_path" in result.stdout
