@@ -46,6 +46,7 @@ def run_benchmark(script, *args):
     return result.stdout.strip().splitlines()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "script, args, last",
     [
@@ -95,6 +96,7 @@ def test_run_all_parses_results_and_judges_goals():
     assert run_all.table([{"benchmark": "memory", "model": "vit-b16", "returncode": 2}], "cpu")[0][2] == "failed"
 
 
+@pytest.mark.slow
 def test_run_all_runs_the_scripts_and_saves_json(tmp_path):
     output = tmp_path / "results.json"
     result = subprocess.run(

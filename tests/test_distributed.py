@@ -45,6 +45,7 @@ def _launch(launcher_args, script_args, tmp_path):
     assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(ACCELERATE is None, reason="the accelerate command-line tool is not installed")
 def test_two_cpu_processes_evaluate_every_sample_once_and_train_as_one(tmp_path, tiny_clip_dir):
     # 3 base classes x 3 test images = 9 base and 9 novel test samples: odd, and batches of 4 leave a padded last

@@ -71,6 +71,7 @@ def test_fp32_training_stays_fp32(base_args, tmp_path, monkeypatch):
     assert {dtype for training, _, dtype in calls if training} == {torch.float32}
 
 
+@pytest.mark.slow
 def test_torch_compile_gives_the_eager_results(base_args, tmp_path):
     import torch._dynamo
 

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 import torch
 
 from modeling_capt import CaptAdapterConfig, CaptForImageClassification
@@ -54,6 +55,7 @@ CHILD = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_remote_code_round_trip_in_fresh_process(tmp_path, tiny_clip, tokenizer, image_processor):
     model = CaptForImageClassification.from_clip(
         tiny_clip, CLASS_NAMES, tokenizer=tokenizer, image_processor=image_processor,

@@ -61,6 +61,28 @@ def check_training_classes(splits, method, data_args) -> None:
                          f"{splits['train_names']}{hint}")
 
 
+def load_run(method, model_args, data_args, train_args, accelerator) -> RunContext:
+    """Load what a run of `method` needs: the splits (checked for the method), the method's early loads, the frozen
+    CLIP with its tokenizer and image processor, the verified training rows and the zero-shot model."""
+    splits = prepare_splits(data_args, train_args.seed)
+    check_training_classes(splits, method, data_args)
+    run = RunContext(accelerator=accelerator, model_args=model_args, data_args=data_args, train_args=train_args,
+                     splits=splits, template=resolve_template(model_args, data_args))
+    method.before_evaluation(run)
+    run.tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path)
+    run.image_processor = load_image_processor(model_args.model_name_or_path)
+    run.clip = CLIPModel.from_pretrained(model_args.model_name_or_path)
+    logger.info(
+        "data: %d training images (%d classes, %s shots), %d test images%s",
+        len(splits["train"]), len(run.train_names), data_args.shots, len(splits["test"]),
+        f", {len(splits['test_novel'])} novel test images" if "test_novel" in splits else "",
+    )
+    run.train_rows = IndexedImageDataset(splits["train"], "train")
+    run.train_rows.verify()  # a corrupt training image fails here, before any training time is spent
+    run.zeroshot = run.build(ZERO_SHOT_MODEL).to(accelerator.device)  # frozen: no optimizer, no DDP wrapper
+    return run
+
+
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     if "-h" in argv or "--help" in argv:  # the flags of the --method given (CAPT's by default)
@@ -88,22 +110,8 @@ def main(argv=None):
     started = time.time()
 
     # ---------------------------------------------------------------- data and the frozen zero-shot model
-    splits = prepare_splits(data_args, train_args.seed)
-    check_training_classes(splits, method, data_args)
-    run = RunContext(accelerator=accelerator, model_args=model_args, data_args=data_args, train_args=train_args,
-                     splits=splits, template=resolve_template(model_args, data_args))
-    method.before_evaluation(run)
-    run.tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path)
-    run.image_processor = load_image_processor(model_args.model_name_or_path)
-    run.clip = CLIPModel.from_pretrained(model_args.model_name_or_path)
-    train_names = splits["train_names"]
-    logger.info(
-        "data: %d training images (%d classes, %s shots), %d test images%s",
-        len(splits["train"]), len(train_names), data_args.shots, len(splits["test"]),
-        f", {len(splits['test_novel'])} novel test images" if "test_novel" in splits else "",
-    )
-    run.train_rows = IndexedImageDataset(splits["train"], "train")
-    run.train_rows.verify()  # a corrupt training image fails here, before any training time is spent
+    run = load_run(method, model_args, data_args, train_args, accelerator)
+    splits, train_names = run.splits, run.train_names
 
     eval_bs = train_args.per_device_eval_batch_size
     loaders = {
@@ -112,7 +120,6 @@ def main(argv=None):
         for split in ("test", "test_novel")
         if split in splits
     }
-    run.zeroshot = run.build(ZERO_SHOT_MODEL).to(accelerator.device)  # frozen: no optimizer, no DDP wrapper
     results = {"zeroshot": evaluate_base_and_novel(run.zeroshot, loaders, splits, run.tokenizer, accelerator,
                                                     "zero-shot")}
 
