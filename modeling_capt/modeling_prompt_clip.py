@@ -175,6 +175,10 @@ class PromptCLIPPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["CLIPEncoderLayer"]
     supports_gradient_checkpointing = False
     _supports_sdpa = True
+    # Whether only the CLS token of the last vision layer's output is read (pooling). Then the last layer may skip work
+    # on the other tokens, and a frozen-prefix cache of an untouched vision tower keeps only the CLS token. A method
+    # that reads every vision token (e.g. image-conditioned prompts) sets it to False.
+    reads_only_cls_token = True
     # The auto classes a checkpoint of this family registers (see `save_pretrained`), as `file.Class`.
     _auto_map = {
         "AutoConfig": "configuration_prompt_clip.PromptCLIPConfig",
@@ -827,7 +831,7 @@ class PromptCLIPModel(PromptCLIPPreTrainedModel):
 
     def get_image_features(self, pixel_values: torch.Tensor, **layer_kwargs) -> torch.Tensor:
         """Projected (unnormalised) image features `(batch, projection_dim)`."""
-        hidden_states = self.encode_image_hidden(pixel_values, cls_only=True, **layer_kwargs)
+        hidden_states = self.encode_image_hidden(pixel_values, cls_only=self.reads_only_cls_token, **layer_kwargs)
         return self.project_image_hidden(hidden_states)[0]
 
     # ------------------------------------------------------------------------------------------------ forward
@@ -882,7 +886,8 @@ class PromptCLIPModel(PromptCLIPPreTrainedModel):
         text_start_layer, **layer_kwargs,
     ):
         hidden = self.encode_image_hidden(
-            pixel_values, hidden_states=hidden_states, start_layer=start_layer, cls_only=True, **layer_kwargs
+            pixel_values, hidden_states=hidden_states, start_layer=start_layer, cls_only=self.reads_only_cls_token,
+            **layer_kwargs,
         )
         image_features, aux_loss = self.project_image_hidden(hidden)
         image_embeds = F.normalize(image_features, dim=-1)
