@@ -336,7 +336,8 @@ class PromptCLIPModel(PromptCLIPPreTrainedModel):
         """A key of the text hooks that would run now (for the text-feature cache)."""
         if not self._layer_hooks_enabled:
             return ()
-        return tuple((index, hook_id) for index in self._hooked_layers("text") for hook_id in self._layer_hooks["text"][index])
+        hooks = self._layer_hooks["text"]
+        return tuple((index, hook_id) for index in self._hooked_layers("text") for hook_id in hooks[index])
 
     def _run_layer_hooks(self, tower: str, index: int, hidden_states: torch.Tensor, state: PromptCLIPLayerState):
         hooks = self._layer_hooks[tower].get(index) if self._layer_hooks_enabled else None
@@ -347,7 +348,8 @@ class PromptCLIPModel(PromptCLIPPreTrainedModel):
             output = hook(hidden_states, state)
             if output is None:
                 continue
-            if output.dim() != 3 or output.shape[0] != hidden_states.shape[0] or output.shape[2] != hidden_states.shape[2]:
+            batch_size, _, width = hidden_states.shape
+            if output.dim() != 3 or output.shape[0] != batch_size or output.shape[2] != width:
                 raise ValueError(
                     f"A {tower} layer-{index} hook returned shape {tuple(output.shape)} for hidden states of shape "
                     f"{tuple(hidden_states.shape)}: it may change the sequence length only"
@@ -653,7 +655,8 @@ class PromptCLIPModel(PromptCLIPPreTrainedModel):
         for index in range(start_layer, len(layers) if end_layer is None else end_layer):
             hidden_states = self._run_layer_hooks("text", index, hidden_states, state)
             if mask_length != hidden_states.shape[1]:  # first layer, or tokens were inserted
-                mask, mask_length = self._text_attention_mask(state.attention_mask, hidden_states), hidden_states.shape[1]
+                mask = self._text_attention_mask(state.attention_mask, hidden_states)
+                mask_length = hidden_states.shape[1]
             hidden_states = layers[index](hidden_states, mask, is_causal=True)
         return hidden_states, state.attention_mask, state.eos_index
 
@@ -836,7 +839,10 @@ class PromptCLIPModel(PromptCLIPPreTrainedModel):
 
     # ------------------------------------------------------------------------------------------------ forward
     def text_embeds_for_images(
-        self, image_hidden_states: torch.Tensor, text_hidden_states: torch.Tensor | None = None, text_start_layer: int = 0
+        self,
+        image_hidden_states: torch.Tensor,
+        text_hidden_states: torch.Tensor | None = None,
+        text_start_layer: int = 0,
     ) -> torch.Tensor:
         """The L2-normalised class text features the images are scored against: `(num_classes, projection_dim)`
         shared by every image, or `(batch_size, num_classes, projection_dim)` per image. Methods with

@@ -520,7 +520,8 @@ class TextPrefixCache:
         trainable = [f"{prefix}.{name}" for prefix, module in modules for name, param in module.named_parameters()
                      if param.requires_grad]
         if trainable:
-            raise ValueError(f"The text prefix cache needs a frozen prefix, but these parameters train: {trainable[:5]}")
+            raise ValueError(f"The text prefix cache needs a frozen prefix, but these parameters train: "
+                             f"{trainable[:5]}")
         if _dropout_modules(modules):
             logger.info("text prefix cache off: the frozen text layers below %d drop out in training", start_layer)
             return None
@@ -546,7 +547,8 @@ class TextPrefixCache:
         """`{"text_hidden_states": ..., "text_start_layer": ...}` for `model`; refuses a model whose class prompts
         changed since the cache was built (`set_class_names`)."""
         if not torch.equal(model.class_input_ids.to(self.class_input_ids.device), self.class_input_ids):
-            raise ValueError("The text prefix cache was built for other class prompts: rebuild it after set_class_names")
+            raise ValueError("The text prefix cache was built for other class prompts: rebuild it after "
+                             "set_class_names")
         return {"text_hidden_states": self.hidden_states, "text_start_layer": self.start_layer}
 
 
