@@ -490,7 +490,9 @@ def build_bank(base_model, train_rows, image_processor, batch_size, class_names,
     if loader is None:
         loader = make_loader(train_rows.dataset, image_processor, batch_size, False, 0, "train")
     device = next(base_model.parameters()).device
-    adapted = bool(base_model.adapted_layer_names) or base_model.mgde is not None
+    # a model whose trainable parts move the image features (CAPT's adapters and MGDE); zero-shot CLIP and CoOp
+    # (context on the text side) give CLIP's own image embedding
+    adapted = bool(getattr(base_model, "adapted_layer_names", None)) or getattr(base_model, "mgde", None) is not None
 
     def batches():
         for batch in tqdm(loader, desc="confusion bank", leave=False):

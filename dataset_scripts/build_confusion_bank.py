@@ -31,7 +31,9 @@ from dataset_scripts.data_fingerprint import training_set_fingerprint  # noqa: E
 from dataset_scripts.data import (  # noqa: E402
     EMBEDDED_MODEL, DataArguments, IndexedImageDataset, check_local_path, prepare_splits, resolve_template,
 )
-from modeling_capt import CaptForImageClassification, load_image_processor  # noqa: E402
+from modeling_capt import (  # noqa: E402
+    PromptCLIPForImageClassification, is_package_checkpoint, load_image_processor, load_pretrained,
+)
 
 
 logger = logging.getLogger("capt.bank")
@@ -76,16 +78,15 @@ def main(argv=None):
     class_names = splits["train_names"]
     device = torch.device(args.device if args.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu")
 
-    config, _ = PretrainedConfig.get_config_dict(args.model)  # a local folder or a Hub id (CAPT or plain CLIP)
-    is_capt = config.get("model_type") == "capt"
-    if is_capt:
-        model = CaptForImageClassification.from_pretrained(args.model)
+    config, _ = PretrainedConfig.get_config_dict(args.model)  # a local folder or a Hub id (this package's or CLIP)
+    if is_package_checkpoint(config):
+        model = load_pretrained(args.model)
         if model.config.class_names != class_names:
             raise ValueError(f"{args.model} classifies {model.config.class_names}, not this training set's {class_names}")
         template, base_id = model.config.template, args.model
     else:
         template = args.template or resolve_template(argparse.Namespace(template=None), data_args)
-        model = CaptForImageClassification.from_clip(args.model, class_names, template=template)
+        model = PromptCLIPForImageClassification.from_clip(args.model, class_names, template=template)
         base_id = f"zero-shot {args.model}"
     image_processor = load_image_processor(args.model, trust_remote_code=False)
     if getattr(model, "tokenizer", None) is None:  # fail early: the bank's semantic prompts need it

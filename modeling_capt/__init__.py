@@ -1,13 +1,29 @@
-"""capt: Confusion-Aware Prompt Tuning for CLIP, native to the Hugging Face stack."""
+"""capt: prompt-learning CLIP models (zero-shot CLIP, CoOp, CAPT), native to the Hugging Face stack.
 
-from .configuration_capt import DEFAULT_TEMPLATE, CaptAdapterConfig, CaptConfig
+`PromptCLIP*` is the shared frozen-CLIP prompt model (zero-shot CLIP and CoOp); `Capt*` adds CAPT's Diff-Manner
+adapters and MGDE on top of it.
+"""
+
+from .auto import checkpoint_class, is_package_checkpoint, load_pretrained
+from .configuration_capt import CaptAdapterConfig, CaptConfig
+from .configuration_prompt_clip import DEFAULT_TEMPLATE, PromptCLIPConfig, PromptContextConfig
 from .modeling_capt import (
     CaptForImageClassification,
     CaptForZeroShotImageClassification,
     CaptImageClassifierOutput,
     CaptModel,
     CaptPreTrainedModel,
+)
+from .modeling_prompt_clip import (
+    PromptCLIPContext,
+    PromptCLIPForImageClassification,
+    PromptCLIPForZeroShotImageClassification,
+    PromptCLIPImageClassifierOutput,
+    PromptCLIPLayerState,
+    PromptCLIPModel,
+    PromptCLIPPreTrainedModel,
     load_image_processor,
+    replace_context_tokens,
 )
 
 __all__ = [
@@ -19,5 +35,18 @@ __all__ = [
     "CaptImageClassifierOutput",
     "CaptModel",
     "CaptPreTrainedModel",
+    "PromptCLIPConfig",
+    "PromptCLIPContext",
+    "PromptCLIPForImageClassification",
+    "PromptCLIPForZeroShotImageClassification",
+    "PromptCLIPImageClassifierOutput",
+    "PromptCLIPLayerState",
+    "PromptCLIPModel",
+    "PromptCLIPPreTrainedModel",
+    "PromptContextConfig",
+    "checkpoint_class",
+    "is_package_checkpoint",
     "load_image_processor",
+    "load_pretrained",
+    "replace_context_tokens",
 ]

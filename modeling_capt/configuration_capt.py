@@ -1,20 +1,20 @@
-"""Configuration of CAPT (Confusion-Aware Prompt Tuning) models.
+"""Configuration of CAPT (Confusion-Aware Prompt Tuning) models: the adapter settings on top of `PromptCLIPConfig`.
 
 This file ships to the Hub as remote code: it imports only the standard library, torch and transformers.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from transformers import CLIPConfig, PretrainedConfig
+from transformers import CLIPConfig
+
+from .configuration_prompt_clip import DEFAULT_TEMPLATE, PromptCLIPConfig
 
 
-DEFAULT_TEMPLATE = "a photo of a {}."
 DIFF_MANNER_PEFT_TYPE = "CAPT_DIFF_MANNER"
 
 
@@ -137,8 +137,9 @@ class CaptAdapterConfig:
         return sorted(chosen)
 
 
-class CaptConfig(PretrainedConfig):
-    r"""Configuration of a CAPT model: a frozen CLIP, its class prompts, and the trainable parts on top.
+class CaptConfig(PromptCLIPConfig):
+    r"""Configuration of a CAPT model: a [`PromptCLIPConfig`] (frozen CLIP, class prompts, optional CoOp context) plus
+    the Diff-Manner adapters and the MGDE layer.
 
     Args:
         clip_config (`dict` or `CLIPConfig`, *optional*):
@@ -153,7 +154,8 @@ class CaptConfig(PretrainedConfig):
         ctx_init (`str`, *optional*, defaults to `"a photo of a"`):
             Words whose token embeddings initialise the context; `None` draws them from N(0, 0.02).
         adapter_config (`dict` or `CaptAdapterConfig`, *optional*):
-            Diff-Manner adapters and MGDE. `None` means none: the model is zero-shot CLIP or CoOp.
+            Diff-Manner adapters and MGDE. `None` means none: the model is zero-shot CLIP or CoOp, exactly as a
+            [`PromptCLIPConfig`] with the same other fields.
         max_text_length (`int`, *optional*):
             Length the class prompts are padded to, at most (and by default) the text encoder's maximum positions.
         base_model_name_or_path (`str`, *optional*):
@@ -184,62 +186,28 @@ class CaptConfig(PretrainedConfig):
         base_model_name_or_path: str | None = None,
         **kwargs,
     ):
-        if clip_config is None:
-            clip_config = CLIPConfig()
-        elif isinstance(clip_config, dict):
-            clip_config = CLIPConfig(**copy.deepcopy(clip_config))
-        elif not isinstance(clip_config, CLIPConfig):
-            raise TypeError(f"clip_config must be a dict or a CLIPConfig, got {type(clip_config).__name__}")
-        if not isinstance(template, str) or template.count("{}") != 1:
-            raise ValueError(f"template must be a string with exactly one '{{}}' placeholder, got {template!r}")
-        if not isinstance(use_learnable_context, bool):
-            raise TypeError(f"use_learnable_context must be a bool, got {type(use_learnable_context).__name__}")
-        if not isinstance(n_ctx, int) or isinstance(n_ctx, bool) or n_ctx < 1:
-            raise ValueError(f"n_ctx must be a positive integer, got {n_ctx!r}")
-        if ctx_init is not None and (not isinstance(ctx_init, str) or not ctx_init.strip()):
-            raise ValueError(f"ctx_init must be a non-empty string or None, got {ctx_init!r}")
         if isinstance(adapter_config, CaptAdapterConfig):
             adapter_config = adapter_config.to_dict()
         elif adapter_config is not None:
             if not isinstance(adapter_config, dict):
                 raise TypeError(f"adapter_config must be a dict or CaptAdapterConfig, got {type(adapter_config).__name__}")
             adapter_config = CaptAdapterConfig.from_dict(adapter_config).to_dict()  # validates
-        if max_text_length is not None and (not isinstance(max_text_length, int) or max_text_length < 2):
-            raise ValueError(f"max_text_length must be an integer >= 2, got {max_text_length!r}")
-        positions = clip_config.text_config.max_position_embeddings
-        if max_text_length is not None and max_text_length > positions:
-            raise ValueError(
-                f"max_text_length={max_text_length} exceeds the text encoder's max_position_embeddings ({positions})"
-            )
-
-        self.clip_config = clip_config
-        self.template = template
-        self.use_learnable_context = use_learnable_context
-        self.n_ctx = n_ctx
-        self.ctx_init = ctx_init
         self.adapter_config = adapter_config
-        self.max_text_length = max_text_length
-        self.base_model_name_or_path = base_model_name_or_path
-        super().__init__(**kwargs)
+        super().__init__(
+            clip_config=clip_config,
+            template=template,
+            use_learnable_context=use_learnable_context,
+            n_ctx=n_ctx,
+            ctx_init=ctx_init,
+            max_text_length=max_text_length,
+            base_model_name_or_path=base_model_name_or_path,
+            **kwargs,
+        )
 
     @property
     def adapter(self) -> CaptAdapterConfig | None:
         """The adapter settings as a dataclass (`None` when the model has no adapters)."""
         return None if self.adapter_config is None else CaptAdapterConfig.from_dict(self.adapter_config)
-
-    @property
-    def class_names(self) -> list[str]:
-        return [self.id2label[i] for i in range(len(self.id2label))]
-
-    @property
-    def text_length(self) -> int:
-        return self.max_text_length or self.clip_config.text_config.max_position_embeddings
-
-    def to_dict(self) -> dict[str, Any]:
-        output = super().to_dict()
-        if isinstance(self.clip_config, PretrainedConfig):
-            output["clip_config"] = self.clip_config.to_dict()
-        return output
 
 
 __all__ = ["CaptAdapterConfig", "CaptConfig", "DEFAULT_TEMPLATE"]

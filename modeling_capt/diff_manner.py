@@ -441,22 +441,26 @@ def adapted_layers(module: nn.Module) -> Iterator[tuple[str, CaptAdaptedLayer]]:
             yield name, submodule
 
 
-def _is_adapter_key(name: str) -> bool:
-    return name.startswith("adapter.") or ".adapter." in name
-
-
 def adapter_parameter_names(module: nn.Module) -> list[str]:
-    """Names of the Diff-Manner adapter parameters in `module` (everything under an `.adapter.`): what CAPT trains."""
-    return [name for name, _ in module.named_parameters() if _is_adapter_key(name)]
+    """Names (as in `module.named_parameters()`) of the parameters of every adapted layer's `adapter`: what CAPT
+    trains."""
+    return [
+        f"{name}.adapter.{param_name}" if name else f"adapter.{param_name}"
+        for name, layer in adapted_layers(module)
+        for param_name, _ in layer.adapter.named_parameters()
+    ]
 
 
 def adapter_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
-    """The Diff-Manner part of `module.state_dict()`: adapter weights and `alpha_running` / `alpha_count` buffers.
+    """The state of every adapted layer's `adapter` in `module`: adapter weights and `alpha_running` / `alpha_count`.
 
     Keys are as in `module.state_dict()`, so `module.load_state_dict(adapter_state_dict(...), strict=False)` restores
     them into a model with the same adapters injected.
     """
-    return {name: tensor for name, tensor in module.state_dict().items() if _is_adapter_key(name)}
+    state = {}
+    for name, layer in adapted_layers(module):
+        state.update(layer.adapter.state_dict(prefix=f"{name}.adapter." if name else "adapter."))
+    return state
 
 
 def set_adapters_enabled(module: nn.Module, enabled: bool) -> None:

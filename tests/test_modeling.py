@@ -33,8 +33,9 @@ def test_template_is_used(tiny_clip, tokenizer, image_processor):
 
 
 def _count_text_calls(model):
+    # the model runs the text tower layer by layer itself: its final layer norm runs once per text-encoder pass
     calls = []
-    model.clip.text_model.register_forward_hook(lambda *args: calls.append(1))
+    model.clip.text_model.final_layer_norm.register_forward_hook(lambda *args: calls.append(1))
     return calls
 
 
@@ -179,7 +180,7 @@ def test_save_and_reload_same_process(tmp_path, tiny_clip, tokenizer, image_proc
 
 
 class AutoImageProcessorRaising:
-    """Stands in for `AutoImageProcessor` in `modeling_capt.modeling_capt`: `from_pretrained` raises `error` (the
+    """Stands in for `AutoImageProcessor` in `modeling_capt.modeling_prompt_clip`: `from_pretrained` raises `error` (the
     class is replaced whole, since some transformers releases raise on merely reading the real one's attributes)."""
 
     def __init__(self, error):
@@ -196,12 +197,12 @@ def test_reload_survives_an_image_processor_this_transformers_cannot_load(tmp_pa
                                                                           image_processor, monkeypatch, caplog):
     """An older transformers without torchvision raises ImportError for a CLIP image processor: the model still
     loads (the processor is optional), with a warning that names it."""
-    from modeling_capt import modeling_capt
+    from modeling_capt import modeling_prompt_clip
 
     model = CaptForImageClassification.from_clip(tiny_clip, CLASS_NAMES, tokenizer=tokenizer,
                                                  image_processor=image_processor)
     model.save_pretrained(tmp_path / "ckpt")
-    monkeypatch.setattr(modeling_capt, "AutoImageProcessor", AutoImageProcessorRaising(TORCHVISION_MISSING))
+    monkeypatch.setattr(modeling_prompt_clip, "AutoImageProcessor", AutoImageProcessorRaising(TORCHVISION_MISSING))
     monkeypatch.setattr(transformers, "CLIPImageProcessor", AutoImageProcessorRaising(TORCHVISION_MISSING))
     with caplog.at_level("WARNING"):
         loaded = CaptForImageClassification.from_pretrained(tmp_path / "ckpt").eval()
@@ -215,15 +216,15 @@ def test_reload_survives_an_image_processor_this_transformers_cannot_load(tmp_pa
 def test_image_processor_falls_back_to_the_clip_class(tmp_path, image_processor, monkeypatch):
     """Where this transformers' AutoImageProcessor needs a backend that is not installed (ImportError), the CLIP
     image processor is loaded directly; any other error is left alone."""
-    from modeling_capt import load_image_processor, modeling_capt
+    from modeling_capt import load_image_processor, modeling_prompt_clip
 
     image_processor.save_pretrained(tmp_path)
-    monkeypatch.setattr(modeling_capt, "AutoImageProcessor", AutoImageProcessorRaising(TORCHVISION_MISSING))
+    monkeypatch.setattr(modeling_prompt_clip, "AutoImageProcessor", AutoImageProcessorRaising(TORCHVISION_MISSING))
     loaded = load_image_processor(tmp_path)
     pixels = loaded(images=random_images(2), return_tensors="pt")["pixel_values"]
     torch.testing.assert_close(pixels, image_processor(images=random_images(2), return_tensors="pt")["pixel_values"])
 
-    monkeypatch.setattr(modeling_capt, "AutoImageProcessor", AutoImageProcessorRaising(OSError("no preprocessor")))
+    monkeypatch.setattr(modeling_prompt_clip, "AutoImageProcessor", AutoImageProcessorRaising(OSError("no preprocessor")))
     with pytest.raises(OSError, match="no preprocessor"):
         load_image_processor(tmp_path)
 

@@ -12,7 +12,8 @@ from safetensors.torch import load_file
 from modeling_capt import CaptAdapterConfig, CaptForImageClassification
 from dataset_scripts.data import IndexedImageDataset
 from trainers.prefix_cache import (
-    CACHE_INFO_NAME, FrozenPrefixCache, compute_prefix, prefix_dropout_modules, prefix_start_layer,
+    CACHE_INFO_NAME, FrozenPrefixCache, TextPrefixCache, compute_prefix, prefix_dropout_modules, prefix_fingerprint,
+    prefix_start_layer,
 )
 from trainers.train_capt import main
 
@@ -358,3 +359,95 @@ def test_the_cache_is_computed_under_the_runs_autocast(tiny_clip, tokenizer, ima
         reset_accelerate()
     assert not torch.equal(expected.float(), compute_prefix(model, pixel_values, 1).float())  # the test can tell
     assert torch.equal(cache.fetch(torch.tensor([0, 1])), expected.cpu())
+
+
+# --------------------------------------------------------------------------------------------------- hooks and tokens
+def _shift_patches(hidden_states, state):
+    """A layer hook standing in for a method's prompts: moves every token but CLS."""
+    return torch.cat([hidden_states[:, :1], hidden_states[:, 1:] + 0.5], dim=1)
+
+
+def test_a_hooked_model_starts_at_its_first_hooked_layer(tiny_clip, tokenizer, image_processor, train_rows):
+    """The start layer is the model's frozen prefix, whatever touches the tower: a layer hook on a model without
+    adapters (zero-shot) starts the cache there, and the hook runs when the tower resumes."""
+    from modeling_capt import PromptCLIPForImageClassification
+
+    model = PromptCLIPForImageClassification.from_clip(tiny_clip, CLASS_NAMES, tokenizer=tokenizer,
+                                                       image_processor=image_processor)
+    assert prefix_start_layer(model) == 2
+    calls = []
+    model.register_layer_hook("vision", 1, lambda h, s: calls.append(s.layer_index) or _shift_patches(h, s))
+    assert prefix_start_layer(model) == 1
+    cache = FrozenPrefixCache.build(model, train_rows, image_processor, mode="memory")
+    assert cache.start_layer == 1 and cache.fetch(torch.tensor([0])).shape == (1, 65, 32)  # every token
+    assert calls == []  # building the cache stops before the hooked layer
+    indices = torch.tensor([4, 1])
+    pixel_values = IndexedImageDataset(train_rows, "train").pixel_values(indices.tolist(), image_processor)
+    with torch.no_grad():
+        expected = model(pixel_values=pixel_values).logits
+        resumed = model(**cache.model_inputs(indices)).logits
+    assert calls == [1, 1]
+    torch.testing.assert_close(resumed, expected, rtol=0, atol=1e-6)
+    # a hook below the first adapted layer of CAPT moves the start down too
+    capt = _capt_model(tiny_clip, tokenizer, image_processor)
+    capt.register_layer_hook("vision", 0, _shift_patches)
+    assert prefix_start_layer(capt) == 0
+
+
+def test_an_untouched_tower_keeps_every_token_when_the_model_reads_them(tiny_clip, tokenizer, image_processor,
+                                                                       train_rows):
+    """A method that reads all final vision tokens (reads_only_cls_token = False) gets them all from the cache; the
+    fingerprint tells a CLS-only cache from an all-token one."""
+    from modeling_capt import PromptCLIPForImageClassification
+
+    class AllTokens(PromptCLIPForImageClassification):
+        reads_only_cls_token = False
+
+    cls_only = PromptCLIPForImageClassification.from_clip(tiny_clip, CLASS_NAMES, tokenizer=tokenizer)
+    every = AllTokens.from_clip(tiny_clip, CLASS_NAMES, tokenizer=tokenizer)
+    assert prefix_start_layer(every) == prefix_start_layer(cls_only) == 2
+    pixel_values = IndexedImageDataset(train_rows, "train").pixel_values([0, 1], image_processor)
+    small = FrozenPrefixCache.build(cls_only, train_rows, image_processor, mode="memory")
+    full = FrozenPrefixCache.build(every, train_rows, image_processor, mode="memory")
+    forced = FrozenPrefixCache.build(cls_only, train_rows, image_processor, mode="memory", keep_all_tokens=True)
+    assert small.fetch(torch.tensor([0])).shape == (1, 1, 32)
+    with torch.no_grad():
+        final = every.encode_image_hidden(pixel_values)
+    assert torch.equal(full.fetch(torch.tensor([0, 1])), final)
+    assert torch.equal(forced.fetch(torch.tensor([0, 1])), final)
+    assert small.fingerprint != forced.fingerprint
+    assert prefix_fingerprint(every, 2, image_processor) == prefix_fingerprint(cls_only, 2, image_processor,
+                                                                               cls_only=False)
+
+
+def _insert_two(hidden_states, state):
+    tokens = torch.full((hidden_states.shape[0], 2, hidden_states.shape[2]), 0.1, dtype=hidden_states.dtype)
+    return torch.cat([hidden_states[:, :1], tokens, hidden_states[:, 1:]], dim=1)
+
+
+def test_text_prefix_cache_holds_the_class_prompts_entering_the_first_hooked_text_layer(tiny_clip, tokenizer):
+    from modeling_capt import PromptCLIPForImageClassification
+
+    zero_shot = PromptCLIPForImageClassification.from_clip(tiny_clip, CLASS_NAMES, tokenizer=tokenizer)
+    assert TextPrefixCache.build(zero_shot) is None  # nothing hooked: the model caches its class features itself
+    coop = PromptCLIPForImageClassification.from_clip(tiny_clip, CLASS_NAMES, tokenizer=tokenizer,
+                                                      use_learnable_context=True)
+    assert TextPrefixCache.build(coop) is None  # the context enters at the token embeddings
+
+    model = zero_shot
+    model.register_layer_hook("text", 1, _insert_two)
+    cache = TextPrefixCache.build(model)
+    assert cache.start_layer == 1 and cache.hidden_states.shape == (len(CLASS_NAMES), 32, 32)
+    with torch.no_grad():
+        expected = model.get_class_text_features()
+    model.train()  # a text hook: the training step recomputes the class features, now from layer 1
+    layer_zero = []
+    model.clip.text_model.encoder.layers[0].register_forward_hook(lambda *args: layer_zero.append(1))
+    got = model.get_class_text_features(**cache.model_inputs(model))
+    assert layer_zero == []
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="skips text layers"):
+        model.get_class_text_features(text_hidden_states=cache.hidden_states, text_start_layer=2)
+    model.set_class_names(["zebra", "car"], tokenizer=tokenizer)
+    with pytest.raises(ValueError, match="rebuild"):
+        cache.model_inputs(model)

@@ -11,7 +11,7 @@ import textwrap
 import pytest
 import torch
 
-from modeling_capt import CaptAdapterConfig, CaptForImageClassification
+from modeling_capt import CaptAdapterConfig, CaptForImageClassification, PromptCLIPForImageClassification
 
 from conftest import CLASS_NAMES, REPO_ROOT, random_images
 
@@ -55,8 +55,12 @@ CHILD = textwrap.dedent(
 )
 
 
-@pytest.mark.slow
-def test_remote_code_round_trip_in_fresh_process(tmp_path, tiny_clip, tokenizer, image_processor):
+CAPT_FILES = ["configuration_capt.py", "configuration_prompt_clip.py", "diff_manner.py", "mgde.py", "modeling_capt.py",
+              "modeling_prompt_clip.py"]
+PROMPT_CLIP_FILES = ["configuration_prompt_clip.py", "modeling_prompt_clip.py"]
+
+
+def _capt(tiny_clip, tokenizer, image_processor):
     model = CaptForImageClassification.from_clip(
         tiny_clip, CLASS_NAMES, tokenizer=tokenizer, image_processor=image_processor,
         adapter_config=CaptAdapterConfig(mgde_num_clusters=3),
@@ -66,12 +70,36 @@ def test_remote_code_round_trip_in_fresh_process(tmp_path, tiny_clip, tokenizer,
             if param.requires_grad:
                 param.add_(0.05 * torch.randn_like(param))
         model.mgde.expert_gates.fill_(0.5)
+    return model
+
+
+def _coop(tiny_clip, tokenizer, image_processor):
+    model = PromptCLIPForImageClassification.from_clip(
+        tiny_clip, CLASS_NAMES, tokenizer=tokenizer, image_processor=image_processor, use_learnable_context=True,
+    )
+    with torch.no_grad():
+        model.prompt_context.ctx.add_(0.1 * torch.randn_like(model.prompt_context.ctx))
+    model.clear_text_cache()
+    return model
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "build, files, prefix",
+    [(_capt, CAPT_FILES, "modeling_capt.Capt"), (_coop, PROMPT_CLIP_FILES, "modeling_prompt_clip.PromptCLIP")],
+    ids=["capt", "prompt_clip"],
+)
+def test_remote_code_round_trip_in_fresh_process(tmp_path, tiny_clip, tokenizer, image_processor, build, files,
+                                                 prefix):
+    """Each checkpoint ships the files its class reaches by relative imports, and only those: a PromptCLIP
+    (zero-shot / CoOp) checkpoint carries no CAPT code."""
+    model = build(tiny_clip, tokenizer, image_processor)
     ckpt = tmp_path / "ckpt"
     model.save_pretrained(ckpt)
     config = json.loads((ckpt / "config.json").read_text())
     assert set(config["auto_map"]) >= {"AutoConfig", "AutoModel", "AutoModelForImageClassification"}
-    for name in ("modeling_capt.py", "configuration_capt.py", "diff_manner.py", "mgde.py"):
-        assert (ckpt / name).exists(), f"{name} was not copied next to the weights"
+    assert config["auto_map"]["AutoModel"].startswith(prefix)
+    assert sorted(p.name for p in ckpt.glob("*.py")) == files
 
     pixel_values = image_processor(images=random_images(3, seed=7), return_tensors="pt")["pixel_values"]
     with torch.no_grad():

@@ -293,9 +293,10 @@ def test_push_to_hub_uploads_the_saved_folder(run_args, monkeypatch):
     assert upload["repo_id"] == "org/capt-test" and upload["repo_type"] == "model"
     out = run_args[run_args.index("--output_dir") + 1]
     assert upload["folder_path"] == os.path.join(out, "model")
-    # the self-contained checkpoint and its card; nothing of the run around it (checkpoints, prefix cache, metrics)
-    assert upload["files"] == ["README.md", "config.json", "configuration_capt.py", "diff_manner.py", "mgde.py",
-                               "model.safetensors", "modeling_capt.py", "preprocessor_config.json", "tokenizer.json",
+    # the self-contained checkpoint and its card; nothing of the run around it (checkpoints, prefix cache, metrics),
+    # and of the modeling files only those zero-shot CLIP's class reaches (not CAPT's)
+    assert upload["files"] == ["README.md", "config.json", "configuration_prompt_clip.py", "model.safetensors",
+                               "modeling_prompt_clip.py", "preprocessor_config.json", "tokenizer.json",
                                "tokenizer_config.json"]
     card = open(os.path.join(upload["folder_path"], "README.md")).read()
     assert "org/capt-test" in card and "zero-shot CLIP" in card and "| zeroshot |" in card

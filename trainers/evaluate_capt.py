@@ -26,7 +26,9 @@ if __package__ in (None, ""):  # `python trainers/evaluate_capt.py` runs this fi
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from dataset_scripts.coop_datasets import get_dataset_info, list_datasets, load_coop_dataset  # noqa: E402
-from modeling_capt import CaptForImageClassification, load_image_processor  # noqa: E402
+from modeling_capt import (  # noqa: E402
+    PromptCLIPForImageClassification, is_package_checkpoint, load_image_processor, load_pretrained,
+)
 from modeling_capt.configuration_capt import DEFAULT_TEMPLATE  # noqa: E402
 from dataset_scripts.data import (  # noqa: E402
     check_dataset, check_local_path, load_local_dataset, make_loader, prompt_class_names, standard_columns,
@@ -72,24 +74,25 @@ def checkpoint_kind(checkpoint: str) -> str:
     ):
         return "adapter"
     config, _ = PretrainedConfig.get_config_dict(checkpoint)
-    return "capt" if config.get("model_type") == "capt" else "clip"
+    return "capt" if is_package_checkpoint(config) else "clip"
 
 
 def load_checkpoint(checkpoint: str, class_names: list[str], template: str):
-    """Load `checkpoint` as a [`CaptForImageClassification`] classifying `class_names` with `template`.
+    """Load `checkpoint` (a CLIP, a saved model of this package, or an adapter export) as a classifier of
+    `class_names` with `template`.
 
     Returns:
         `(model, tokenizer, image_processor)`, the model in eval mode.
     """
     kind = checkpoint_kind(checkpoint)
     if kind == "clip":
-        model = CaptForImageClassification.from_clip(checkpoint, class_names, template=template)
+        model = PromptCLIPForImageClassification.from_clip(checkpoint, class_names, template=template)
         return model, model.tokenizer, model.image_processor
     if kind == "adapter":
-        model = CaptForImageClassification.from_adapter(checkpoint)
+        model = PromptCLIPForImageClassification.from_adapter(checkpoint)  # builds the class the export names
         source = model.config.base_model_name_or_path
     else:
-        model = CaptForImageClassification.from_pretrained(checkpoint)  # with the folder's tokenizer and processor
+        model = load_pretrained(checkpoint)  # the class that saved it, with the folder's tokenizer and processor
         source = model.config.base_model_name_or_path  # for what the folder lacks: the CLIP it was built from
         if (model.tokenizer is None or model.image_processor is None) and not source:
             raise ValueError(f"{checkpoint} holds no tokenizer or image processor and names no base model to take "
@@ -103,7 +106,7 @@ def load_checkpoint(checkpoint: str, class_names: list[str], template: str):
 
 def method_of(model) -> str:
     """The trainer's `--method` that produced a model: `capt` (adapters), `coop` (learned context) or `zeroshot`."""
-    if model.config.adapter_config is not None:
+    if getattr(model.config, "adapter_config", None) is not None:
         return "capt"
     return "coop" if model.config.use_learnable_context else "zeroshot"
 

@@ -1,20 +1,26 @@
 """Frozen-prefix cache: the vision tower's frozen layers run once per training image, not once per epoch.
 
-CAPT adapts only the last vision layers (`--layers_to_transform -2,-1`) and CoOp adapts none. Everything below the
-first adapted layer is frozen CLIP, so its output for a training image never changes during training: this module
-computes the hidden states entering layer `start_layer` (the lowest adapted layer, or `num_layers` when no layer is
-adapted, where only the CLS token is kept) once, under `torch.inference_mode`, and the trainer resumes the vision
-tower from them with `model(hidden_states=..., start_layer=...)`. The class text features are cached by the model
-itself (`CaptModel.get_class_text_features`).
+A model declares how many leading layers of each tower no trainable part or layer hook touches
+(`model.frozen_vision_prefix()`, `model.frozen_text_prefix()`): CAPT adapts only the last vision layers
+(`--layers_to_transform -2,-1`), CoOp none, a method with layer hooks starts at its first hooked layer. Everything below
+that layer is frozen CLIP, so its output for a training image never changes during training: this module computes the
+hidden states entering layer `start_layer = model.frozen_vision_prefix()` once, under `torch.inference_mode`, and the
+trainer resumes the vision tower from them with `model(hidden_states=..., start_layer=...)`. Every token is kept,
+except when no vision layer is touched (`start_layer == num_layers`) and the model reads only the CLS token after the
+tower (`model.reads_only_cls_token`): then only the CLS token is kept.
+
+The class text features are cached by the model itself (`PromptCLIPModel.get_class_text_features`). When text layer
+hooks make them change during training, [`TextPrefixCache`] keeps the class prompts' hidden states entering the first
+hooked text layer, so a training step runs only the text layers from there on.
 
 Entries are keyed by training-set row index (the `indices` of a training batch, which are also the indices of CAPT's
 representative samples). They stay in memory below a size threshold, else they are written to disk as safetensors
 shards (never pickle) with a JSON description holding a fingerprint of everything they depend on: the frozen
 prefix's weights (embeddings, pre-layernorm, layers below `start_layer`) and the vision config's settings (activation,
 layer-norm epsilon, ...), the image processor's settings,
-`start_layer`, the training set, and the precision it was computed in (Accelerate's mixed precision, the device). A
-disk cache whose fingerprint differs is rebuilt, so a changed backbone, image processor, adapter placement or
-few-shot sample never reads stale activations.
+`start_layer` and the tokens kept, the training set, and the precision it was computed in (Accelerate's mixed
+precision, the device). A disk cache whose fingerprint differs is rebuilt, so a changed backbone, image processor,
+adapter or hook placement or few-shot sample never reads stale activations.
 
 Random augmentation would make the frozen activations differ every epoch, and dropout in the frozen layers
 (`attention_dropout > 0` in the vision config) every step; the cache then refuses (`mode` given explicitly) or steps
@@ -36,7 +42,6 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from dataset_scripts.atomic_io import write_json_atomic
-from modeling_capt.diff_manner import CaptAdaptedLayer
 from dataset_scripts.data import ImageClassificationCollator, IndexedImageDataset
 
 
@@ -58,18 +63,23 @@ def _vision_layers(model) -> torch.nn.ModuleList:
 
 
 def prefix_start_layer(model) -> int:
-    """The first vision layer whose output training can change: the lowest adapted layer, or `num_layers` if none.
+    """The first vision layer whose output training can change: `model.frozen_vision_prefix()` (the lowest layer a
+    trainable part or a layer hook touches, or `num_layers` if none).
 
-    Raises a `ValueError` when a parameter of the prefix (embeddings, pre-layernorm, layers below it) is trainable:
-    its activations could then not be cached.
+    Raises a `ValueError` when a parameter of the prefix (embeddings, pre-layernorm, layers below it) is trainable
+    although the model does not declare it: its activations could then not be cached.
     """
-    layers = _vision_layers(model)
-    adapted = [index for index, layer in enumerate(layers) if isinstance(layer, CaptAdaptedLayer)]
-    start_layer = min(adapted) if adapted else len(layers)
+    start_layer = model.frozen_vision_prefix()
     trainable = [name for name, param in _prefix_state(model, start_layer, parameters_only=True) if param.requires_grad]
     if trainable:
         raise ValueError(f"The frozen-prefix cache needs a frozen prefix, but these parameters train: {trainable[:5]}")
     return start_layer
+
+
+def keeps_only_cls_token(model, start_layer: int) -> bool:
+    """Whether cached entries hold only the CLS token: nothing runs after the cached layers and the model pools the
+    CLS token alone."""
+    return start_layer == len(_vision_layers(model)) and getattr(model, "reads_only_cls_token", True)
 
 
 def prefix_dropout_modules(model, start_layer: int) -> list[str]:
@@ -81,13 +91,7 @@ def prefix_dropout_modules(model, start_layer: int) -> list[str]:
     vision = model.clip.vision_model
     modules = [("embeddings", vision.embeddings), ("pre_layrnorm", vision.pre_layrnorm)]
     modules += [(f"encoder.layers.{i}", layer) for i, layer in enumerate(_vision_layers(model)[:start_layer])]
-    found = []
-    for prefix, module in modules:
-        for name, sub in module.named_modules(prefix=prefix):
-            rate = sub.p if isinstance(sub, torch.nn.Dropout) else getattr(sub, "dropout", None)
-            if isinstance(rate, (int, float)) and not isinstance(rate, bool) and rate > 0:
-                found.append(name)
-    return found
+    return _dropout_modules(modules)
 
 
 def _prefix_state(model, start_layer: int, parameters_only: bool = False):
@@ -101,16 +105,20 @@ def _prefix_state(model, start_layer: int, parameters_only: bool = False):
             yield f"{prefix}.{name}", tensor
 
 
-def prefix_fingerprint(model, start_layer: int, image_processor, dataset=None, accelerator=None) -> str:
+def prefix_fingerprint(model, start_layer: int, image_processor, dataset=None, accelerator=None,
+                       cls_only: bool | None = None) -> str:
     """A SHA-256 of what the cached activations depend on (see the module docstring).
 
     `accelerator` supplies the autocast the activations are computed under (`mixed_precision`): a cache computed in
-    bf16 must not be read by an fp32 run.
+    bf16 must not be read by an fp32 run. `cls_only` (default: [`keeps_only_cls_token`]) says which tokens are kept.
     """
     digest = hashlib.sha256()
+    if cls_only is None:
+        cls_only = keeps_only_cls_token(model, start_layer)
     described = {
         "format": CACHE_FORMAT_VERSION,
         "start_layer": int(start_layer),
+        "tokens": "cls" if cls_only else "all",
         "num_layers": len(_vision_layers(model)),
         "image_processor": image_processor.to_dict() if image_processor is not None else None,
         "attn_implementation": getattr(model.config.clip_config.vision_config, "_attn_implementation", None),
@@ -145,10 +153,15 @@ def _vision_settings(model) -> dict:
 
 
 @torch.inference_mode()
-def compute_prefix(model, pixel_values: torch.Tensor, start_layer: int) -> torch.Tensor:
-    """Hidden states entering vision layer `start_layer`; only the CLS token when `start_layer == num_layers`."""
+def compute_prefix(model, pixel_values: torch.Tensor, start_layer: int, cls_only: bool | None = None) -> torch.Tensor:
+    """Hidden states entering vision layer `start_layer`, every token; only the CLS token when `cls_only` (default:
+    [`keeps_only_cls_token`], i.e. no layer runs after them and the model pools the CLS token alone)."""
+    if cls_only is None:
+        cls_only = keeps_only_cls_token(model, start_layer)
+    if cls_only and start_layer != len(_vision_layers(model)):
+        raise ValueError(f"Only the CLS token cannot be cached when vision layers {start_layer}.. still run")
     hidden = model.encode_image_hidden(pixel_values, end_layer=start_layer)
-    if start_layer == len(_vision_layers(model)):
+    if cls_only:
         hidden = hidden[:, :1]  # nothing but the pooled CLS token is read after the last layer
     return hidden.contiguous()
 
@@ -237,6 +250,7 @@ class FrozenPrefixCache:
         memory_limit_bytes: int = DEFAULT_MEMORY_LIMIT_BYTES,
         shard_bytes: int = DEFAULT_SHARD_BYTES,
         augment: bool = False,
+        keep_all_tokens: bool = False,
     ) -> "FrozenPrefixCache | None":
         """Compute (or reuse from disk) the frozen prefix of every row of `dataset`; `None` when the cache is off.
 
@@ -259,6 +273,8 @@ class FrozenPrefixCache:
             augment (`bool`, *optional*, defaults to `False`):
                 Whether training augments its images: then cached activations would be stale. An explicit `mode`
                 raises, `"auto"` returns `None` (no cache).
+            keep_all_tokens (`bool`, *optional*, defaults to `False`):
+                Keep every token even where only the CLS token would be read (see [`keeps_only_cls_token`]).
         """
         if mode not in MODES:
             raise ValueError(f"prefix cache mode must be one of {MODES}, got {mode!r}")
@@ -271,6 +287,7 @@ class FrozenPrefixCache:
             raise ValueError(f"--prefix_cache {mode} cannot be used with image augmentation (use auto or off)")
         rows = dataset if isinstance(dataset, IndexedImageDataset) else IndexedImageDataset(dataset, "train")
         start_layer = prefix_start_layer(model)
+        cls_only = not keep_all_tokens and keeps_only_cls_token(model, start_layer)
         dropout = prefix_dropout_modules(model, start_layer)
         if dropout:
             reason = (f"the frozen layers below vision layer {start_layer} drop out in training ({dropout[0]}: "
@@ -282,21 +299,22 @@ class FrozenPrefixCache:
         num_rows = len(rows)
         if num_rows == 0:
             raise ValueError("The frozen-prefix cache needs at least one training row")
-        row_shape, dtype = _entry_shape_and_dtype(model, rows, image_processor, start_layer, accelerator)
+        row_shape, dtype = _entry_shape_and_dtype(model, rows, image_processor, start_layer, cls_only, accelerator)
         entry_bytes = _numel(row_shape) * dtype.itemsize
         total_bytes = entry_bytes * num_rows
         if mode == "auto":
             mode = "memory" if total_bytes <= memory_limit_bytes else "disk"
         if mode == "disk" and not cache_dir:
             raise ValueError("The disk frozen-prefix cache needs a folder (--prefix_cache_dir)")
-        fingerprint = prefix_fingerprint(model, start_layer, image_processor, rows.dataset, accelerator)
+        fingerprint = prefix_fingerprint(model, start_layer, image_processor, rows.dataset, accelerator, cls_only)
         described = (
             f"{num_rows} rows x {tuple(row_shape)} {str(dtype).replace('torch.', '')} = {total_bytes / 2**20:.1f} MiB, "
             f"entering vision layer {start_layer}"
         )
         if mode == "memory":
             hidden = torch.empty((num_rows, *row_shape), dtype=dtype)
-            for start, chunk in _compute_batches(model, rows, image_processor, start_layer, batch_size, accelerator):
+            for start, chunk in _compute_batches(model, rows, image_processor, start_layer, cls_only, batch_size,
+                                                 accelerator):
                 hidden[start : start + chunk.shape[0]] = chunk
             logger.info("frozen-prefix cache in memory: %s", described)
             return cls(_MemoryStore(hidden), start_layer, num_rows, fingerprint, "memory")
@@ -308,7 +326,7 @@ class FrozenPrefixCache:
             if info is not None:
                 logger.info("frozen-prefix cache in %s is stale (backbone, image processor, adapted layers or "
                             "training set changed): rebuilding", cache_dir)
-            _write_disk_cache(model, rows, image_processor, start_layer, batch_size, accelerator, cache_dir,
+            _write_disk_cache(model, rows, image_processor, start_layer, cls_only, batch_size, accelerator, cache_dir,
                               fingerprint, shard_rows, row_shape, dtype)
         elif is_main:
             logger.info("frozen-prefix cache: reusing %s", cache_dir)
@@ -336,19 +354,19 @@ def _model_device(model) -> torch.device:
     return next(model.parameters()).device
 
 
-def _entry_shape_and_dtype(model, rows, image_processor, start_layer, accelerator):
+def _entry_shape_and_dtype(model, rows, image_processor, start_layer, cls_only, accelerator):
     pixel_values = rows.pixel_values([0], image_processor).to(_model_device(model))
     was_training = model.training
     model.eval()
     try:
         with _autocast(accelerator):
-            entry = compute_prefix(model, pixel_values, start_layer)
+            entry = compute_prefix(model, pixel_values, start_layer, cls_only)
     finally:
         model.train(was_training)
     return tuple(entry.shape[1:]), entry.dtype
 
 
-def _compute_batches(model, rows, image_processor, start_layer, batch_size, accelerator):
+def _compute_batches(model, rows, image_processor, start_layer, cls_only, batch_size, accelerator):
     """Yield `(first_row, hidden_states on CPU)` over the rows in order.
 
     The loader draws its worker seed from a private generator: building the cache must not consume the global random
@@ -364,7 +382,7 @@ def _compute_batches(model, rows, image_processor, start_layer, batch_size, acce
     try:
         for batch in loader:
             with _autocast(accelerator):
-                hidden = compute_prefix(model, batch["pixel_values"].to(device), start_layer)
+                hidden = compute_prefix(model, batch["pixel_values"].to(device), start_layer, cls_only)
             yield int(batch["indices"][0]), hidden.cpu()
     finally:
         model.train(was_training)
@@ -412,8 +430,8 @@ def _disk_cache_valid(cache_dir, info, fingerprint, num_rows) -> bool:
     return True
 
 
-def _write_disk_cache(model, rows, image_processor, start_layer, batch_size, accelerator, cache_dir, fingerprint,
-                      shard_rows, row_shape, dtype):
+def _write_disk_cache(model, rows, image_processor, start_layer, cls_only, batch_size, accelerator, cache_dir,
+                      fingerprint, shard_rows, row_shape, dtype):
     """Write the shards into a staging folder, then swap it in: an interrupted build leaves no half cache behind."""
     os.makedirs(cache_dir, exist_ok=True)
     staging = os.path.join(cache_dir, f".staging-{os.getpid()}")
@@ -430,7 +448,8 @@ def _write_disk_cache(model, rows, image_processor, start_layer, batch_size, acc
             pending, pending_rows, shard = [], 0, shard + 1
 
     try:
-        for _, hidden in _compute_batches(model, rows, image_processor, start_layer, batch_size, accelerator):
+        for _, hidden in _compute_batches(model, rows, image_processor, start_layer, cls_only, batch_size,
+                                          accelerator):
             while hidden.shape[0]:
                 take = min(shard_rows - pending_rows, hidden.shape[0])
                 pending.append(hidden[:take])
@@ -460,6 +479,87 @@ def _write_disk_cache(model, rows, image_processor, start_layer, batch_size, acc
         write_json_atomic(info_path, info)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------------------------ text side
+class TextPrefixCache:
+    """Hidden states of the model's class prompts entering text layer `start_layer = model.frozen_text_prefix()`.
+
+    Only useful when text layer hooks (or trainable text layers) make the class text features change during training,
+    so that the model recomputes them in every step: the layers below the first hooked one are frozen and see the same
+    class prompts every time. With no text hook there is nothing to cache (the model caches the final class features
+    itself), and with a CoOp context neither (it enters at the token embeddings): [`TextPrefixCache.build`] returns
+    `None` then. `cache.model_inputs(model)` gives the keyword arguments (`text_hidden_states`, `text_start_layer`)
+    for `model(...)` or `model.get_class_text_features(...)`.
+
+    Args:
+        hidden_states (`torch.Tensor` of shape `(num_classes, text_length, width)`): the cached hidden states.
+        start_layer (`int`): the text layer they enter.
+        class_input_ids (`torch.LongTensor`): the class prompts they were computed for.
+    """
+
+    def __init__(self, hidden_states: torch.Tensor, start_layer: int, class_input_ids: torch.Tensor):
+        self.hidden_states = hidden_states
+        self.start_layer = start_layer
+        self.class_input_ids = class_input_ids
+
+    @classmethod
+    def build(cls, model, accelerator=None, chunk_size: int = 256) -> "TextPrefixCache | None":
+        """Compute the class prompts' text prefix of `model` (unwrapped, on its device), or `None` when there is
+        nothing to cache, or when the frozen text layers drop out in training (their outputs then differ per step)."""
+        text = model.clip.text_model
+        num_layers = len(text.encoder.layers)
+        start_layer = model.frozen_text_prefix()
+        if start_layer in (0, num_layers):
+            reason = "a learnable context or a hook enters at the first text layer" if start_layer == 0 else (
+                "no text layer is hooked or trained (the model caches its class text features itself)")
+            logger.info("text prefix cache off: %s", reason)
+            return None
+        modules = [("embeddings", text.embeddings)]
+        modules += [(f"encoder.layers.{i}", layer) for i, layer in enumerate(text.encoder.layers[:start_layer])]
+        trainable = [f"{prefix}.{name}" for prefix, module in modules for name, param in module.named_parameters()
+                     if param.requires_grad]
+        if trainable:
+            raise ValueError(f"The text prefix cache needs a frozen prefix, but these parameters train: "
+                             f"{trainable[:5]}")
+        if _dropout_modules(modules):
+            logger.info("text prefix cache off: the frozen text layers below %d drop out in training", start_layer)
+            return None
+        was_training = model.training
+        model.eval()
+        chunks = []
+        try:
+            with torch.no_grad(), _autocast(accelerator):  # no_grad, not inference_mode: training steps read them
+                for start in range(0, model.class_input_ids.shape[0], chunk_size):
+                    rows = slice(start, start + chunk_size)
+                    hidden, _, _ = model.encode_text_hidden(
+                        model.class_input_ids[rows], model.class_attention_mask[rows], end_layer=start_layer
+                    )
+                    chunks.append(hidden)
+        finally:
+            model.train(was_training)
+        hidden_states = torch.cat(chunks)
+        logger.info("text prefix cache: %d class prompts x %s entering text layer %d", hidden_states.shape[0],
+                    tuple(hidden_states.shape[1:]), start_layer)
+        return cls(hidden_states, start_layer, model.class_input_ids.detach().clone())
+
+    def model_inputs(self, model) -> dict:
+        """`{"text_hidden_states": ..., "text_start_layer": ...}` for `model`; refuses a model whose class prompts
+        changed since the cache was built (`set_class_names`)."""
+        if not torch.equal(model.class_input_ids.to(self.class_input_ids.device), self.class_input_ids):
+            raise ValueError("The text prefix cache was built for other class prompts: rebuild it after "
+                             "set_class_names")
+        return {"text_hidden_states": self.hidden_states, "text_start_layer": self.start_layer}
+
+
+def _dropout_modules(modules) -> list[str]:
+    found = []
+    for prefix, module in modules:
+        for name, sub in module.named_modules(prefix=prefix):
+            rate = sub.p if isinstance(sub, torch.nn.Dropout) else getattr(sub, "dropout", None)
+            if isinstance(rate, (int, float)) and not isinstance(rate, bool) and rate > 0:
+                found.append(name)
+    return found
 
 
 def rows_loader(dataset, batch_size: int, shuffle: bool, seed: int = 0, num_workers: int = 0):
@@ -498,6 +598,6 @@ def _collate_rows(rows):
 
 
 __all__ = [
-    "FrozenPrefixCache", "MODES", "compute_prefix", "prefix_dropout_modules", "prefix_fingerprint", "prefix_start_layer",
-    "rows_loader",
+    "FrozenPrefixCache", "MODES", "TextPrefixCache", "compute_prefix", "keeps_only_cls_token", "prefix_dropout_modules",
+    "prefix_fingerprint", "prefix_start_layer", "rows_loader",
 ]

@@ -29,7 +29,7 @@ from dataset_scripts.atomic_io import write_directory_atomic, write_json_atomic 
 from dataset_scripts.data import (  # noqa: E402
     IndexedImageDataset, classes_without_images, make_loader, prepare_splits, resolve_template,
 )
-from modeling_capt import CaptForImageClassification, load_image_processor  # noqa: E402
+from modeling_capt import PromptCLIPForImageClassification, load_image_processor  # noqa: E402
 from trainers.args import build_parser, method_of, parse_args, split_config_flag, training_settings  # noqa: E402
 from trainers.checkpointing import resolve_resume  # noqa: E402
 from trainers.evaluation import evaluate_base_and_novel, print_table, summarize_results  # noqa: E402
@@ -42,7 +42,7 @@ from trainers.methods import RunContext, get_method  # noqa: E402
 logger = logging.getLogger("capt")
 
 #: The model class of the frozen zero-shot CLIP every run evaluates first.
-ZERO_SHOT_MODEL = CaptForImageClassification
+ZERO_SHOT_MODEL = PromptCLIPForImageClassification
 
 
 def check_training_classes(splits, method, data_args) -> None:

@@ -29,7 +29,7 @@ from dataset_scripts.bank import CaptConfusionBank, build_bank, check_bank_match
 from dataset_scripts.confusion_bank import load_bank_for_training, save_bank
 from dataset_scripts.data import check_local_path, make_loader
 from dataset_scripts.data_fingerprint import training_set_fingerprint
-from modeling_capt import CaptAdapterConfig, CaptForImageClassification
+from modeling_capt import CaptAdapterConfig, CaptForImageClassification, load_pretrained
 from trainers.flags import config_kwargs, flags_from_dataclasses
 from trainers.confusion import (
     adapter_alpha,
@@ -199,7 +199,7 @@ def prepare_bank_and_prompts(accelerator, capt_args, train_args, zeroshot, train
     elif bank is None:
         base_model, base_id = zeroshot, f"zero-shot {model_args.model_name_or_path}"
         if capt_args.bank_base_model:
-            base_model = CaptForImageClassification.from_pretrained(capt_args.bank_base_model).to(accelerator.device)
+            base_model = load_pretrained(capt_args.bank_base_model).to(accelerator.device)
             if base_model.config.class_names != list(class_names):
                 raise ValueError(
                     f"--bank_base_model {capt_args.bank_base_model} classifies {base_model.config.class_names[:5]}..., "

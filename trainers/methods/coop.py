@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
-from modeling_capt import CaptConfig, CaptForImageClassification
+from modeling_capt import PromptCLIPForImageClassification, PromptContextConfig
+from trainers.flags import config_kwargs, flags_from_dataclasses
 from trainers.methods.base import Method, RunContext
 
 
-@dataclass
-class CoOpArguments:
-    n_ctx: int = field(default=4, metadata={"help": "CoOp: number of learnable context tokens."})
-    ctx_init: str | None = field(default="a photo of a", metadata={"help": "CoOp: words initialising the context."})
+CoOpArguments = flags_from_dataclasses(
+    "CoOpArguments", [(PromptContextConfig, None)], doc="The flags of `--method coop`: `PromptContextConfig`."
+)
 
 
 class CoOpMethod(Method):
@@ -21,14 +19,9 @@ class CoOpMethod(Method):
     title = "CoOp"
     Arguments = CoOpArguments
 
-    def config_overrides(self) -> dict:
-        return {"use_learnable_context": True, "n_ctx": self.args.n_ctx, "ctx_init": self.args.ctx_init}
-
-    def check(self, model_args) -> None:
-        CaptConfig(**self.config_overrides())
-
     def build_model(self, run: RunContext):
-        return run.build(CaptForImageClassification, **self.config_overrides())
+        return run.build(PromptCLIPForImageClassification, use_learnable_context=True,
+                         **config_kwargs(self.args, PromptContextConfig))
 
     @classmethod
     def trained_parts(cls, model_folder: str) -> str:
