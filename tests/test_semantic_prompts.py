@@ -141,12 +141,13 @@ def test_load_errors_name_the_file_and_the_problem(tmp_path, document, message):
         JSONPromptGenerator(path)  # the generator checks the file when it is built
 
 
-def test_the_readmes_prompt_file_example_loads(tmp_path):
+def test_the_documented_prompt_file_example_loads(tmp_path):
     import os
     import textwrap
 
-    readme = open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")).read()
-    section = readme[readme.index("### Semantic prompts") :]
+    page = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "methods.md")
+    text = open(page, encoding="utf-8").read()
+    section = text[text.index("## Semantic prompts") :]
     example = textwrap.dedent(re.search(r"```json\n(.*?)```", section, re.S).group(1))
     prompts = load_prompts(_write(tmp_path, example))
     assert list(prompts) == [("shirt", "t-shirt")] and prompts[("shirt", "t-shirt")].source == "me"
