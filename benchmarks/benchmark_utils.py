@@ -26,7 +26,7 @@ if REPO_ROOT not in sys.path:  # `python benchmarks/bench_x.py` from anywhere
 from transformers import CLIPConfig, CLIPModel, PreTrainedTokenizerFast  # noqa: E402
 
 from modeling_capt import CaptAdapterConfig, CaptForImageClassification, load_image_processor  # noqa: E402
-from dataset_scripts.data import EMBEDDED_MODEL  # noqa: E402
+from dataset_scripts.paths import EMBEDDED_MODEL  # noqa: E402
 
 
 # openai/clip-vit-base-patch16 (text tower: 12 x 512, vision tower: 12 x 768 on 224 px, 16 px patches)

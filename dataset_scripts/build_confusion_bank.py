@@ -29,8 +29,9 @@ from dataset_scripts.bank import build_bank, top_confused_pairs  # noqa: E402
 from dataset_scripts.confusion_bank import check_bank_output_dir, push_bank_to_hub, save_bank  # noqa: E402
 from dataset_scripts.data_fingerprint import training_set_fingerprint  # noqa: E402
 from dataset_scripts.data import (  # noqa: E402
-    EMBEDDED_MODEL, DataArguments, IndexedImageDataset, check_local_path, prepare_splits, resolve_template,
+    DataArguments, IndexedImageDataset, check_local_path, prepare_splits, resolve_template,
 )
+from dataset_scripts.paths import EMBEDDED_MODEL  # noqa: E402
 from modeling_capt import (  # noqa: E402
     PromptCLIPForImageClassification, is_package_checkpoint, load_image_processor, load_pretrained,
 )

@@ -23,7 +23,7 @@ from PIL import Image
 
 from dataset_scripts.coop_datasets import get_dataset_info, list_datasets
 from dataset_scripts.fewshot import few_shot_indices, label_array, subsample_classes
-from dataset_scripts.paths import EMBEDDED_DATA, EMBEDDED_MODEL  # noqa: F401 (the trainer's defaults)
+from dataset_scripts.paths import EMBEDDED_DATA
 
 
 logger = logging.getLogger(__name__)

@@ -6,9 +6,10 @@ import re
 from pathlib import Path
 
 import pytest
+from conftest import REPO_ROOT
 
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(REPO_ROOT)
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
 

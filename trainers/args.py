@@ -19,7 +19,8 @@ from dataclasses import dataclass, field, fields
 import yaml
 from transformers import HfArgumentParser
 
-from dataset_scripts.data import EMBEDDED_MODEL, DataArguments, check_local_path
+from dataset_scripts.data import DataArguments, check_local_path
+from dataset_scripts.paths import EMBEDDED_MODEL
 from trainers.flags import parse_comma_list
 from trainers.methods import METHODS, get_method
 

@@ -18,6 +18,7 @@ from trainers.semantic_prompts import (
     parse_semantic_answer,
     save_prompts,
 )
+from conftest import REPO_ROOT
 
 LOGGER = "trainers.semantic_prompts"
 
@@ -145,7 +146,7 @@ def test_the_documented_prompt_file_example_loads(tmp_path):
     import os
     import textwrap
 
-    page = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "methods.md")
+    page = os.path.join(REPO_ROOT, "docs", "methods.md")
     text = open(page, encoding="utf-8").read()
     section = text[text.index("## Semantic prompts") :]
     example = textwrap.dedent(re.search(r"```json\n(.*?)```", section, re.S).group(1))

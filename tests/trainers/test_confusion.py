@@ -1,12 +1,12 @@
-"""The Confusion Bank, the Semantic and Sample Confusion Miners, the confusion loss, k-means and the metrics."""
+"""trainers/confusion.py: the Semantic and Sample Confusion Miners, the confusion loss, k-means and the rates."""
 
-import io
 import math
 
 import pytest
 import torch
 
-from dataset_scripts.bank import CaptConfusionBank, compute_confusion_matrix, top_confused_pairs
+from dataset_scripts.bank import CaptConfusionBank
+from fixtures_bank import MATRIX, PROBS, one_hot_probs, random_bank, random_queries, small_bank
 from trainers.confusion import (
     adapter_alpha,
     break_rate,
@@ -21,58 +21,6 @@ from trainers.confusion import (
     retrieve_representatives,
     select_confusion_classes,
 )
-
-
-# M[a, b]: samples of true class a predicted b. Column 0 is empty, so a pseudo-GT of 0 has no statistics.
-MATRIX = torch.tensor(
-    [
-        [0, 2, 1, 0],
-        [0, 0, 0, 1],
-        [0, 4, 0, 2],
-        [0, 0, 5, 0],
-    ]
-)
-PROBS = torch.tensor(
-    [
-        [0.10, 0.60, 0.20, 0.10],  # g = 1
-        [0.25, 0.05, 0.30, 0.40],  # g = 3
-        [0.70, 0.10, 0.15, 0.05],  # g = 0
-    ]
-)
-
-
-def one_hot_probs(preds, num_classes):
-    probs = torch.full((len(preds), num_classes), 0.2 / (num_classes - 1))
-    probs[torch.arange(len(preds)), torch.as_tensor(preds)] = 0.8
-    return probs
-
-
-def small_bank(fallback="class"):
-    """Six samples on three classes, with 2-d embeddings chosen for hand-checkable cosines.
-
-    Class 0: rows 0, 1 misclassified (into 1 and 2), row 2 right. Class 1: rows 3, 4 right (no misclassified sample,
-    so its pool falls back to the whole class). Class 2: row 5, misclassified into 0.
-    """
-    embeds = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8], [1.0, 0.0], [0.8, 0.6], [-1.0, 0.0]])
-    labels = torch.tensor([0, 0, 0, 1, 1, 2])
-    preds = torch.tensor([1, 2, 0, 1, 1, 0])
-    return CaptConfusionBank.from_tensors(
-        torch.arange(6), labels, one_hot_probs(preds, 3), embeds, ["cat", "dog", "fox"], fallback=fallback
-    )
-
-
-def random_bank(num_samples=200, num_classes=7, dim=16, seed=0, fallback="class"):
-    generator = torch.Generator().manual_seed(seed)
-    labels = torch.randint(num_classes, (num_samples,), generator=generator)
-    logits = torch.randn(num_samples, num_classes, generator=generator) * 2
-    logits[torch.arange(num_samples), labels] += 1.5
-    embeds = torch.randn(num_samples, dim, generator=generator)
-    indices = torch.randperm(num_samples, generator=generator) * 3 + 10
-    names = [f"class {i}" for i in range(num_classes)]
-    return CaptConfusionBank.from_tensors(
-        indices, labels, logits.softmax(-1), embeds, names, template="a photo of a {}.", base_model="test",
-        fallback=fallback,
-    )
 
 
 # ------------------------------------------------------------------ Semantic Confusion Miner
@@ -187,94 +135,6 @@ def test_confusion_pairs_follow_k_and_the_miner_flags(flags):
         assert counted != confusion_pairs(bank, k_pairs=2, return_counts=True)
 
 
-# ------------------------------------------------------------------ Confusion Bank
-def test_bank_derived_index():
-    bank = small_bank()
-    assert bank.confusion_matrix.tolist() == [[0, 1, 1], [0, 0, 0], [1, 0, 0]]
-    assert bank.num_misclassified == 3
-    assert bank.misclassified_rows(0).tolist() == [0, 1]
-    assert bank.misclassified_rows(1).tolist() == []
-    assert bank.pool_rows(0).tolist() == [0, 1]
-    assert bank.pool_rows(1).tolist() == [3, 4]  # fallback: the whole class
-    assert bank.pool_rows(2).tolist() == [5]
-    assert small_bank(fallback="none").pool_rows(1).tolist() == []
-
-
-def test_build_from_batches_matches_from_tensors():
-    reference = random_bank(num_samples=50)
-    # The same data, shuffled and streamed as dicts and tuples.
-    order = torch.randperm(50, generator=torch.Generator().manual_seed(1))
-    fields = [reference.indices[order], reference.labels[order], reference.probs[order], reference.embeds[order]]
-    batches = []
-    for start in range(0, 50, 16):
-        chunk = [tensor[start : start + 16] for tensor in fields]
-        batches.append(dict(zip(["indices", "labels", "probs", "embeds"], chunk)) if start % 32 else tuple(chunk))
-    bank = CaptConfusionBank.build(iter(batches), reference.class_names, reference.template, reference.base_model)
-    for name in ("indices", "labels", "probs", "preds", "embeds", "confusion_matrix"):
-        torch.testing.assert_close(getattr(bank, name), getattr(reference, name))
-    rows = bank.rows_for(torch.tensor([[reference.indices[7], reference.indices[3]]]))
-    assert rows.tolist() == [[7, 3]]
-    with pytest.raises(KeyError):
-        bank.rows_for(torch.tensor([11]))
-
-
-def test_bank_rejects_bad_inputs():
-    labels, embeds = torch.tensor([0, 1]), torch.randn(2, 3)
-    with pytest.raises(ValueError, match="logits"):
-        CaptConfusionBank.from_tensors(torch.arange(2), labels, torch.randn(2, 2) * 5, embeds, ["a", "b"])
-    with pytest.raises(ValueError, match="unique"):
-        CaptConfusionBank.from_tensors(torch.tensor([1, 1]), labels, torch.eye(2), embeds, ["a", "b"])
-    with pytest.raises(ValueError, match="class names"):
-        CaptConfusionBank.from_tensors(torch.arange(2), labels, torch.eye(2), embeds, ["a", "b", "c"])
-
-
-def test_check_compatible_names_the_first_mismatch():
-    bank = small_bank()
-    bank.check_compatible(["cat", "dog", "fox"], "a photo of a {}.")
-    with pytest.raises(ValueError, match="class 1 is 'dog' in the bank but 'wolf' here"):
-        bank.check_compatible(["cat", "wolf", "fox"])
-    with pytest.raises(ValueError, match="3 classes, the class list 4"):
-        bank.check_compatible(["cat", "dog", "fox", "owl"])
-    with pytest.raises(ValueError, match="template"):
-        bank.check_compatible(["cat", "dog", "fox"], "a drawing of a {}.")
-
-
-def test_state_dict_round_trip():
-    bank = random_bank()
-    bank.semantic_prompts = [{"pair": [0, 1], "commonality": "both are round", "difference": "one is red"}]
-    buffer = io.BytesIO()
-    torch.save(bank.state_dict(), buffer)
-    buffer.seek(0)
-    state = torch.load(buffer, weights_only=True)  # plain tensors and containers: no pickled objects
-
-    restored = CaptConfusionBank()  # empty, as in `accelerator.register_for_checkpointing` then `load_state`
-    restored.load_state_dict(state)
-    for name in ("indices", "labels", "probs", "preds", "embeds", "confusion_matrix"):
-        assert torch.equal(getattr(restored, name), getattr(bank, name))
-    assert restored.class_names == bank.class_names
-    assert (restored.template, restored.base_model) == (bank.template, bank.base_model)
-    assert restored.semantic_prompts == bank.semantic_prompts
-    assert torch.equal(restored.pool_rows(3), bank.pool_rows(3))
-
-    other = CaptConfusionBank(["a", "b"])
-    with pytest.raises(ValueError, match="class 0 is 'a' in the bank"):
-        other.load_state_dict(state)
-
-
-def test_bank_without_misclassified_samples_warns_and_falls_back():
-    probs = one_hot_probs([0, 1, 1], 2)
-    with pytest.warns(UserWarning, match="no misclassified sample"):
-        bank = CaptConfusionBank.from_tensors(
-            torch.arange(3), torch.tensor([0, 1, 1]), probs, torch.eye(3), ["a", "b"]
-        )
-    assert torch.equal(bank.confusion_matrix, torch.zeros(2, 2, dtype=torch.long))
-    assert bank.pool_rows(1).tolist() == [1, 2]
-    classes = select_confusion_classes(bank.probs, bank.confusion_matrix, bank.labels, k=1)
-    assert classes.tolist() == [[1], [0], [0]]
-    rows, _ = retrieve_representatives(bank.embeds[:1], classes[:1], bank)
-    assert rows.tolist() == [[1]]
-
-
 # ------------------------------------------------------------------ Sample Confusion Miner
 @pytest.fixture(params=["dense", "per_class"])
 def retrieval_path(request, monkeypatch):
@@ -298,16 +158,6 @@ def test_retrieval_by_hand(retrieval_path):
     rows_scaled, cosine_scaled = retrieve_representatives(query * 7, torch.tensor([[0, 1, 2]]), bank)
     assert torch.equal(rows_scaled, rows)
     torch.testing.assert_close(cosine_scaled, cosine)
-
-
-def random_queries(bank, batch_size, k, seed):
-    """Random query embeddings and the confusion classes `select_confusion_classes` picks for them."""
-    generator = torch.Generator().manual_seed(seed)
-    num_classes, dim = bank.num_classes, bank.embeds.shape[1]
-    query = torch.randn(batch_size, dim, generator=generator)
-    labels = torch.randint(num_classes, (batch_size,), generator=generator)
-    probs = torch.randn(batch_size, num_classes, generator=generator).softmax(-1)
-    return query, select_confusion_classes(probs, bank.confusion_matrix, labels, k=k)
 
 
 def test_retrieval_matches_brute_force(retrieval_path):
@@ -498,20 +348,3 @@ def test_correction_and_break_rates():
     assert correction_rate(base, new, labels) == pytest.approx(1 / 2)
     assert break_rate(base, new, labels) == 0.0
     assert math.isnan(break_rate((labels + 1) % 6, new, labels))
-
-
-def test_confusion_matrix_and_top_pairs():
-    labels = torch.tensor([0, 0, 1, 2, 2, 2])
-    preds = torch.tensor([0, 1, 1, 0, 0, 1])
-    assert compute_confusion_matrix(labels, preds, 3).tolist() == [[0, 1, 0], [0, 0, 0], [2, 1, 0]]
-    with_diagonal = compute_confusion_matrix(labels, preds, 3, include_diagonal=True)
-    assert with_diagonal.tolist() == [[1, 1, 0], [0, 1, 0], [2, 1, 0]]
-    names = ["a", "b", "c", "d"]
-    assert top_confused_pairs(MATRIX, names, k=5) == [
-        ("d", "c", 5),
-        ("c", "b", 4),
-        ("a", "b", 2),
-        ("c", "d", 2),
-        ("a", "c", 1),
-    ]
-    assert top_confused_pairs(torch.eye(2, dtype=torch.long), ["a", "b"]) == []

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import REPO_ROOT as REPO
 sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 
 from benchmark_utils import median_interval, paired_ratios, synthetic_image_dataset  # noqa: E402

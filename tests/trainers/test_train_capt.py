@@ -515,7 +515,7 @@ def test_capt_end_to_end_on_the_embedded_default(tmp_path):
     the saved model, recomputed here image by image against zero-shot CLIP."""
     import math
 
-    from dataset_scripts.data import EMBEDDED_DATA, EMBEDDED_MODEL
+    from dataset_scripts.paths import EMBEDDED_DATA, EMBEDDED_MODEL
 
     summary = main(["--output_dir", str(tmp_path / "out"), "--max_eval_samples", "400", "--save_every_epochs", "0"])
     assert summary["method"] == "capt" and summary["model"].endswith("capt-tiny-fashion")

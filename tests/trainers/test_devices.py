@@ -33,7 +33,7 @@ from trainers.methods import capt as capt_method
 from trainers.train_capt import main
 
 from conftest import CLASS_NAMES, pixel_batch, reset_accelerate, write_image_dataset
-from test_confusion import random_bank, random_queries
+from fixtures_bank import random_bank, random_queries
 
 CUDA = torch.cuda.is_available()
 DEVICES = ["cpu"] + (["cuda"] if CUDA else [])

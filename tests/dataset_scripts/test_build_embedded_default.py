@@ -49,9 +49,10 @@ from dataset_scripts.embedded_eval import (
 )
 from dataset_scripts.embedded_pretrain import ModelSize, make_clip_config, pretrain_clip, tokenize_captions
 from dataset_scripts.embedded_processors import train_clip_tokenizer
+from conftest import REPO_ROOT
 
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(REPO_ROOT)
 EMBEDDED = REPO / "embedded"
 SHIPPED_MODEL = EMBEDDED / bed.DEFAULT_MODEL_NAME
 SHIPPED_DATA = EMBEDDED / bed.DEFAULT_SUBSET_NAME

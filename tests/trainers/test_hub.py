@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from dataset_scripts.data import EMBEDDED_MODEL
+from dataset_scripts.paths import EMBEDDED_MODEL
 from trainers.hub import write_model_card
 
 from conftest import RecordingHub
