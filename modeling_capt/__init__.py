@@ -6,7 +6,7 @@ adapters and MGDE on top of it.
 
 from .auto import checkpoint_class, is_package_checkpoint, load_pretrained
 from .configuration_capt import CaptAdapterConfig, CaptConfig
-from .configuration_prompt_clip import DEFAULT_TEMPLATE, PromptCLIPConfig, PromptContextConfig
+from .configuration_prompt_clip import DEFAULT_TEMPLATE, PromptCLIPConfig, PromptContextConfig, check_template
 from .modeling_capt import (
     CaptForImageClassification,
     CaptForZeroShotImageClassification,
@@ -44,6 +44,7 @@ __all__ = [
     "PromptCLIPModel",
     "PromptCLIPPreTrainedModel",
     "PromptContextConfig",
+    "check_template",
     "checkpoint_class",
     "is_package_checkpoint",
     "load_image_processor",

@@ -18,6 +18,9 @@ from .configuration_prompt_clip import DEFAULT_TEMPLATE, PromptCLIPConfig
 DIFF_MANNER_PEFT_TYPE = "CAPT_DIFF_MANNER"
 
 
+#: The Diff-Manner adapter's branches (paper Table 10): CLS-to-patch attention, depthwise convolution, or both.
+ADAPTER_BRANCHES = ("global", "local", "both")
+
 @dataclass
 class CaptAdapterConfig:
     """PEFT-shaped configuration of the Diff-Manner adapters and of the MGDE layer.
@@ -78,7 +81,7 @@ class CaptAdapterConfig:
     base_model_name_or_path: str | None = field(default=None, metadata={"help": "The CLIP this adapter is for."})
 
     def __post_init__(self):
-        if self.adapter_branches not in ("global", "local", "both"):
+        if self.adapter_branches not in ADAPTER_BRANCHES:
             raise ValueError(f"adapter_branches must be 'global', 'local' or 'both', got {self.adapter_branches!r}")
         if isinstance(self.layers_to_transform, int):
             self.layers_to_transform = [self.layers_to_transform]

@@ -16,6 +16,13 @@ from transformers import CLIPConfig, PretrainedConfig
 DEFAULT_TEMPLATE = "a photo of a {}."
 
 
+
+def check_template(template) -> str:
+    """Raise a `ValueError` unless `template` is a prompt template: a string with exactly one `{}` (the class name)."""
+    if not isinstance(template, str) or template.count("{}") != 1:
+        raise ValueError(f"template must be a string with exactly one '{{}}' placeholder, got {template!r}")
+    return template
+
 @dataclass
 class PromptContextConfig:
     """PEFT-style settings of the CoOp learnable text context (validated here, once, for every config that has one).
@@ -100,8 +107,7 @@ class PromptCLIPConfig(PretrainedConfig):
             clip_config = CLIPConfig(**copy.deepcopy(clip_config))
         elif not isinstance(clip_config, CLIPConfig):
             raise TypeError(f"clip_config must be a dict or a CLIPConfig, got {type(clip_config).__name__}")
-        if not isinstance(template, str) or template.count("{}") != 1:
-            raise ValueError(f"template must be a string with exactly one '{{}}' placeholder, got {template!r}")
+        check_template(template)
         if not isinstance(use_learnable_context, bool):
             raise TypeError(f"use_learnable_context must be a bool, got {type(use_learnable_context).__name__}")
         PromptContextConfig(n_ctx=n_ctx, ctx_init=ctx_init)  # validates
@@ -144,4 +150,4 @@ class PromptCLIPConfig(PretrainedConfig):
         return output
 
 
-__all__ = ["DEFAULT_TEMPLATE", "PromptCLIPConfig", "PromptContextConfig"]
+__all__ = ["DEFAULT_TEMPLATE", "PromptCLIPConfig", "PromptContextConfig", "check_template"]

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .configuration_capt import CaptAdapterConfig
+from .configuration_capt import ADAPTER_BRANCHES, CaptAdapterConfig
 
 
 class CaptZeroInitLinear(nn.Module):
@@ -114,7 +114,7 @@ class CaptDiffMannerAdapter(nn.Module):
         layer_norm_eps: float = 1e-5,
     ):
         super().__init__()
-        if branches not in ("global", "local", "both"):
+        if branches not in ADAPTER_BRANCHES:
             raise ValueError(f"branches must be 'global', 'local' or 'both', got {branches!r}")
         uses_global = branches in ("global", "both")
         if uses_global and (num_heads < 1 or hidden_size % num_heads != 0):

@@ -33,7 +33,7 @@ from torch.utils.hooks import RemovableHandle
 from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel, PreTrainedModel
 from transformers.utils import ModelOutput, cached_file, logging
 
-from .configuration_prompt_clip import PromptCLIPConfig
+from .configuration_prompt_clip import PromptCLIPConfig, check_template
 
 
 logger = logging.get_logger(__name__)
@@ -515,9 +515,7 @@ class PromptCLIPModel(PromptCLIPPreTrainedModel):
             raise ValueError("set_class_names needs a tokenizer (pass tokenizer=AutoTokenizer.from_pretrained(...))")
         class_names = _check_class_names(class_names)
         if template is not None:
-            if template.count("{}") != 1:
-                raise ValueError(f"template must contain exactly one '{{}}', got {template!r}")
-            self.config.template = template
+            self.config.template = check_template(template)
         input_ids, attention_mask = self._tokenize_class_prompts(class_names, tokenizer)
         device = self.class_input_ids.device
         self.class_input_ids = input_ids.to(device)

@@ -21,6 +21,7 @@ from transformers import HfArgumentParser
 
 from dataset_scripts.data import DataArguments, check_local_path
 from dataset_scripts.paths import EMBEDDED_MODEL
+from modeling_capt import check_template
 from trainers.flags import parse_comma_list
 from trainers.methods import METHODS, get_method
 
@@ -40,8 +41,8 @@ class ModelArguments:
     )
 
     def __post_init__(self):
-        if self.template is not None and self.template.count("{}") != 1:
-            raise ValueError(f"--template must contain exactly one '{{}}', got {self.template!r}")
+        if self.template is not None:
+            check_template(self.template)
         check_local_path("model_name_or_path", self.model_name_or_path)
 
 
