@@ -8,7 +8,7 @@
 #                                                        bf16; not in the default); setup always runs first
 #
 # `tests` runs the whole suite as CI does (ACCELERATE_USE_CPU=1 keeps the trainer tests on the CPU, where their exact
-# comparisons hold) plus tests/test_devices.py's cuda cases, which compare every CUDA path with the CPU.
+# comparisons hold) plus tests/trainers/test_devices.py's cuda cases, which compare every CUDA path with the CPU.
 # `bench` runs `benchmarks/run_all.py --device cuda` (full rounds) and writes $OUT/results-gpu.json; copy its table into
 # the README's performance section. Extra run_all.py flags: CAPT_BENCH_ARGS="--benchmarks cache,memory".
 # One device command is cut at 600 s: the tests are stopped after CAPT_TESTS_TIMEOUT (300) seconds so the benchmarks
