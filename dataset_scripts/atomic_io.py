@@ -50,13 +50,29 @@ def make_staging_dir(final_dir: str | os.PathLike) -> str:
     return staged
 
 
+def give_usual_permissions(folder: str | os.PathLike) -> None:
+    """Give every file under `folder` the permissions the umask gives a new file (0644 under umask 022).
+
+    safetensors writes its files 0600 (through a private temporary file), which left the weights of a saved model,
+    adapter or checkpoint unreadable to the group and others while everything beside them was readable.
+    """
+    mode = 0o666 & ~current_umask()
+    for root, _, files in os.walk(folder):
+        for name in files:
+            path = os.path.join(root, name)
+            if not os.path.islink(path) and os.stat(path).st_mode & 0o777 != mode:
+                os.chmod(path, mode)
+
+
 def replace_directory(new_dir: str | os.PathLike, final_dir: str | os.PathLike) -> None:
     """Move the finished folder `new_dir` to `final_dir`, replacing what is there.
 
-    The old folder is moved aside first and deleted only once the new one is in place; if that move fails, the old
-    folder is put back, so a failure never loses an existing output.
+    Its files get the usual permissions first ([`give_usual_permissions`]). The old folder is moved aside first and
+    deleted only once the new one is in place; if that move fails, the old folder is put back, so a failure never
+    loses an existing output.
     """
     new_dir, final_dir = os.fspath(new_dir), os.fspath(final_dir)
+    give_usual_permissions(new_dir)
     if not os.path.exists(final_dir):
         os.replace(new_dir, final_dir)
         return
