@@ -1,0 +1,98 @@
+"""Fault injection: damaged checkpoints, crashes during the final save, concurrent writers and a full disk.
+
+Each test damages one thing the trainer relies on and checks that the run stops before any work, naming what is
+wrong, or that what was already saved survives (docs/reliability.md lists the promises these tests hold).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pytest
+import torch
+
+from trainers import checkpointing
+from trainers.train_capt import main
+
+from conftest import reset_accelerate, small_run_args
+
+
+@pytest.fixture
+def run_args(tmp_path, tiny_clip_dir):
+    return small_run_args(tmp_path, tiny_clip_dir) + ["--output_dir", str(tmp_path / "out"), "--method", "coop"]
+
+
+def _no_work(monkeypatch):
+    from trainers import train_capt
+
+    monkeypatch.setattr(train_capt, "prepare_splits", lambda *a: pytest.fail("work started before the check"))
+
+
+# --------------------------------------------------------------------------------------------------- checkpoints
+CHECKPOINT_FILES = ["model.safetensors", "optimizer.bin", "scheduler.bin", "random_states_0.pkl",
+                    "capt_generators_0.safetensors"]
+
+
+@pytest.mark.slow
+def test_a_truncated_or_altered_checkpoint_file_fails_before_any_work_naming_it(run_args, tmp_path, monkeypatch):
+    main(run_args + ["--num_train_epochs", "1"])
+    saved = tmp_path / "out" / "checkpoints" / "epoch_1"
+    _no_work(monkeypatch)
+    for damage in ("truncate", "flip"):
+        for name in CHECKPOINT_FILES:
+            checkpoint = tmp_path / f"{damage}-{name}"
+            shutil.copytree(saved, checkpoint)
+            content = (checkpoint / name).read_bytes()
+            if damage == "truncate":
+                content = content[: len(content) // 2]
+            else:  # one byte altered in the middle, the size unchanged
+                middle = len(content) // 2
+                content = content[:middle] + bytes([content[middle] ^ 0xFF]) + content[middle + 1:]
+            (checkpoint / name).write_bytes(content)
+            reset_accelerate()
+            with pytest.raises(checkpointing.DamagedCheckpointError, match=name):
+                main(run_args + ["--num_train_epochs", "2", "--resume_from_checkpoint", str(checkpoint)])
+    missing = tmp_path / "missing-rng"
+    shutil.copytree(saved, missing)
+    os.remove(missing / "random_states_0.pkl")
+    reset_accelerate()
+    with pytest.raises(checkpointing.DamagedCheckpointError, match="random_states_0.pkl"):
+        main(run_args + ["--num_train_epochs", "2", "--resume_from_checkpoint", str(missing)])
+
+
+def test_structural_checks_without_a_manifest(tmp_path):
+    """A checkpoint saved before manifests were recorded is still checked file by file (headers, zip checksums)."""
+    from safetensors.torch import save_file
+
+    folder = tmp_path / "epoch_1"
+    folder.mkdir()
+    save_file({"w": torch.arange(1000.0)}, folder / "model.safetensors")
+    for name in ("optimizer.bin", "scheduler.bin", "random_states_0.pkl"):
+        torch.save({"state": torch.arange(1000)}, folder / name)
+    checkpointing.verify_checkpoint(str(folder), {"epoch": 1})
+    data = (folder / "model.safetensors").read_bytes()
+    (folder / "model.safetensors").write_bytes(data[:-10])
+    with pytest.raises(checkpointing.DamagedCheckpointError, match="model.safetensors is .* bytes but its"):
+        checkpointing.verify_checkpoint(str(folder), {"epoch": 1})
+    (folder / "model.safetensors").write_bytes(data)
+    data = (folder / "optimizer.bin").read_bytes()
+    (folder / "optimizer.bin").write_bytes(data[: len(data) - 30])
+    with pytest.raises(checkpointing.DamagedCheckpointError, match="optimizer.bin"):
+        checkpointing.verify_checkpoint(str(folder), {"epoch": 1})
+
+
+@pytest.mark.slow
+def test_random_states_accelerate_cannot_restore_fail_loudly(run_args, tmp_path):
+    """Accelerate logs 'Could not load random states' at INFO (hidden by the trainer) and goes on with other random
+    numbers; a whole archive that holds no RNG states passes the file checks and must fail at the load."""
+    main(run_args + ["--num_train_epochs", "1"])
+    checkpoint = tmp_path / "out" / "checkpoints" / "epoch_1"
+    torch.save({"not": torch.zeros(1)}, checkpoint / "random_states_0.pkl")
+    progress = json.loads((checkpoint / checkpointing.PROGRESS_FILE).read_text())
+    del progress["files"]  # as a checkpoint saved before manifests: only the load can tell
+    (checkpoint / checkpointing.PROGRESS_FILE).write_text(json.dumps(progress))
+    reset_accelerate()
+    with pytest.raises(checkpointing.DamagedCheckpointError, match="Could not load random states"):
+        main(run_args + ["--num_train_epochs", "2", "--resume_from_checkpoint", str(checkpoint)])
