@@ -37,6 +37,7 @@ from trainers.heatmap import save_confusion_heatmaps  # noqa: E402
 from trainers.hub import push_folder_to_hub, write_model_card  # noqa: E402
 from trainers.loop import train_model  # noqa: E402
 from trainers.methods import RunContext, get_method  # noqa: E402
+from trainers.output_lock import output_dir_lock  # noqa: E402
 
 
 logger = logging.getLogger("capt")
@@ -107,6 +108,13 @@ def main(argv=None):
     resume = resolve_resume(train_args, settings)  # a wrong checkpoint, or one of other flags, fails before any work
     method.check(model_args)  # a model option the model's config refuses fails before any data or model is loaded
     os.makedirs(train_args.output_dir, exist_ok=True)
+    # one writer per output folder: a second run into it is refused (its main process holds the lock)
+    with output_dir_lock(train_args.output_dir, enabled=accelerator.is_main_process):
+        return run_and_save(method, model_args, data_args, train_args, settings, resume, accelerator)
+
+
+def run_and_save(method, model_args, data_args, train_args, settings, resume, accelerator):
+    """The run itself, once `main` has checked the flags and the checkpoint and holds the output folder's lock."""
     started = time.time()
 
     # ---------------------------------------------------------------- data and the frozen zero-shot model

@@ -96,3 +96,52 @@ def test_random_states_accelerate_cannot_restore_fail_loudly(run_args, tmp_path)
     reset_accelerate()
     with pytest.raises(checkpointing.DamagedCheckpointError, match="Could not load random states"):
         main(run_args + ["--num_train_epochs", "2", "--resume_from_checkpoint", str(checkpoint)])
+
+
+# --------------------------------------------------------------------------------------------------- concurrent writers
+def test_a_second_writer_into_one_output_dir_is_refused(run_args, tmp_path, monkeypatch):
+    """Two runs on one --output_dir overwrote each other silently: the second is refused, naming the first."""
+    import socket
+    import subprocess
+    import sys
+
+    from trainers.output_lock import LOCK_FILE, OutputDirLockedError
+
+    out = tmp_path / "out"
+    out.mkdir()
+    holder = subprocess.Popen(  # another live process holds the lock (as a running trainer does)
+        [sys.executable, "-c", "import sys, time; from trainers.output_lock import OutputDirLock; "
+         "lock = OutputDirLock(sys.argv[1]); lock.acquire(); print('locked', flush=True); time.sleep(60)", str(out)],
+        stdout=subprocess.PIPE, text=True, cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))),
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        _no_work(monkeypatch)
+        with pytest.raises(OutputDirLockedError, match=rf"pid {holder.pid} on host '{socket.gethostname()}'"):
+            main(run_args)
+    finally:
+        holder.kill()
+        holder.wait()
+    monkeypatch.undo()
+    # the holder was killed without releasing: its lock file is stale, named in a warning and taken over
+    assert json.loads((out / LOCK_FILE).read_text())["pid"] == holder.pid
+    reset_accelerate()
+    main(run_args + ["--method", "zeroshot"])
+    assert not (out / LOCK_FILE).exists()  # released at the end of the run
+
+
+def test_a_stale_lock_is_named_and_another_hosts_lock_is_refused(tmp_path, caplog):
+    from trainers.output_lock import LOCK_FILE, OutputDirLock, OutputDirLockedError
+
+    dead = 2 ** 22 + 12345  # above the default pid_max: not a running process
+    (tmp_path / LOCK_FILE).write_text(json.dumps({"pid": dead, "host": __import__("socket").gethostname()}))
+    lock = OutputDirLock(tmp_path)
+    with caplog.at_level("WARNING", logger="capt"):
+        lock.acquire()
+    assert f"pid {dead}" in caplog.text and "stale" in caplog.text and LOCK_FILE in caplog.text
+    with pytest.raises(OutputDirLockedError, match="another run"):  # held now, even within this process
+        OutputDirLock(tmp_path).acquire()
+    lock.release()
+    (tmp_path / LOCK_FILE).write_text(json.dumps({"pid": 1, "host": "another-host"}))
+    with pytest.raises(OutputDirLockedError, match="'another-host'.*If that run is over, delete the lock file"):
+        OutputDirLock(tmp_path).acquire()
