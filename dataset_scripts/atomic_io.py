@@ -102,3 +102,62 @@ def write_directory_atomic(final_dir: str | os.PathLike, write):
         raise
     return result
 
+
+
+#: The journal of a [`replace_directories_together`] commit, in the folders' parent.
+COMMIT_JOURNAL = ".commit-journal.json"
+
+
+def replace_directories_together(parent: str | os.PathLike, writers: dict) -> None:
+    """Write several sibling folders (`{name: write(folder)}`) and swap them in as one step.
+
+    Every folder is filled in its own staging folder first (where a full disk or any other failure strikes; the
+    staging folders are then removed and every existing folder is left as it was). The commit point is one atomic
+    write of a journal naming the staged folders; the swaps follow, and a crash among them is completed by
+    [`recover_directories`] on the next start. So the folders are either all the old ones or all the new ones, never
+    a new one beside an old one.
+    """
+    parent = os.fspath(parent)
+    staged = {}
+    try:
+        for name, write in writers.items():
+            staged[name] = make_staging_dir(os.path.join(parent, name))
+            write(staged[name])
+            give_usual_permissions(staged[name])
+        write_json_atomic(os.path.join(parent, COMMIT_JOURNAL),
+                          {name: os.path.basename(folder) for name, folder in staged.items()})
+    except BaseException:
+        for folder in staged.values():
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
+    _complete_commit(parent)
+
+
+def _complete_commit(parent: str) -> None:
+    journal = os.path.join(parent, COMMIT_JOURNAL)
+    with open(journal, encoding="utf-8") as handle:
+        moves = json.load(handle)
+    for name, staged_name in moves.items():
+        staged = os.path.join(parent, staged_name)
+        if os.path.isdir(staged):  # not yet swapped in
+            replace_directory(staged, os.path.join(parent, name))
+    os.remove(journal)
+
+
+def recover_directories(parent: str | os.PathLike, names) -> None:
+    """Make the folders `names` under `parent` whole after a crash: complete a committed
+    [`replace_directories_together`], put back a folder a crash left set aside, and remove the staging and set-aside
+    folders of interrupted writes (`.NAME.tmp-*`, `.NAME.old-*`)."""
+    parent = os.fspath(parent)
+    if not os.path.isdir(parent):
+        return
+    if os.path.isfile(os.path.join(parent, COMMIT_JOURNAL)):
+        _complete_commit(parent)
+    entries = os.listdir(parent)
+    for name in names:
+        final = os.path.join(parent, name)
+        retired = sorted(e for e in entries if e.startswith(f".{name}.old-"))
+        if retired and not os.path.exists(final):  # a crash between setting the old folder aside and the swap
+            os.replace(os.path.join(parent, retired.pop()), final)
+        for entry in retired + [e for e in entries if e.startswith(f".{name}.tmp-")]:
+            shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)

@@ -145,3 +145,112 @@ def test_a_stale_lock_is_named_and_another_hosts_lock_is_refused(tmp_path, caplo
     (tmp_path / LOCK_FILE).write_text(json.dumps({"pid": 1, "host": "another-host"}))
     with pytest.raises(OutputDirLockedError, match="'another-host'.*If that run is over, delete the lock file"):
         OutputDirLock(tmp_path).acquire()
+
+
+# --------------------------------------------------------------------------------------------------- the final save
+CRASH_DURING_SAVE = r"""
+import os, sys
+from dataset_scripts import atomic_io
+
+parent, point = sys.argv[1], sys.argv[2]
+
+def writer(name):
+    def write(folder):
+        with open(os.path.join(folder, "weights"), "w") as handle:
+            handle.write("new")
+        if point == f"writing {name}":
+            os._exit(9)
+    return write
+
+if point == "after the commit":
+    atomic_io._complete_commit = lambda parent: os._exit(9)
+if point == "between the swaps":
+    real_replace_directory, swapped = atomic_io.replace_directory, []
+    def replace_then_crash(new, final):
+        if swapped:
+            os._exit(9)
+        swapped.append(final)
+        real_replace_directory(new, final)
+    atomic_io.replace_directory = replace_then_crash
+if point == "inside a swap":  # os.replace calls: the journal, old model/ set aside, then the new one moved in
+    real_replace, calls = os.replace, []
+    def replace_or_crash(*args):
+        calls.append(args)
+        if len(calls) == 3:
+            os._exit(9)
+        real_replace(*args)
+    os.replace = replace_or_crash
+atomic_io.replace_directories_together(parent, {"model": writer("model"), "adapter": writer("adapter")})
+"""
+
+
+@pytest.mark.parametrize("point, survivors", [
+    ("writing model", "old"), ("writing adapter", "old"),
+    ("after the commit", "new"), ("between the swaps", "new"), ("inside a swap", "new"),
+])
+def test_a_kill_during_the_final_save_leaves_all_old_or_all_new_folders(tmp_path, point, survivors):
+    """A process killed (no cleanup, no finally) at several points of the final save: after the next start's
+    recovery, model/ and adapter/ are both the old ones or both the new ones, and no staging folder is left."""
+    import subprocess
+    import sys
+
+    from dataset_scripts.atomic_io import recover_directories
+
+    for name in ("model", "adapter"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "weights").write_text("old")
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    crashed = subprocess.run([sys.executable, "-c", CRASH_DURING_SAVE, str(tmp_path), point], cwd=root)
+    assert crashed.returncode == 9
+    recover_directories(tmp_path, ["model", "adapter"])
+    assert [(tmp_path / name / "weights").read_text() for name in ("model", "adapter")] == [survivors] * 2
+    assert sorted(os.listdir(tmp_path)) == ["adapter", "model"]
+
+
+def test_a_failure_writing_the_adapter_keeps_the_previous_model_and_adapter(run_args, tmp_path, monkeypatch):
+    """A full disk while adapter/ was written left the new model/ beside the old adapter/."""
+    import errno
+
+    from modeling_capt.modeling_prompt_clip import PromptCLIPModel
+
+    main(run_args)
+    out = tmp_path / "out"
+    before = {name: sorted((p.name, p.read_bytes()) for p in (out / name).iterdir()) for name in ("model", "adapter")}
+
+    def disk_full(self, folder):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(PromptCLIPModel, "save_adapter", disk_full)
+    reset_accelerate()
+    with pytest.raises(OSError, match="No space left"):
+        main(run_args + ["--learning_rate", "0.01"])  # other weights than the first run's
+    after = {name: sorted((p.name, p.read_bytes()) for p in (out / name).iterdir()) for name in ("model", "adapter")}
+    assert after == before
+    assert json.loads((out / "metrics.json").read_text())  # the new run's results are kept
+    assert not [name for name in os.listdir(out) if name.startswith(".")]
+
+
+def test_too_little_free_space_is_refused_before_the_final_save_keeping_the_metrics(run_args, tmp_path, monkeypatch):
+    """A simulated nearly full disk: the final save is refused before it writes, naming the space it needs, and the
+    finished run's metrics.json is already written."""
+    from collections import namedtuple
+
+    from trainers import train_capt
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(train_capt.shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 4096, 4096))
+    with pytest.raises(OSError, match=r"Not enough disk space .* needs about .* MiB, 0.0 MiB are free"):
+        main(run_args)
+    out = tmp_path / "out"
+    assert json.loads((out / "metrics.json").read_text())["method"] == "coop"
+    assert not (out / "model").exists() and not (out / "adapter").exists()
+    assert not [name for name in os.listdir(out) if name.startswith(".")]
+
+
+def test_staging_folders_of_a_crashed_save_are_removed_on_start(run_args, tmp_path):
+    out = tmp_path / "out"
+    (out / ".model.tmp-dead1234").mkdir(parents=True)
+    (out / ".model.tmp-dead1234" / "model.safetensors").write_bytes(b"half")
+    (out / ".adapter.tmp-dead5678").mkdir()
+    main(run_args + ["--method", "zeroshot"])
+    assert not [name for name in os.listdir(out) if name.startswith(".")]
