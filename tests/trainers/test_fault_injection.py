@@ -254,3 +254,57 @@ def test_staging_folders_of_a_crashed_save_are_removed_on_start(run_args, tmp_pa
     (out / ".adapter.tmp-dead5678").mkdir()
     main(run_args + ["--method", "zeroshot"])
     assert not [name for name in os.listdir(out) if name.startswith(".")]
+
+
+FILL_A_SMALL_DISK = r"""
+import errno, os, sys
+from dataset_scripts import atomic_io
+from dataset_scripts.atomic_io import replace_directories_together, write_json_atomic
+
+parent = sys.argv[1]
+for name in ("model", "adapter"):
+    os.makedirs(os.path.join(parent, name))
+    with open(os.path.join(parent, name, "weights"), "w") as handle:
+        handle.write("old")
+
+def writer(size):
+    def write(folder):
+        with open(os.path.join(folder, "weights"), "wb") as handle:
+            handle.write(b"\0" * size)
+            handle.flush()
+            os.fsync(handle.fileno())
+    return write
+
+write_json_atomic(os.path.join(parent, "metrics.json"), {"finished": True})
+try:  # the model fits, the adapter does not
+    replace_directories_together(parent, {"model": writer(600 * 1024), "adapter": writer(4 * 2**20)})
+except OSError as err:
+    assert err.errno == errno.ENOSPC, err
+    print("ENOSPC", flush=True)
+print(sorted(os.listdir(parent)), [open(os.path.join(parent, n, "weights")).read() for n in ("model", "adapter")])
+"""
+
+
+@pytest.mark.slow
+def test_a_real_full_filesystem_during_the_final_save(tmp_path):
+    """A 1 MiB tmpfs (mounted in a user and mount namespace, where the system allows one): the disk fills while
+    adapter/ is written; the old folders and metrics.json are kept and no staging folder is left."""
+    import subprocess
+    import sys
+
+    if shutil.which("unshare") is None:
+        pytest.skip("no unshare: cannot make a small filesystem here (the simulated ENOSPC tests cover this)")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    probe = subprocess.run(["unshare", "-rm", "sh", "-c", f"mount -t tmpfs -o size=1m tmpfs {disk}"],
+                           capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({probe.stderr.decode().strip()[:100]})")
+    result = subprocess.run(
+        ["unshare", "-rm", "sh", "-c", f'mount -t tmpfs -o size=1m tmpfs "$1" && exec "$2" -c "$3" "$1"', "sh",
+         str(disk), sys.executable, FILL_A_SMALL_DISK],
+        capture_output=True, text=True, cwd=root,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["ENOSPC", "['adapter', 'metrics.json', 'model'] ['old', 'old']"]
