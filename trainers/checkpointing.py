@@ -185,7 +185,7 @@ class _RecordFailedLoads(logging.Filter):
 
 
 @contextlib.contextmanager
-def _fail_on_ignored_load_errors(directory):
+def _fail_on_ignored_load_errors(directory, process_index):
     accelerate_logger = logging.getLogger("accelerate.checkpointing")
     level, recorder = accelerate_logger.level, _RecordFailedLoads()
     accelerate_logger.setLevel(logging.INFO)
@@ -196,14 +196,16 @@ def _fail_on_ignored_load_errors(directory):
         accelerate_logger.removeFilter(recorder)
         accelerate_logger.setLevel(level)
     if recorder.failures:
-        raise DamagedCheckpointError(f"Accelerate could not restore {directory} ({'; '.join(recorder.failures)}): the "
-                                     "resumed run would draw other random numbers than the uninterrupted one")
+        rng_file = os.path.join(directory, f"random_states_{process_index}.pkl")
+        raise DamagedCheckpointError(f"Accelerate could not restore {directory} ({'; '.join(recorder.failures)}; "
+                                     f"{rng_file}): the resumed run would draw other random numbers than the "
+                                     "uninterrupted one")
 
 
 def load_checkpoint(accelerator, directory, generators: dict) -> int:
     """Restore a checkpoint `resolve_resume` checked: Accelerate's state (a part Accelerate fails to restore and would
     only log at INFO, the RNG states, is an error here) and the trainer's generators. Returns the finished epoch."""
-    with _fail_on_ignored_load_errors(directory):
+    with _fail_on_ignored_load_errors(directory, accelerator.process_index):
         accelerator.load_state(directory)
     load_generators(directory, generators, accelerator.process_index)
     with open(os.path.join(directory, PROGRESS_FILE), encoding="utf-8") as handle:
