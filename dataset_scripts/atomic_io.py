@@ -50,13 +50,29 @@ def make_staging_dir(final_dir: str | os.PathLike) -> str:
     return staged
 
 
+def give_usual_permissions(folder: str | os.PathLike) -> None:
+    """Give every file under `folder` the permissions the umask gives a new file (0644 under umask 022).
+
+    safetensors writes its files 0600 (through a private temporary file), which left the weights of a saved model,
+    adapter or checkpoint unreadable to the group and others while everything beside them was readable.
+    """
+    mode = 0o666 & ~current_umask()
+    for root, _, files in os.walk(folder):
+        for name in files:
+            path = os.path.join(root, name)
+            if not os.path.islink(path) and os.stat(path).st_mode & 0o777 != mode:
+                os.chmod(path, mode)
+
+
 def replace_directory(new_dir: str | os.PathLike, final_dir: str | os.PathLike) -> None:
     """Move the finished folder `new_dir` to `final_dir`, replacing what is there.
 
-    The old folder is moved aside first and deleted only once the new one is in place; if that move fails, the old
-    folder is put back, so a failure never loses an existing output.
+    Its files get the usual permissions first ([`give_usual_permissions`]). The old folder is moved aside first and
+    deleted only once the new one is in place; if that move fails, the old folder is put back, so a failure never
+    loses an existing output.
     """
     new_dir, final_dir = os.fspath(new_dir), os.fspath(final_dir)
+    give_usual_permissions(new_dir)
     if not os.path.exists(final_dir):
         os.replace(new_dir, final_dir)
         return
@@ -86,3 +102,62 @@ def write_directory_atomic(final_dir: str | os.PathLike, write):
         raise
     return result
 
+
+
+#: The journal of a [`replace_directories_together`] commit, in the folders' parent.
+COMMIT_JOURNAL = ".commit-journal.json"
+
+
+def replace_directories_together(parent: str | os.PathLike, writers: dict) -> None:
+    """Write several sibling folders (`{name: write(folder)}`) and swap them in as one step.
+
+    Every folder is filled in its own staging folder first (where a full disk or any other failure strikes; the
+    staging folders are then removed and every existing folder is left as it was). The commit point is one atomic
+    write of a journal naming the staged folders; the swaps follow, and a crash among them is completed by
+    [`recover_directories`] on the next start. So the folders are either all the old ones or all the new ones, never
+    a new one beside an old one.
+    """
+    parent = os.fspath(parent)
+    staged = {}
+    try:
+        for name, write in writers.items():
+            staged[name] = make_staging_dir(os.path.join(parent, name))
+            write(staged[name])
+            give_usual_permissions(staged[name])
+        write_json_atomic(os.path.join(parent, COMMIT_JOURNAL),
+                          {name: os.path.basename(folder) for name, folder in staged.items()})
+    except BaseException:
+        for folder in staged.values():
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
+    _complete_commit(parent)
+
+
+def _complete_commit(parent: str) -> None:
+    journal = os.path.join(parent, COMMIT_JOURNAL)
+    with open(journal, encoding="utf-8") as handle:
+        moves = json.load(handle)
+    for name, staged_name in moves.items():
+        staged = os.path.join(parent, staged_name)
+        if os.path.isdir(staged):  # not yet swapped in
+            replace_directory(staged, os.path.join(parent, name))
+    os.remove(journal)
+
+
+def recover_directories(parent: str | os.PathLike, names) -> None:
+    """Make the folders `names` under `parent` whole after a crash: complete a committed
+    [`replace_directories_together`], put back a folder a crash left set aside, and remove the staging and set-aside
+    folders of interrupted writes (`.NAME.tmp-*`, `.NAME.old-*`)."""
+    parent = os.fspath(parent)
+    if not os.path.isdir(parent):
+        return
+    if os.path.isfile(os.path.join(parent, COMMIT_JOURNAL)):
+        _complete_commit(parent)
+    entries = os.listdir(parent)
+    for name in names:
+        final = os.path.join(parent, name)
+        retired = sorted(e for e in entries if e.startswith(f".{name}.old-"))
+        if retired and not os.path.exists(final):  # a crash between setting the old folder aside and the swap
+            os.replace(os.path.join(parent, retired.pop()), final)
+        for entry in retired + [e for e in entries if e.startswith(f".{name}.tmp-")]:
+            shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)

@@ -216,6 +216,14 @@ class CaptConfusionBank(nn.Module):
             raise ValueError(f"labels must lie in [0, {num_classes}), got [{labels.min()}, {labels.max()}]")
         if torch.unique(indices).numel() != num_samples:
             raise ValueError("indices must be unique: a training sample was recorded twice")
+        for name, values in (("probs", probs), ("embeds", embeds)):  # NaN passes every comparison below
+            bad_rows = (~torch.isfinite(values)).any(-1).nonzero().flatten()
+            if bad_rows.numel():
+                raise ValueError(
+                    f"{name} holds non-finite values (NaN or inf) in {bad_rows.numel()} of {num_samples} rows (training-"
+                    f"set indices {indices[bad_rows[:5]].tolist()}): the base model's outputs or the saved bank are "
+                    "broken; rebuild the bank"
+                )
         if (probs < 0).any() or not torch.allclose(probs.sum(-1), torch.ones(num_samples), atol=1e-2):
             raise ValueError("probs must be probability vectors (softmax of logit_scale * cos), not logits")
         if normalize_embeds:

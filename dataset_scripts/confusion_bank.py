@@ -4,8 +4,8 @@ A saved bank is a folder (or a Hub dataset repository) laid out as
 
 ```
 README.md                               dataset card: YAML `configs:` + features, and the bank's metadata
-bank_metadata.json                      class_names, template, base_model, fallback, data_fingerprint,
-                                        semantic_prompts (data)
+bank_metadata.json                      content_sha256 (of the rows), class_names, template, base_model, fallback,
+                                        data_fingerprint, semantic_prompts (data)
 data/train-00000-of-00001.parquet       one row per training sample: index, label, pred, probs, embed
 ```
 
@@ -22,6 +22,7 @@ so `datasets.load_dataset(folder_or_repo)` reads it like any dataset, and `load_
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+import numpy as np
 import pyarrow.parquet as pq
 import torch
 import yaml
@@ -82,8 +84,20 @@ def bank_to_dataset(bank: CaptConfusionBank) -> datasets.Dataset:
     return datasets.Dataset.from_dict(columns, features=features)
 
 
+def content_sha256(indices: torch.Tensor, labels: torch.Tensor, probs: torch.Tensor, embeds: torch.Tensor) -> str:
+    """SHA-256 of a bank's rows as stored (int64 indices and labels, float32 probabilities and embeddings, little-endian,
+    in row order): recorded in `bank_metadata.json` and checked on load, so a damaged or edited table is refused."""
+    digest = hashlib.sha256()
+    for tensor, dtype in ((indices, "<i8"), (labels, "<i8"), (probs, "<f4"), (embeds, "<f4")):
+        array = tensor.detach().cpu().numpy().astype(dtype, copy=False)
+        digest.update(str(array.shape).encode())
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
 def _metadata(bank: CaptConfusionBank, semantic_prompts: Any) -> dict[str, Any]:
     return {
+        "content_sha256": content_sha256(bank.indices, bank.labels, bank.probs.float(), bank.embeds.float()),
         "class_names": list(bank.class_names),
         "template": bank.template,
         "base_model": bank.base_model,
@@ -250,11 +264,21 @@ def load_bank(
         raise ValueError(f"The label ClassLabel of {folder} disagrees with the class names of {METADATA_FILE}")
 
     num_classes = len(names)
-    bank = CaptConfusionBank.from_tensors(
+    columns = dict(
         indices=_column_to_tensor(table, "index", torch.long),
         labels=_column_to_tensor(table, "label", torch.long),
         probs=_column_to_tensor(table, "probs", torch.float32, num_classes),
         embeds=_column_to_tensor(table, "embed", torch.float32, int(metadata["embed_dim"])),
+    )
+    recorded = metadata.get("content_sha256")
+    if recorded is None:
+        logger.warning("%s records no content hash (a bank saved before hashes were recorded): its rows are not "
+                       "checked against damage", metadata_path)
+    elif recorded != content_sha256(**columns):
+        raise ValueError(f"The rows of {folder / 'data'} do not match the content_sha256 of {metadata_path}: the saved "
+                         "Confusion Bank is damaged or was edited; rebuild it")
+    bank = CaptConfusionBank.from_tensors(
+        **columns,
         class_names=names,
         template=metadata["template"],
         base_model=metadata.get("base_model", ""),

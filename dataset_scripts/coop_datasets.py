@@ -417,6 +417,29 @@ def _where(info: DatasetInfo) -> str:
     return f"{info.display_name} ('{info.name}')"
 
 
+def _is_inside(path: str, folder: str) -> bool:
+    """True if `path`, made absolute and normalised (`..` resolved without following links), lies under `folder`.
+
+    Links are not followed: a dataset folder may link its images from another disk; what is refused is a list entry
+    (`../../x.png`, `/abs/x.png`) that names a file outside it.
+    """
+    path, folder = os.path.abspath(path), os.path.abspath(folder)
+    return os.path.commonpath([path, folder]) == folder
+
+
+def _check_inside_dataset(info: DatasetInfo, dataset_dir: str, raw: _RawSplits) -> None:
+    """Refuse any listed file outside the dataset folder (an annotation list's entry can be `../../x`, and the
+    benchmark builder would embed that file's bytes in Parquet that it uploads)."""
+    outside = [(split, path) for split, records in raw.splits.items() for path, _ in records
+               if not _is_inside(path, dataset_dir)]
+    if outside:
+        shown = "; ".join(f"{path} ({split}, resolves to {os.path.abspath(path)})" for split, path in outside[:5])
+        raise SplitFileError(
+            f"{_where(info)}: {raw.provenance} lists {len(outside)} file(s) outside the dataset folder {dataset_dir}: "
+            f"{shown}; refusing to read them."
+        )
+
+
 def _require_dir(info: DatasetInfo, path: str, what: str) -> str:
     if not os.path.isdir(path):
         raise MissingDataError(
@@ -530,7 +553,13 @@ def _read_split_zhou(info: DatasetInfo, dataset_dir: str) -> _RawSplits:
                 raise SplitFileError(
                     f"{_where(info)}: {split_path} gives label {label} two class names: {known!r} and {classname!r}."
                 )
-            records.append((os.path.join(image_root, rel_path), label))
+            path = os.path.normpath(os.path.join(image_root, rel_path))
+            if not _is_inside(path, dataset_dir):
+                raise SplitFileError(
+                    f"{_where(info)}: {split_path} {split}[{position}] {entry!r} names a file outside the dataset "
+                    f"folder {dataset_dir}; refusing to read it."
+                )
+            records.append((path, label))
         splits[split] = records
 
     num_classes = max(names_by_label, default=-1) + 1
@@ -980,6 +1009,7 @@ def read_coop_dataset(
     info = get_dataset_info(name)
     dataset_dir = _require_dir(info, info.dataset_dir(data_dir), "dataset folder")
     raw = _READERS[info.layout](info, dataset_dir)
+    _check_inside_dataset(info, dataset_dir, raw)  # before any listed file is opened
     _check_unique_classnames(info, raw)
     if raw.listed:
         _check_listed_images_exist(info, raw)

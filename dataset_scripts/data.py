@@ -221,9 +221,29 @@ def fewshot_cache_key(data_args) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(key)).strip("_")
 
 
+#: The column `prepare_splits` adds to every split: each row's index in the source split it was sampled from, so an
+#: error about a row of the few-shot (or evaluation) subset names the row of the data the user has.
+SOURCE_ROW_COLUMN = "source_row"
+
+
 def prompt_class_names(names) -> list[str]:
-    """Class names as they enter prompts: CoOp's split files write `american_bulldog`; prompts say `american bulldog`."""
-    return [name.replace("_", " ") for name in names]
+    """Class names as they enter prompts: CoOp's split files write `american_bulldog`; prompts say `american bulldog`.
+
+    Two names that become one (`sea_lake` and `sea lake`) are refused, naming both as the data spells them.
+    """
+    names = list(names)
+    prompts = [name.replace("_", " ") for name in names]
+    first_of: dict[str, str] = {}
+    clashes = []
+    for name, prompt in zip(names, prompts):
+        earlier = first_of.setdefault(prompt, name)
+        if earlier != name:
+            clashes.append((earlier, name))
+    if clashes:
+        listed = "; ".join(f"{a!r} and {b!r} (both {a.replace('_', ' ')!r})" for a, b in clashes[:5])
+        raise ValueError(f"Class names that are one name once underscores become spaces: {listed}. Rename one of "
+                         "each pair in the data.")
+    return prompts
 
 
 def prepare_splits(data_args, seed: int) -> dict:
@@ -244,6 +264,8 @@ def prepare_splits(data_args, seed: int) -> dict:
         # by name in the training split's classes
         raw["test"] = relabel_by_name(raw["test"], data_args.label_column, names)
     raw = standard_columns(raw, data_args.image_column, data_args.label_column)
+    raw = DatasetDict({split: rows.add_column(SOURCE_ROW_COLUMN, np.arange(len(rows), dtype=np.int64))
+                       for split, rows in raw.items()})
 
     train = raw["train"]
     if data_args.shots and data_args.shots > 0:
@@ -450,8 +472,27 @@ class IndexedImageDataset(torch.utils.data.Dataset):
             image = row["image"]
             image.load()
         except Exception as err:  # PIL and datasets raise many types for a corrupt image
-            raise ValueError(f"Cannot decode the image of {self.split_name} row {index}: {err}") from err
+            raise ValueError(f"Cannot decode the image of {self.describe_row(index)}: {err}") from err
         return {"image": image, "label": row["label"], "index": int(index)}
+
+    def describe_row(self, index) -> str:
+        """`index` as the user can find it: the row of the source split (`prepare_splits` records it; the rows here
+        are a sampled subset) and the image's file when the row holds a path (a CoOp folder, an ImageFolder)."""
+        where = f"{self.split_name} row {index}"
+        try:
+            dataset = self.dataset
+            if isinstance(dataset.features.get("image"), datasets.Image):  # read the row without decoding it
+                dataset = dataset.cast_column("image", datasets.Image(decode=False))
+            row = dataset[int(index)]
+        except Exception:  # noqa: BLE001 - the description must not hide the decode error
+            return where
+        if SOURCE_ROW_COLUMN in row:
+            where = (f"{self.split_name} row {row[SOURCE_ROW_COLUMN]} of the source split (row {index} of the sampled "
+                     "subset)")
+        image = row.get("image")
+        if isinstance(image, dict) and image.get("path"):
+            where += f", file {image['path']}"
+        return where
 
     def verify(self) -> None:
         """Decode every image once (used on the small few-shot training set before any training)."""

@@ -538,7 +538,9 @@ class PromptCLIPModel(PromptCLIPPreTrainedModel):
         encoded = tokenizer(
             texts, padding="max_length", truncation=True, max_length=self.config.text_length, return_tensors="pt"
         )
-        return encoded["input_ids"].long(), encoded["attention_mask"].long()
+        input_ids = encoded["input_ids"].long()
+        _check_distinct_prompts(class_names, input_ids, self.config.text_length)
+        return input_ids, encoded["attention_mask"].long()
 
     @torch.no_grad()
     def _init_context_from_words(self, tokenizer) -> None:
@@ -1070,6 +1072,26 @@ def _check_class_names(class_names) -> list[str]:
     if duplicates:
         raise ValueError(f"class_names has duplicates: {duplicates[:5]}")
     return class_names
+
+
+def _check_distinct_prompts(class_names: list[str], input_ids: torch.Tensor, text_length: int) -> None:
+    """Refuse classes whose prompts tokenise identically: their text features are equal, so the model cannot tell
+    them apart and silently scores chance between them. Names that differ only in case (CLIP's tokenizer lower-cases)
+    or only past the text context (`text_length` tokens, the rest truncated) do this."""
+    first_of: dict[tuple, str] = {}
+    pairs = []
+    for name, ids in zip(class_names, input_ids.tolist()):
+        earlier = first_of.setdefault(tuple(ids), name)
+        if earlier is not name:
+            pairs.append((earlier, name))
+    if pairs:
+        listed = "; ".join(f"{a!r} and {b!r}" for a, b in pairs[:5])
+        more = f" (and {len(pairs) - 5} more pairs)" if len(pairs) > 5 else ""
+        raise ValueError(
+            f"class names whose prompts tokenise identically, so the model cannot tell them apart: {listed}{more}. "
+            f"They are equal after the tokenizer's lower-casing, or differ only past the {text_length}-token text "
+            "context; rename them so they differ early, in more than case."
+        )
 
 
 def _check_labels(labels: torch.Tensor, num_classes: int) -> None:

@@ -6,7 +6,6 @@ The method (`trainers/methods/`) gives each step's loss; the loop owns the optim
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -15,7 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 from dataset_scripts.data import RandomResizedCropFlip, make_loader, processor_crop_size
-from trainers.checkpointing import PROGRESS_FILE, load_generators, prune_checkpoints, save_checkpoint
+from trainers.checkpointing import load_checkpoint, prune_checkpoints, save_checkpoint
 from trainers.prefix_cache import FrozenPrefixCache, rows_loader
 
 
@@ -101,10 +100,7 @@ def train_model(model, method, run, settings=None, resume=None):
     method.begin_training(model, run, prefix_cache)
     generators = {"train_shuffle": shuffle_generator, **method.generators()}
     if resume:
-        accelerator.load_state(resume)
-        load_generators(resume, generators, accelerator.process_index)
-        with open(os.path.join(resume, PROGRESS_FILE), encoding="utf-8") as handle:
-            start_epoch = int(json.load(handle)["epoch"])
+        start_epoch = load_checkpoint(accelerator, resume, generators)
         logger.info("resumed from %s after epoch %d", resume, start_epoch)
     global_step = start_epoch * len(train_loader)
     for epoch in range(start_epoch, train_args.num_train_epochs):

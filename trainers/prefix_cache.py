@@ -41,7 +41,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from dataset_scripts.atomic_io import write_json_atomic
+from dataset_scripts.atomic_io import give_usual_permissions, write_json_atomic
 from dataset_scripts.data import ImageClassificationCollator, IndexedImageDataset
 
 
@@ -474,6 +474,7 @@ def _write_disk_cache(model, rows, image_processor, start_layer, cls_only, batch
             os.remove(info_path)
         for old in glob.glob(os.path.join(cache_dir, SHARD_PATTERN.replace("{:05d}", "*"))):
             os.remove(old)
+        give_usual_permissions(staging)  # safetensors writes 0600 files
         for name in sorted(os.listdir(staging)):
             os.replace(os.path.join(staging, name), os.path.join(cache_dir, name))
         write_json_atomic(info_path, info)

@@ -13,8 +13,10 @@ under `trainers/methods/`.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import shutil
 import sys
 import time
 
@@ -25,7 +27,9 @@ from transformers import AutoTokenizer, CLIPModel
 if __package__ in (None, ""):  # `accelerate launch trainers/train_capt.py` runs this file as a script
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dataset_scripts.atomic_io import write_directory_atomic, write_json_atomic  # noqa: E402
+from dataset_scripts.atomic_io import (  # noqa: E402
+    recover_directories, replace_directories_together, write_json_atomic,
+)
 from dataset_scripts.data import (  # noqa: E402
     IndexedImageDataset, classes_without_images, make_loader, prepare_splits, resolve_template,
 )
@@ -37,6 +41,7 @@ from trainers.heatmap import save_confusion_heatmaps  # noqa: E402
 from trainers.hub import push_folder_to_hub, write_model_card  # noqa: E402
 from trainers.loop import train_model  # noqa: E402
 from trainers.methods import RunContext, get_method  # noqa: E402
+from trainers.output_lock import output_dir_lock  # noqa: E402
 
 
 logger = logging.getLogger("capt")
@@ -59,6 +64,24 @@ def check_training_classes(splits, method, data_args) -> None:
         hint = " (a 2-class dataset has one base class: use --subsample_classes all)" if "novel_names" in splits else ""
         raise ValueError(f"--method {method.name} needs at least two training classes, got "
                          f"{splits['train_names']}{hint}")
+
+
+#: The folders of the final save, swapped in together (`replace_directories_together`).
+FINAL_FOLDERS = ("model", "adapter")
+
+
+def check_free_space(output_dir, model, folders, margin: int = 16 * 2**20) -> None:
+    """Refuse the final save before writing anything when `output_dir`'s disk cannot hold it: the weights of each
+    folder (the whole model for `model/`, the trainable parts for `adapter/`) and `margin` bytes of code, tokenizer
+    and card. The old folders stay beside the new ones until the swap, so their space is not counted as free."""
+    weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    trainable = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    needed = weights + (trainable if "adapter" in folders else 0) + margin
+    free = shutil.disk_usage(output_dir).free
+    if free < needed:
+        raise OSError(errno.ENOSPC, f"Not enough disk space in {output_dir} for the final save of {folders}: it needs "
+                      f"about {needed / 2**20:.1f} MiB, {free / 2**20:.1f} MiB are free. metrics.json is saved; the "
+                      "previous model and adapter folders are unchanged.")
 
 
 def load_run(method, model_args, data_args, train_args, accelerator) -> RunContext:
@@ -107,6 +130,15 @@ def main(argv=None):
     resume = resolve_resume(train_args, settings)  # a wrong checkpoint, or one of other flags, fails before any work
     method.check(model_args)  # a model option the model's config refuses fails before any data or model is loaded
     os.makedirs(train_args.output_dir, exist_ok=True)
+    # one writer per output folder: a second run into it is refused (its main process holds the lock)
+    with output_dir_lock(train_args.output_dir, enabled=accelerator.is_main_process):
+        if accelerator.is_main_process:  # finish or undo a final save a crash interrupted; drop its staging folders
+            recover_directories(train_args.output_dir, FINAL_FOLDERS)
+        return run_and_save(method, model_args, data_args, train_args, settings, resume, accelerator)
+
+
+def run_and_save(method, model_args, data_args, train_args, settings, resume, accelerator):
+    """The run itself, once `main` has checked the flags and the checkpoint and holds the output folder's lock."""
     started = time.time()
 
     # ---------------------------------------------------------------- data and the frozen zero-shot model
@@ -157,10 +189,11 @@ def main(argv=None):
             unwrapped.save_pretrained(folder, is_main_process=True, save_function=accelerator.save)
             write_model_card(folder, summary, train_names, repo_id=train_args.hub_model_id)
 
-        write_directory_atomic(final_dir, write_model)
-        if method.trains:
-            write_directory_atomic(os.path.join(train_args.output_dir, "adapter"), unwrapped.save_adapter)
+        # the results first (small): a full disk at the model save must not lose a finished run's numbers
         write_json_atomic(os.path.join(train_args.output_dir, "metrics.json"), summary)
+        folders = {"model": write_model, **({"adapter": unwrapped.save_adapter} if method.trains else {})}
+        check_free_space(train_args.output_dir, unwrapped, list(folders))
+        replace_directories_together(train_args.output_dir, folders)  # model/ and adapter/ swap in as one step
         if train_args.heatmap:
             save_confusion_heatmaps(
                 os.path.join(train_args.output_dir, "confusion_heatmap.png"),

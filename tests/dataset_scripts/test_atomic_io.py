@@ -57,3 +57,19 @@ def test_replace_directory_puts_the_old_folder_back_when_the_swap_fails(tmp_path
     with pytest.raises(OSError, match="disk full"):
         replace_directory(staged, final)
     assert (final / "old.txt").read_text() == "old"
+
+
+def test_a_folder_written_with_safetensors_gets_the_usual_permissions(tmp_path):
+    """safetensors writes 0600 files: the weights of model/, adapter/ and checkpoints were private, the rest 0644."""
+    import torch
+    from safetensors.torch import save_file
+
+    def write(folder):
+        save_file({"w": torch.zeros(2)}, os.path.join(folder, "model.safetensors"))
+        with open(os.path.join(folder, "config.json"), "w") as handle:
+            handle.write("{}")
+
+    atomic_io.write_directory_atomic(tmp_path / "model", write)
+    expected = 0o666 & ~atomic_io.current_umask()
+    for name in ("model.safetensors", "config.json"):
+        assert os.stat(tmp_path / "model" / name).st_mode & 0o777 == expected, name

@@ -50,6 +50,18 @@ def test_bank_rejects_bad_inputs():
         CaptConfusionBank.from_tensors(torch.arange(2), labels, torch.eye(2), embeds, ["a", "b", "c"])
 
 
+def test_bank_refuses_non_finite_probabilities_and_embeddings():
+    """NaN passed every check and crashed later with an unrelated IndexError; all-NaN probabilities read as logits."""
+    labels, probs = torch.tensor([0, 1]), torch.eye(2)
+    nan_embeds = torch.randn(2, 3)
+    nan_embeds[1, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"embeds holds non-finite values .* indices \[11\]"):
+        CaptConfusionBank.from_tensors(torch.tensor([10, 11]), labels, probs, nan_embeds, ["a", "b"])
+    with pytest.raises(ValueError, match=r"probs holds non-finite values \(NaN or inf\) in 2 of 2 rows"):
+        CaptConfusionBank.from_tensors(torch.arange(2), labels, torch.full((2, 2), float("nan")), torch.randn(2, 3),
+                                       ["a", "b"])
+
+
 def test_check_compatible_names_the_first_mismatch():
     bank = small_bank()
     bank.check_compatible(["cat", "dog", "fox"], "a photo of a {}.")

@@ -132,6 +132,27 @@ def test_damaged_metadata_is_a_clear_error(bank, tmp_path, content):
         bank_io.load_bank(folder)
 
 
+def test_edited_bank_rows_fail_the_content_hash(bank, tmp_path):
+    """A bank's rows are checked against the content hash recorded in its metadata (a NaN written into the table, or
+    any other change, is refused on load)."""
+    import pyarrow.parquet as pq
+
+    folder = bank_io.save_bank(bank, tmp_path / "bank")
+    metadata = json.loads((folder / bank_io.METADATA_FILE).read_text())
+    assert len(metadata["content_sha256"]) == 64
+    data_file = folder / bank_io.DATA_FILE
+    rows = pq.read_table(data_file).to_pylist()
+    rows[3]["embed"][0] = float("nan")
+    dataset = datasets.Dataset.from_list(rows, features=bank_io.bank_features(CLASS_NAMES, 4, bank.embed_dim))
+    dataset.to_parquet(str(data_file))
+    with pytest.raises(ValueError, match="content_sha256.*damaged"):
+        bank_io.load_bank(folder)
+    del metadata["content_sha256"]  # a bank saved before hashes: the finiteness check still catches the NaN
+    (folder / bank_io.METADATA_FILE).write_text(json.dumps(metadata))
+    with pytest.raises(ValueError, match="embeds holds non-finite"):
+        bank_io.load_bank(folder)
+
+
 def test_saved_bank_folder_has_the_usual_permissions(bank, tmp_path):
     umask = os.umask(0o022)
     try:

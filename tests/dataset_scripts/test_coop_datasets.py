@@ -34,6 +34,7 @@ from dataset_scripts.coop_datasets import (
     EmptyClassError,
     MissingDataError,
     MissingImageError,
+    SplitFileError,
     get_dataset_info,
     imagenet_subset_indices,
     list_datasets,
@@ -292,6 +293,33 @@ def test_split_file_with_a_label_gap_is_an_error(tmp_path):
     split_file.write_text(json.dumps(content))
     with pytest.raises(EmptyClassError, match=r"label\(s\) \[1\]"):
         load_coop_dataset("sun397", tmp_path)
+
+
+@pytest.mark.parametrize("outside", ["../../secret.png", "ABSOLUTE"])
+def test_split_file_entry_outside_the_dataset_folder_is_refused(tmp_path, outside):
+    """A split file must not make the reader open (and the benchmark builder embed) a file outside the dataset."""
+    make_sun397(str(tmp_path / "data"))
+    secret = write_image(str(tmp_path / "secret.png"))  # a real image, so only the containment check stops it
+    outside = secret if outside == "ABSOLUTE" else os.path.relpath(secret, tmp_path / "data" / "sun397" / "SUN397")
+    split_file = tmp_path / "data" / "sun397" / "split_zhou_SUN397.json"
+    content = json.loads(split_file.read_text())
+    content["train"][2][0] = outside
+    split_file.write_text(json.dumps(content))
+    with pytest.raises(SplitFileError, match=r"train\[2\].*outside the dataset folder") as error:
+        load_coop_dataset("sun397", tmp_path / "data")
+    assert repr(outside) in str(error.value)
+
+
+def test_annotation_list_entry_outside_the_dataset_folder_is_refused(tmp_path):
+    make_fgvc_aircraft(str(tmp_path / "data"))
+    write_image(str(tmp_path / "data" / "secret.jpg"))
+    train_list = tmp_path / "data" / "fgvc_aircraft" / "images_variant_train.txt"
+    lines = train_list.read_text().splitlines()
+    lines[0] = "../../secret " + " ".join(lines[0].split()[1:])
+    train_list.write_text("\n".join(lines) + "\n")
+    with pytest.raises(SplitFileError, match="outside the dataset folder") as error:
+        load_coop_dataset("fgvc_aircraft", tmp_path / "data")
+    assert str(tmp_path / "data" / "secret.jpg") in str(error.value)
 
 
 def test_class_absent_from_one_split_is_an_error(tmp_path):

@@ -101,7 +101,7 @@ def test_label_column_beside_another_column_named_label(tmp_path):
     )
     splits = prepare_splits(_data_args(tmp_path, image_column="img", label_column="fine_label"), seed=1)
     assert splits["train_names"] == ["apple", "bear"] and splits["novel_names"] == ["cup", "dolphin"]
-    assert splits["train"].column_names == ["image", "label"]
+    assert sorted(splits["train"].column_names) == ["image", "label", "source_row"]
     assert sorted(splits["train"]["label"]) == [0, 1] and splits["train"][0]["image"].size == (8, 8)
     data, class_names = load_evaluation_split(dataset_name=str(tmp_path), image_column="img", label_column="fine_label")
     assert class_names == names and data.column_names == ["image", "label"] and data["label"] == [0, 1, 2, 3] * 2
@@ -199,3 +199,33 @@ def test_prepare_splits_on_a_coop_benchmark(tmp_path):
     assert splits["novel_names"] == ["yorkshire terrier"]
     assert sorted(splits["train"]["label"]) == [0, 0, 1, 1]
     assert sorted(splits["test"]["label"]) == [0, 0, 1, 1] and list(splits["test_novel"]["label"]) == [0, 0]
+
+
+def test_a_decode_error_names_the_source_row_and_the_file(tmp_path):
+    """The rows of a split are a sampled subset: an error must name the row (and file) the user can find."""
+    from fixtures_coop import make_oxford_pets, write_corrupt_image
+
+    from dataset_scripts.data import IndexedImageDataset, prepare_splits
+
+    expected = make_oxford_pets(str(tmp_path))
+    args = _data_args(None, dataset_name=None, dataset="oxford_pets", data_dir=str(tmp_path), shots=2)
+    splits = prepare_splits(args, seed=1)
+    rows = IndexedImageDataset(splits["train"], "train")
+    source_rows = splits["train"]["source_row"]
+    last = next(i for i in reversed(range(len(rows))) if source_rows[i] != i)  # the subset is not the source's rows
+    source_row = source_rows[last]
+    undecoded = splits["train"].cast_column("image", datasets.Image(decode=False))
+    path = undecoded[last]["image"]["path"]
+    write_corrupt_image(path)  # damaged after the reader checked it
+    with pytest.raises(ValueError, match=rf"train row {source_row} of the source split \(row {last} of the sampled "
+                                         rf"subset\), file {path}"):
+        rows[last]
+    assert expected.dataset_dir in path
+
+
+def test_class_names_equal_once_underscores_become_spaces_are_named(tmp_path):
+    from dataset_scripts.data import prompt_class_names
+
+    assert prompt_class_names(["american_bulldog", "cat"]) == ["american bulldog", "cat"]
+    with pytest.raises(ValueError, match="'sea_lake' and 'sea lake'"):
+        prompt_class_names(["forest", "sea_lake", "river", "sea lake"])

@@ -131,6 +131,21 @@ def test_bad_class_names(tiny_clip, tokenizer, names, error):
         CaptForImageClassification.from_clip(tiny_clip, names, tokenizer=tokenizer)
 
 
+def test_class_names_with_identical_prompts_are_refused_naming_the_pairs(tiny_clip, tokenizer):
+    """Equal prompts give equal text features: the two classes would silently score chance between them."""
+    model = CaptForImageClassification.from_clip(tiny_clip, CLASS_NAMES, tokenizer=tokenizer)
+    with pytest.raises(ValueError, match=r"'Cat' and 'cat'"):  # CLIP's tokenizer lower-cases
+        model.set_class_names(["Cat", "dog", "cat"])
+    long_prefix = " ".join(["very"] * (model.config.text_length + 5))
+    first, second = f"{long_prefix} cat", f"{long_prefix} dog"  # differ only past the text context
+    with pytest.raises(ValueError, match="identically") as raised:
+        model.set_class_names(["bird", first, second])
+    assert repr(first) in str(raised.value) and repr(second) in str(raised.value)
+    assert model.config.id2label[0] == CLASS_NAMES[0]  # the refused call changed nothing
+    with pytest.raises(ValueError, match="identically"):
+        CaptForImageClassification.from_clip(tiny_clip, ["Dog", "dog"], tokenizer=tokenizer)
+
+
 @pytest.mark.parametrize(
     "field, value, error",
     [

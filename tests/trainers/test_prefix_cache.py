@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from modeling_capt import CaptAdapterConfig, CaptForImageClassification
+from dataset_scripts.atomic_io import current_umask
 from dataset_scripts.data import IndexedImageDataset
 from trainers.prefix_cache import (
     CACHE_INFO_NAME, FrozenPrefixCache, TextPrefixCache, compute_prefix, prefix_dropout_modules, prefix_fingerprint,
@@ -102,6 +103,8 @@ def test_disk_cache_round_trip_and_reuse(tmp_path, tiny_clip, tokenizer, image_p
                                    shard_bytes=5 * 1024)  # several shards
     info = json.loads(open(os.path.join(cache_dir, CACHE_INFO_NAME)).read())
     assert disk.on_disk and info["num_shards"] > 1 and info["fingerprint"] == memory.fingerprint
+    for name in os.listdir(cache_dir):  # the umask's permissions (safetensors alone writes 0600)
+        assert os.stat(os.path.join(cache_dir, name)).st_mode & 0o777 == 0o666 & ~current_umask(), name
     everything = torch.arange(len(train_rows)).flip(0)
     assert torch.equal(disk.fetch(everything), memory.fetch(everything))
     stamp = os.path.getmtime(os.path.join(cache_dir, "prefix-00000.safetensors"))
