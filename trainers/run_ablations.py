@@ -76,7 +76,7 @@ VARIANTS: dict[str, Variant] = {
     "samples_2": Variant("capt", ("--samples_per_class", "2"), "2 representative samples per class (Figure 9)", BOTH),
     "alpha_per_rep": Variant("capt", ("--alpha_per_representative",), "alpha per representative, s * c_i^gamma (Eq. 13)"),
     "global_only": Variant("capt", ("--adapter_branches", "global"), "adapter: global branch only (Table 10)"),
-    "local_only": Variant("capt", ("--adapter_branches", "local", "--layers_to_transform", "-3,-2"),
+    "local_only": Variant("capt", ("--adapter_branches", "local", "--layers_to_transform=-3,-2"),
                           "adapter: local branch only, layers -3 and -2 (Table 10)"),
 }
 

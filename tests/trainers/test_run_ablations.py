@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+
+import pytest
 import os
 
 from trainers.run_ablations import run_ablations
@@ -68,3 +70,13 @@ def test_table9_rows_build_their_bank_from_the_same_seeds_checkpoint_and_all_cla
                            "bank_metadata.json"), encoding="utf-8") as handle:
         assert json.load(handle)["base_model"].endswith("model")
     assert "k_pairs_1@few_shot" in result["rows"] and "bank_coop@few_shot" not in result["rows"]
+
+
+@pytest.mark.parametrize("name", __import__("trainers.run_ablations", fromlist=["VARIANTS"]).VARIANTS)
+def test_every_variants_flags_parse(name):
+    """A flag value starting with '-' (layer -3) must be written --flag=value, or argparse takes it for a flag."""
+    from trainers.args import parse_args
+    from trainers.run_ablations import VARIANTS
+
+    variant = VARIANTS[name]
+    parse_args(["--method", variant.method, *variant.flags])
