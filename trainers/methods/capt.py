@@ -413,18 +413,36 @@ def correction_metrics(model, bank, train_rows, image_processor, accelerator, zs
     loader = accelerator.prepare(make_loader(train_rows.dataset, image_processor, batch_size, False, 0, "train"))
     train_pred = predict(model, loader, accelerator, "correction rate")  # each process predicts its shard
     rows = bank.rows_for(train_pred["indices"]).cpu()
+    bank_preds, bank_labels = bank.preds.cpu()[rows], bank.labels.cpu()[rows]
     result = {
-        "correction_rate": _percent(correction_rate(bank.preds.cpu()[rows], train_pred["preds"], bank.labels.cpu()[rows])),
+        "correction_rate": _percent(correction_rate(bank_preds, train_pred["preds"], bank_labels)),
+        "correction_rate_counts": _correction_counts(bank_preds, train_pred["preds"], bank_labels),
         "bank_misclassified": int(bank.num_misclassified),
     }
     base, new, labels = _aligned(zs_pred, tr_pred)
     result["test_correction_rate"] = _percent(correction_rate(base, new, labels))
+    result["test_correction_rate_counts"] = _correction_counts(base, new, labels)
     result["test_break_rate"] = _percent(break_rate(base, new, labels))
+    result["test_break_rate_counts"] = _break_counts(base, new, labels)
     if zs_novel is not None and tr_novel is not None:
         base, new, labels = _aligned(zs_novel, tr_novel)
         result["novel_test_correction_rate"] = _percent(correction_rate(base, new, labels))
+        result["novel_test_correction_rate_counts"] = _correction_counts(base, new, labels)
         result["novel_test_break_rate"] = _percent(break_rate(base, new, labels))
+        result["novel_test_break_rate_counts"] = _break_counts(base, new, labels)
     return result
+
+
+def _correction_counts(base, new, labels) -> list[int]:
+    """`[corrected, wrong before]`: the correction rate's numerator and denominator."""
+    wrong = base != labels
+    return [int((new[wrong] == labels[wrong]).sum()), int(wrong.sum())]
+
+
+def _break_counts(base, new, labels) -> list[int]:
+    """`[broken, right before]`: the break rate's numerator and denominator."""
+    right = base == labels
+    return [int((new[right] != labels[right]).sum()), int(right.sum())]
 
 
 def _capt_parts(folder: str) -> str:
