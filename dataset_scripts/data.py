@@ -270,9 +270,11 @@ def prepare_splits(data_args, seed: int) -> dict:
     train = raw["train"]
     if data_args.shots and data_args.shots > 0:
         warn_fewer_images_than_shots(train, data_args.shots)
+        # CoOp benchmarks: Dassl's class order (first appearance in the split list), so the draw is the published
+        # one; other sources have no published draw and keep sorted order (the embedded default's draw is unchanged)
         indices = few_shot_indices(
             DatasetDict(train=train), data_args.shots, seed, dataset_name=fewshot_cache_key(data_args),
-            cache_dir=data_args.fewshot_cache_dir,
+            cache_dir=data_args.fewshot_cache_dir, class_order="first_appearance" if data_args.dataset else "sorted",
         )
         train = train.select(indices["train"])
     test = raw["test"]

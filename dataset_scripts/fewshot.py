@@ -1,9 +1,15 @@
 """Few-shot sampling and base-to-novel class subsampling of the CoOp protocol.
 
-Few-shot sampling (``PROTOCOL.md``): one ``random.Random(seed)`` draws, for every class in sorted label
-order, ``rng.sample(indices_of_class, k)`` from the train split (a class with fewer than ``k`` images
-gives all of them), then the same generator draws ``min(k, 4)`` shots per class from the val split.
-The test split is never touched. The sampled row indices are cached as JSON (never pickle) under
+Few-shot sampling (``PROTOCOL.md``, Dassl's ``generate_fewshot_dataset``): one ``random.Random(seed)``
+draws, class by class, ``rng.sample(indices_of_class, k)`` from the train split (a class with fewer than
+``k`` images gives all of them), then the same generator draws ``min(k, 4)`` shots per class from the val
+split (none for ImageNet, whose val split is its test split, as in CoOp). The test split is never touched.
+
+The classes are visited in the order Dassl's ``split_dataset_by_label`` visits them: the order in which each
+label *first appears* in the split list (a dict filled in row order), not sorted order. The split files of
+StanfordCars and Flowers102 list classes out of label order, so only this order draws the published images.
+``class_order="sorted"`` keeps the sorted visit for sources that have no published draw: the trainer uses it
+for every source but the CoOp benchmarks, so the embedded default (whose rows are shuffled) keeps its draw. The sampled row indices are cached as JSON (never pickle) under
 ``cache_dir/<dataset>/shot_<k>-seed_<seed>.json``, written atomically, together with a fingerprint of
 the split's labels so that a cache made for a different split is detected and regenerated.
 
@@ -37,6 +43,8 @@ MAX_VAL_SHOTS = 4
 #: Splits that few-shot sampling subsamples (in this order, from one random generator).
 FEW_SHOT_SPLITS = ("train", "val")
 SUBSAMPLE_CHOICES = ("all", "base", "novel")
+#: How the classes are visited: Dassl's first appearance in the split list, or sorted labels.
+CLASS_ORDERS = ("first_appearance", "sorted")
 _CACHE_FORMAT_VERSION = 1
 
 
@@ -46,19 +54,26 @@ def label_array(dataset: Dataset) -> np.ndarray:
     return np.asarray(column.to_numpy() if hasattr(column, "to_numpy") else column, dtype=np.int64)
 
 
-def sample_per_class(labels: Sequence[int], num_shots: int, rng: random.Random) -> list[int]:
-    """Row indices of ``num_shots`` items per class, drawn with ``rng.sample`` in sorted label order.
+def sample_per_class(
+    labels: Sequence[int], num_shots: int, rng: random.Random, class_order: str = "first_appearance"
+) -> list[int]:
+    """Row indices of ``num_shots`` items per class, drawn with ``rng.sample`` class by class.
 
-    A class with fewer than ``num_shots`` items gives all of them (in row order). The result lists the
-    classes one after the other, each class's rows in the order ``rng.sample`` returned them.
+    ``class_order="first_appearance"`` (Dassl's ``split_dataset_by_label``) visits the classes in the order
+    their first row appears; ``"sorted"`` in sorted label order. A class with fewer than ``num_shots`` items
+    gives all of them (in row order). The result lists the classes one after the other, in the visiting
+    order, each class's rows in the order ``rng.sample`` returned them.
     """
     if num_shots < 1:
         raise ValueError(f"num_shots must be >= 1, got {num_shots}")
-    rows_by_label: dict[int, list[int]] = defaultdict(list)
+    if class_order not in CLASS_ORDERS:
+        raise ValueError(f"class_order must be one of {CLASS_ORDERS}, got {class_order!r}")
+    rows_by_label: dict[int, list[int]] = defaultdict(list)  # insertion order = first appearance
     for row, label in enumerate(labels):
         rows_by_label[int(label)].append(row)
+    visit = sorted(rows_by_label) if class_order == "sorted" else list(rows_by_label)
     sampled: list[int] = []
-    for label in sorted(rows_by_label):
+    for label in visit:
         rows = rows_by_label[label]
         sampled += rng.sample(rows, num_shots) if len(rows) >= num_shots else rows
     return sampled
@@ -101,22 +116,30 @@ def few_shot_indices(
     *,
     dataset_name: str | None = None,
     cache_dir: str | os.PathLike | None = None,
+    class_order: str = "first_appearance",
+    sample_val: bool = True,
 ) -> dict[str, list[int]]:
     """Few-shot row indices ``{"train": [...], "val": [...]}`` (``min(k, 4)`` shots per class for val).
 
     With ``cache_dir`` (and ``dataset_name``), the indices are read from / written to the JSON cache;
-    a cache whose split sizes or label fingerprints differ from ``dataset_dict`` is regenerated (warning).
-    Splits absent from ``dataset_dict`` are absent from the result.
+    a cache whose split sizes, label fingerprints or class order differ is regenerated (warning).
+    Splits absent from ``dataset_dict`` are absent from the result; with ``sample_val=False`` (ImageNet, whose
+    val split is its test split) the val split is not drawn from and is absent from the result too.
+    ``class_order``: see :func:`sample_per_class`.
     """
     if cache_dir is not None and not dataset_name:
         raise ValueError("dataset_name is required to cache few-shot indices")
-    splits = [split for split in FEW_SHOT_SPLITS if split in dataset_dict]
+    if class_order not in CLASS_ORDERS:
+        raise ValueError(f"class_order must be one of {CLASS_ORDERS}, got {class_order!r}")
+    splits = [split for split in FEW_SHOT_SPLITS if split in dataset_dict and (sample_val or split != "val")]
     if "train" not in splits:
         raise ValueError(f"few-shot sampling needs a 'train' split, got {list(dataset_dict)}")
     labels = {split: label_array(dataset_dict[split]) for split in splits}
     expected = {
         split: {"num_rows": len(labels[split]), "labels_sha256": _labels_fingerprint(labels[split])} for split in splits
     }
+    if class_order != "sorted":  # caches written before the order was recorded were drawn in sorted order
+        expected["train"]["class_order"] = class_order
 
     cache_path = few_shot_cache_path(cache_dir, dataset_name, num_shots, seed) if cache_dir is not None else None
     if cache_path is not None and os.path.isfile(cache_path):
@@ -132,7 +155,7 @@ def few_shot_indices(
 
     rng = random.Random(seed)
     shots = {"train": num_shots, "val": min(num_shots, MAX_VAL_SHOTS)}
-    indices = {split: sample_per_class(labels[split], shots[split], rng) for split in splits}
+    indices = {split: sample_per_class(labels[split], shots[split], rng, class_order) for split in splits}
 
     if cache_path is not None:
         write_json_atomic(
@@ -169,9 +192,12 @@ def few_shot_dataset_dict(
     *,
     dataset_name: str | None = None,
     cache_dir: str | os.PathLike | None = None,
+    class_order: str = "first_appearance",
+    sample_val: bool = True,
 ) -> DatasetDict:
     """``dataset_dict`` with few-shot train / val splits and the full test split (see :func:`few_shot_indices`)."""
-    indices = few_shot_indices(dataset_dict, num_shots, seed, dataset_name=dataset_name, cache_dir=cache_dir)
+    indices = few_shot_indices(dataset_dict, num_shots, seed, dataset_name=dataset_name, cache_dir=cache_dir,
+                               class_order=class_order, sample_val=sample_val)
     return select_few_shot(dataset_dict, indices)
 
 

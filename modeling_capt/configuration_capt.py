@@ -40,7 +40,12 @@ class CaptAdapterConfig:
             the default adapts the last two layers of any depth. `None` keeps every selected layer.
         adapter_branches (`str`, *optional*, defaults to `"both"`):
             `"global"` (CLS-to-patch attention), `"local"` (depthwise 3x3 convolution on the patch grid) or
-            `"both"` (paper Table 10).
+            `"both"` (paper Table 10). The last encoder layer's patch tokens are never read (the classifier pools the
+            CLS token), so its adapter skips the patch update: there the local branch has no effect, and `"local"`
+            with the last layer selected is an error rather than an inert adapter.
+        use_adapters (`bool`, *optional*, defaults to `True`):
+            Whether the Diff-Manner adapters are added at all. The paper places them in the Sample Confusion Miner, so
+            training with `--no_use_sam` builds the model without them (MGDE, if used, stays).
         adapter_num_heads (`int`, *optional*, defaults to 4):
             Heads of the global branch's attention. Must divide the vision hidden size.
         alpha_scale (`float`, *optional*, defaults to 5.0):
@@ -70,6 +75,7 @@ class CaptAdapterConfig:
         default_factory=lambda: [-2, -1], metadata={"help": "Layer indices to adapt; negative counts from the end."}
     )
     adapter_branches: str = field(default="both", metadata={"help": "global, local or both."})
+    use_adapters: bool = field(default=True, metadata={"help": "Add the Diff-Manner adapters."})
     adapter_num_heads: int = field(default=4, metadata={"help": "Heads of the global branch attention."})
     alpha_scale: float = field(default=5.0, metadata={"help": "s in alpha = s * c ** gamma."})
     alpha_gamma: float = field(default=0.5, metadata={"help": "gamma in alpha = s * c ** gamma."})
@@ -136,6 +142,12 @@ class CaptAdapterConfig:
             raise ValueError(
                 f"The adapter config selects no vision encoder layer (target_modules={self.target_modules!r}, "
                 f"layers_to_transform={self.layers_to_transform!r}, {num_layers} layers)"
+            )
+        if self.adapter_branches == "local" and num_layers - 1 in chosen:
+            raise ValueError(
+                f"adapter_branches='local' on the last encoder layer ({num_layers - 1}) would be inert: nothing reads "
+                "that layer's patch tokens, so its patch update is skipped. Adapt earlier layers (e.g. "
+                "layers_to_transform=[-3, -2]) or use 'both' / 'global'."
             )
         return sorted(chosen)
 

@@ -60,7 +60,8 @@ class CaptModel(CaptPreTrainedModel, PromptCLIPModel):
         self.mgde = None
         adapter = config.adapter
         if adapter is not None:
-            self.adapted_layer_names = inject_diff_manner_adapters(self.clip.vision_model, adapter)
+            if adapter.use_adapters:
+                self.adapted_layer_names = inject_diff_manner_adapters(self.clip.vision_model, adapter)
             if adapter.use_mgde:
                 self.mgde = CaptMGDE.from_configs(config.clip_config, adapter)
 

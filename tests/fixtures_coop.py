@@ -137,12 +137,9 @@ def make_imagenet(data_dir: str, *, train_per_class: int = 5, val_per_class: int
     _write_class_folders(os.path.join(dataset_dir, "images", "train"), wnids, train_per_class, ".JPEG")
     _write_class_folders(os.path.join(dataset_dir, "images", "val"), wnids, val_per_class, ".JPEG")
     num_classes = len(IMAGENET_CLASSES)
-    n_val = round(train_per_class * 0.2)
-    counts = {
-        "train": (train_per_class - n_val) * num_classes,
-        "val": n_val * num_classes,
-        "test": val_per_class * num_classes,
-    }
+    # as CoOp: all of images/train is train; the official val set is both val and test
+    counts = {"train": train_per_class * num_classes, "val": val_per_class * num_classes,
+              "test": val_per_class * num_classes}
     return ExpectedDataset("imagenet", [name for _, name in IMAGENET_CLASSES], counts, dataset_dir)
 
 
@@ -316,10 +313,30 @@ def make_fgvc_aircraft(data_dir: str, *, with_variants_file: bool = True) -> Exp
     return ExpectedDataset("fgvc_aircraft", classnames, counts, dataset_dir)
 
 
-def make_sun397(data_dir: str) -> ExpectedDataset:
-    """``sun397/SUN397/<letter>/<class>/sun_*.jpg`` + ``split_zhou_SUN397.json``."""
-    folders = ["a/abbey", "a/airplane_cabin", "o/outdoor/apartment_building"]
+def make_sun397(data_dir: str, *, with_split_file: bool = True) -> ExpectedDataset:
+    """``sun397/SUN397/<letter>/<class>/sun_*.jpg`` + ``split_zhou_SUN397.json``, or without it SUN's
+    ``ClassName.txt`` and first partition ``Training_01.txt`` / ``Testing_01.txt`` (classes interleaved)."""
+    folders = ["a/abbey", "a/airplane_cabin", "a/apartment_building/outdoor"]
     classnames = ["abbey", "airplane cabin", "outdoor apartment building"]
+    if not with_split_file:
+        dataset_dir = os.path.join(data_dir, "sun397")
+        os.makedirs(dataset_dir, exist_ok=True)
+        with open(os.path.join(dataset_dir, "ClassName.txt"), "w", encoding="utf-8") as handle:
+            handle.writelines(f"/{folder}\n" for folder in folders)
+        counter = 0
+        for list_name, per_class in (("Training_01.txt", GENERATED_IMAGES_PER_CLASS),
+                                     ("Testing_01.txt", GENERATED_TEST_IMAGES_PER_CLASS)):
+            lines = []
+            for index in range(per_class * len(folders)):
+                folder = folders[(index + 1) % len(folders)]  # class 1 listed first
+                image = f"{folder}/sun_{list_name[:4].lower()}{index:04d}.jpg"
+                write_image(os.path.join(dataset_dir, "SUN397", image), counter)
+                counter += 1
+                lines.append(f"/{image}\n")
+            with open(os.path.join(dataset_dir, list_name), "w", encoding="utf-8") as handle:
+                handle.writelines(lines)
+        generated = ["abbey", "airplane_cabin", "outdoor apartment_building"]  # CoOp keeps the underscores
+        return ExpectedDataset("sun397", generated, _trainval_counts(3), dataset_dir)
     return _split_zhou_dataset(
         data_dir,
         "sun397",
@@ -349,10 +366,14 @@ def make_dtd(data_dir: str, *, with_split_file: bool = True) -> ExpectedDataset:
     return ExpectedDataset("dtd", classnames, _generated_counts(3), dataset_dir)
 
 
-def make_eurosat(data_dir: str) -> ExpectedDataset:
+def make_eurosat(data_dir: str, *, with_split_file: bool = True) -> ExpectedDataset:
     """``eurosat/2750/<Class>/<Class>_<n>.jpg`` + ``split_zhou_EuroSAT.json`` (CoOp's renamed classes)."""
     folders = ["AnnualCrop", "Forest", "HerbaceousVegetation"]
     classnames = ["Annual Crop Land", "Forest", "Herbaceous Vegetation Land"]
+    if not with_split_file:
+        dataset_dir = os.path.join(data_dir, "eurosat")
+        _write_class_folders(os.path.join(dataset_dir, "2750"), folders, GENERATED_IMAGES_PER_CLASS)
+        return ExpectedDataset("eurosat", classnames, _generated_counts(3), dataset_dir)
     return _split_zhou_dataset(
         data_dir,
         "eurosat",
@@ -364,9 +385,31 @@ def make_eurosat(data_dir: str) -> ExpectedDataset:
     )
 
 
-def make_ucf101(data_dir: str) -> ExpectedDataset:
-    """``ucf101/UCF-101-midframes/<Class>/v_*.jpg`` + ``split_zhou_UCF101.json``."""
+def make_ucf101(data_dir: str, *, with_split_file: bool = True) -> ExpectedDataset:
+    """``ucf101/UCF-101-midframes/<Class>/v_*.jpg`` + ``split_zhou_UCF101.json``, or without it
+    ``ucfTrainTestlist/{classInd,trainlist01,testlist01}.txt`` (videos ``.avi``, classes interleaved)."""
     classnames = ["Apply_Eye_Makeup", "Archery", "Baby_Crawling"]
+    if not with_split_file:
+        actions = [name.replace("_", "") for name in classnames]
+        dataset_dir = os.path.join(data_dir, "ucf101")
+        os.makedirs(os.path.join(dataset_dir, "ucfTrainTestlist"), exist_ok=True)
+        with open(os.path.join(dataset_dir, "ucfTrainTestlist", "classInd.txt"), "w", encoding="utf-8") as handle:
+            handle.writelines(f"{label + 1} {action}\n" for label, action in enumerate(actions))
+        counter = 0
+        for list_name, per_class in (("trainlist01.txt", GENERATED_IMAGES_PER_CLASS),
+                                     ("testlist01.txt", GENERATED_TEST_IMAGES_PER_CLASS)):
+            lines = []
+            for index in range(per_class * len(actions)):
+                label = (index + 2) % len(actions)  # class 2 listed first
+                group = index if list_name.startswith("train") else 50 + index
+                video = f"v_{actions[label]}_g{group:02d}_c01"
+                write_image(os.path.join(dataset_dir, "UCF-101-midframes", classnames[label], video + ".jpg"), counter)
+                counter += 1
+                lines.append(f"{actions[label]}/{video}.avi" + (f" {label + 1}" if list_name.startswith("train") else "")
+                             + "\n")
+            with open(os.path.join(dataset_dir, "ucfTrainTestlist", list_name), "w", encoding="utf-8") as handle:
+                handle.writelines(lines)
+        return ExpectedDataset("ucf101", classnames, _trainval_counts(3), dataset_dir)
     return _split_zhou_dataset(
         data_dir,
         "ucf101",
@@ -470,7 +513,9 @@ FIXTURE_BUILDERS = {
 }
 
 #: Datasets whose split is generated by the reader when CoOp's split file is absent.
-GENERATED_SPLIT_DATASETS = ("caltech101", "oxford_pets", "stanford_cars", "oxford_flowers", "food101", "dtd")
+GENERATED_SPLIT_DATASETS = (
+    "caltech101", "oxford_pets", "stanford_cars", "oxford_flowers", "food101", "dtd", "eurosat", "sun397", "ucf101"
+)
 
 
 def make_all_datasets(data_dir: str) -> dict[str, ExpectedDataset]:

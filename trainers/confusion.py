@@ -136,6 +136,7 @@ def select_confusion_classes(
     pseudo_gt: bool = True,
     use_statistics: bool = True,
     symmetric: bool = False,
+    exclude_label: bool = True,
 ) -> torch.Tensor:
     r"""Each sample's `k` confusion classes: the Semantic Confusion Miner (METHODS.md section 2).
 
@@ -148,6 +149,10 @@ def select_confusion_classes(
     - when `g != y_j` (the base model misclassified `j`), `g` is the first confusion class: it is the class `j` was
       actually confused into; the remaining `k - 1` are the largest `S_i` over `i not in {g, y_j}`;
     - when `g == y_j`, the `k` largest `S_i` over `i != y_j`.
+
+    With `exclude_label=False` the paper's literal rule is used instead: the `k` largest `S_i` over every `i != g`,
+    which may include `y_j` when the base model misclassified `j` (the confusion InfoNCE then masks the duplicate
+    text target, see `confusion_infonce_loss`'s `classes`).
 
     Ties are broken by the lower class index. `k` larger than `K - 1` is clamped to `K - 1` with a warning.
 
@@ -166,14 +171,20 @@ def select_confusion_classes(
             Rank by the confusion score `S`; `False` ranks by `C` alone.
         symmetric (`bool`, *optional*, defaults to `False`):
             Symmetric confusion statistics.
+        exclude_label (`bool`, *optional*, defaults to `True`):
+            Never pick the sample's own label (this package's reading); `False`: the paper's literal ranking over
+            every class but `g`.
 
     Returns:
-        `torch.LongTensor` of shape `(B, k)`: distinct classes, none equal to the sample's label.
+        `torch.LongTensor` of shape `(B, k)`: distinct classes, none equal to `g`, and (with `exclude_label`) none
+        equal to the sample's label.
     """
     k = _effective_k(k, probs.shape[-1])
     labels = labels.to(probs.device).long().reshape(-1)
     g = pseudo_ground_truth(probs) if pseudo_gt else labels
     scores = confusion_scores(probs, confusion_matrix, g, use_statistics=use_statistics, symmetric=symmetric)
+    if not exclude_label:
+        return torch.sort(scores, dim=-1, descending=True, stable=True).indices[:, :k]
     scores.scatter_(1, labels.reshape(-1, 1), float("-inf"))
     ranked = torch.sort(scores, dim=-1, descending=True, stable=True).indices[:, :k]
     if k == 0:
@@ -191,6 +202,7 @@ def confusion_pairs(
     symmetric: bool = False,
     return_counts: bool = False,
     chunk_size: int = 4096,
+    exclude_label: bool = True,
 ) -> list[tuple[int, int]] | list[tuple[int, int, int]]:
     r"""The semantic confusion pairs that occur over the training set, for the semantic prompt generator.
 
@@ -210,6 +222,8 @@ def confusion_pairs(
             Return `(a, b, count)` triples instead of `(a, b)` pairs.
         chunk_size (`int`, *optional*, defaults to 4096):
             Samples scored at once (bounds memory to `chunk_size * K`).
+        exclude_label (`bool`, *optional*, defaults to `True`):
+            As in `select_confusion_classes`; a sample's own label picked by the literal rule makes no pair.
 
     Returns:
         `list` of class-index pairs `(a, b)` (or `(a, b, count)`), most frequent first, ties by `(a, b)`.
@@ -223,10 +237,11 @@ def confusion_pairs(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the clamp warned above
             classes = select_confusion_classes(
-                probs, bank.confusion_matrix, labels, k_pairs, pseudo_gt, use_statistics, symmetric
+                probs, bank.confusion_matrix, labels, k_pairs, pseudo_gt, use_statistics, symmetric, exclude_label
             )
         anchors = labels.unsqueeze(-1).expand_as(classes)
         codes = torch.minimum(anchors, classes) * num_classes + torch.maximum(anchors, classes)
+        codes = codes[anchors != classes]  # the literal rule may pick the own label: (y, y) is no pair
         counts += torch.bincount(codes.reshape(-1).cpu(), minlength=num_classes * num_classes)
     codes = torch.nonzero(counts).reshape(-1)  # ascending, so the stable sort breaks ties by (a, b)
     order = torch.sort(counts[codes], descending=True, stable=True).indices
@@ -244,8 +259,9 @@ def retrieve_representatives(
     bank: CaptConfusionBank,
     random_samples: bool = False,
     generator: torch.Generator | None = None,
+    samples_per_class: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    r"""The representative confusing sample of each confusion class (paper Eq. 8, one per class).
+    r"""The representative confusing sample of each confusion class (paper Eq. 8, one per class by default).
 
     `r_c = argmax_u cos(e_j, e_u)` over class `c`'s candidate pool; ties go to the lowest bank row. Small pools
     (`B * pool <= DENSE_RETRIEVAL_MAX_SCORES`): one matmul of the queries against all pooled embeddings (`B x pool`),
@@ -265,10 +281,14 @@ def retrieve_representatives(
         generator (`torch.Generator`, *optional*):
             Random source of `random_samples`, on any device: the draws are made on the generator's device and then
             moved to the bank's, so one CPU generator gives the same picks whichever device the bank is on.
+        samples_per_class (`int`, *optional*, defaults to 1):
+            `m` representatives per confusion class (paper Figure 9): the `m` most similar members of the pool (a
+            pool smaller than `m` repeats its members, most similar first), or `m` independent random members.
 
     Returns:
-        `tuple(torch.LongTensor, torch.FloatTensor)`, both of shape `(B, k)`: the representatives' bank rows (their
-        training-set indices are `bank.indices[rows]`) and their cosine similarity to the query.
+        `tuple(torch.LongTensor, torch.FloatTensor)`, both of shape `(B, k * m)`: the representatives' bank rows
+        (their training-set indices are `bank.indices[rows]`), class by class (the `m` of `classes[:, 0]` first), and
+        their cosine similarity to the query.
 
     Raises:
         `ValueError` when a requested class has an empty candidate pool: the class has no bank sample at all, or it
@@ -284,8 +304,15 @@ def retrieve_representatives(
             f"No candidate in the Confusion Bank for the classes {empty[:5]} {names}: they have no bank sample"
             + (" (fallback='none' and no misclassified sample)" if bank.fallback == "none" else "")
         )
+    if samples_per_class < 1:
+        raise ValueError(f"samples_per_class must be at least 1, got {samples_per_class}")
     query = F.normalize(query_embeds.to(device=device, dtype=bank.embeds.dtype), dim=-1)
     batch_size = query.shape[0]
+    if samples_per_class > 1:
+        if random_samples:
+            classes = classes.repeat_interleave(samples_per_class, dim=1)
+        else:
+            return _retrieve_top_m(query, classes, bank, samples_per_class)
 
     if random_samples:
         draw_device = generator.device if generator is not None else device
@@ -353,6 +380,24 @@ def _retrieve_per_class(query: torch.Tensor, classes: torch.Tensor, bank: CaptCo
     return bank._pool_rows[positions], cosine.view_as(classes)
 
 
+def _retrieve_top_m(query: torch.Tensor, classes: torch.Tensor, bank: CaptConfusionBank, m: int):
+    """The `m` most similar members of each requested class's pool (class by class, as `_retrieve_per_class`)."""
+    batch_size, k = classes.shape
+    flat = classes.reshape(-1)
+    positions = torch.empty((flat.numel(), m), dtype=torch.long, device=query.device)
+    cosine = torch.empty((flat.numel(), m), device=query.device, dtype=query.dtype)
+    bounds = bank._pool_ptr.tolist()
+    for class_id in torch.unique(flat).tolist():
+        pairs = torch.nonzero(flat == class_id).reshape(-1)
+        low, high = bounds[class_id], bounds[class_id + 1]
+        scores = query[pairs // k] @ bank._pool_embeds[low:high].T  # (askers, |pool_c|)
+        best = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :m]
+        best = best[:, torch.arange(m, device=best.device) % best.shape[1]]  # a small pool repeats its members
+        positions[pairs] = best + low
+        cosine[pairs] = scores.gather(1, best)
+    return bank._pool_rows[positions].view(batch_size, k * m), cosine.view(batch_size, k * m)
+
+
 def confusion_intensity(cosine: torch.Tensor) -> torch.Tensor:
     r"""Confusion intensity `s_c = max(cos, 0)` of each representative (paper Appendix F).
 
@@ -385,9 +430,27 @@ def adapter_alpha(intensity: torch.Tensor, s: float = 5.0, gamma: float = 0.5) -
     return s * intensity.mean(-1).pow(gamma)
 
 
+def representative_alpha(intensity: torch.Tensor, s: float = 5.0, gamma: float = 0.5) -> torch.Tensor:
+    r"""The adapter weight of each representative, `alpha_i = s * c_i ** gamma` (paper Eq. 13 read per sample `i`).
+
+    Args:
+        intensity (`torch.FloatTensor` of shape `(B, k)`):
+            Confusion intensities of the representatives.
+        s (`float`, *optional*, defaults to 5.0), gamma (`float`, *optional*, defaults to 0.5):
+            Scale and exponent.
+
+    Returns:
+        `torch.FloatTensor` of shape `(B, k)`.
+    """
+    return s * intensity.pow(gamma)
+
+
 # ---------------------------------------------------------------------- loss
 def confusion_infonce_loss(
-    image_feats: torch.Tensor, text_feats: torch.Tensor, logit_scale: torch.Tensor | float
+    image_feats: torch.Tensor,
+    text_feats: torch.Tensor,
+    logit_scale: torch.Tensor | float,
+    classes: torch.Tensor | None = None,
 ) -> torch.Tensor:
     r"""Confusion loss of paper Eqs. 3-5: a symmetric InfoNCE within each sample's confusion group.
 
@@ -404,6 +467,11 @@ def confusion_infonce_loss(
             Text features of the matching classes; L2-normalised here.
         logit_scale (`torch.Tensor` or `float`):
             `1 / tau`, the multiplier itself (CLIP's `logit_scale.exp()`, 100 for the released models).
+        classes (`torch.LongTensor` of shape `(B, L)`, *optional*):
+            The class of each position. When a class occurs at several positions (the paper's literal confusion
+            rule picking the sample's own label, or several representatives per class), the other positions of the
+            same class are neither targets nor negatives: they are left out of each cross-entropy's denominator (the
+            same text cannot be a negative of itself). Without it (or with distinct classes) nothing is masked.
 
     Returns:
         `torch.FloatTensor` scalar.
@@ -417,6 +485,10 @@ def confusion_infonce_loss(
     image_feats = F.normalize(image_feats, dim=-1)
     text_feats = F.normalize(text_feats, dim=-1)
     logits = logit_scale * image_feats @ text_feats.transpose(1, 2)  # (B, L, L): image i vs text i'
+    if classes is not None:
+        same = classes.unsqueeze(2) == classes.unsqueeze(1)  # (B, L, L), symmetric
+        same &= ~torch.eye(length, dtype=torch.bool, device=logits.device)
+        logits = logits.masked_fill(same, float("-inf"))
     targets = torch.arange(length, device=logits.device).repeat(batch_size)
     image_to_text = F.cross_entropy(logits.reshape(batch_size * length, length), targets)
     text_to_image = F.cross_entropy(logits.transpose(1, 2).reshape(batch_size * length, length), targets)
@@ -521,6 +593,7 @@ __all__ = [
     "correction_rate",
     "kmeans",
     "pseudo_ground_truth",
+    "representative_alpha",
     "retrieve_representatives",
     "select_confusion_classes",
 ]

@@ -50,8 +50,9 @@ def evaluate_base_and_novel(model, loaders, splits, tokenizer, accelerator, name
     return result
 
 
-def summarize_results(result: dict, class_names) -> dict:
-    """The `metrics.json` entry of one model: accuracy (base, novel, HM), per-class accuracy, confusion matrices."""
+def summarize_results(result: dict, class_names, novel_names=None) -> dict:
+    """The `metrics.json` entry of one model: accuracy (base, novel, HM), per-class accuracy, confusion matrices, and
+    the top confused pairs of the base (and, given `novel_names`, the novel) classes."""
     base = result["base"]
     entry = {"accuracy": base["accuracy"]}
     if "novel" in result:
@@ -62,7 +63,16 @@ def summarize_results(result: dict, class_names) -> dict:
     entry["confusion_matrix"] = base["confusion_matrix"]
     if "novel" in result:
         entry["novel_confusion_matrix"] = result["novel"]["confusion_matrix"]
+        if novel_names is not None:
+            entry["novel_top_confused_pairs"] = top_confused_pairs(result["novel"]["confusion_matrix"], novel_names)
     return entry
+
+
+def format_rate(value, counts=None) -> str:
+    """A rate in % with its numerator and denominator when known: `64.71 % (11/17)`."""
+    if value is None:
+        return "n/a" + (f" ({counts[0]}/{counts[1]})" if counts else "")
+    return f"{value:.2f} %" + (f" ({counts[0]}/{counts[1]})" if counts else "")
 
 
 def print_table(summary: dict, method: str, printed_metrics=()) -> None:
@@ -79,9 +89,10 @@ def print_table(summary: dict, method: str, printed_metrics=()) -> None:
             print(f"{name:<10} {entry['base_accuracy']:>7.2f} {entry['novel_accuracy']:>7.2f} {entry['hm']:>7.2f}")
         else:
             print(f"{name:<10} {entry['accuracy']:>8.2f}")
-    for key in printed_metrics:
-        value = summary[method].get(key)
-        print(f"{key}: {'n/a' if value is None else f'{value:.2f}'}")
-    for name, entry in rows:
-        pairs = ", ".join(f"{p['true']}->{p['predicted']} ({p['count']})" for p in entry["top_confused_pairs"][:3])
-        print(f"top confusions, {name}: {pairs}")
+    for key in printed_metrics:  # a rate with `<key>_counts` prints its numerator / denominator beside it
+        print(f"{key}: {format_rate(summary[method].get(key), summary[method].get(f'{key}_counts'))}")
+    for pairs_key, classes in (("top_confused_pairs", ""), ("novel_top_confused_pairs", " (novel classes)")):
+        for name, entry in rows:
+            if pairs_key in entry:
+                pairs = ", ".join(f"{p['true']}->{p['predicted']} ({p['count']})" for p in entry[pairs_key][:3])
+                print(f"top confusions{classes}, {name}: {pairs}")

@@ -54,7 +54,8 @@ def heatmap_cell_size(num_classes: int, cell: int = 36, max_grid: int = MAX_GRID
 
 def draw_confusion_heatmap(matrix: Sequence[Sequence[int]], class_names: Sequence[str], title: str,
                            cell: int = 36, max_grid: int = MAX_GRID_SIZE) -> Image.Image:
-    """One row-normalised confusion matrix as an image: rows are true classes, columns predictions.
+    """One row-normalised confusion matrix as an image: rows are true classes, columns predictions, with the axis
+    titles ("true class", "predicted class") and a colour bar (share of the row, 0 to 1).
 
     Cells are `cell` pixels wide with their counts written in; with more classes than `max_grid // cell` they shrink
     to fit `max_grid` pixels, the counts are left out, and below `MIN_LABELLED_CELL` pixels the class labels too.
@@ -62,8 +63,41 @@ def draw_confusion_heatmap(matrix: Sequence[Sequence[int]], class_names: Sequenc
     size = len(class_names)
     full = heatmap_cell_size(size, cell, max_grid)
     if full == cell:
-        return _draw_full(matrix, class_names, title, cell)
-    return _draw_compact(matrix, class_names, title, full)
+        panel, grid_box = _draw_full(matrix, class_names, title, cell)
+    else:
+        panel, grid_box = _draw_compact(matrix, class_names, title, full)
+    return _with_axes_and_colour_bar(panel, grid_box)
+
+
+#: Pixels added left of a panel (the rotated "true class"), below it ("predicted class") and right of it (colour bar).
+AXIS_MARGIN, COLOUR_BAR_MARGIN = 18, 96
+COLOUR_BAR_WIDTH = 14
+
+
+def _with_axes_and_colour_bar(panel: Image.Image, grid_box: tuple[int, int, int, int]) -> Image.Image:
+    """`panel` with its axis titles and a colour bar beside the grid (`grid_box`: left, top, right, bottom)."""
+    font = ImageFont.load_default()
+    left, top, right, bottom = grid_box
+    canvas = Image.new("RGB", (panel.width + AXIS_MARGIN + COLOUR_BAR_MARGIN, panel.height + AXIS_MARGIN), "white")
+    canvas.paste(panel, (AXIS_MARGIN, 0))
+    draw = ImageDraw.Draw(canvas)
+    title = "predicted class"
+    _text(draw, (AXIS_MARGIN + (left + right) / 2 - _text_length(title, font) / 2, panel.height + 3), title, font)
+    title = "true class"
+    label = Image.new("RGB", (int(_text_length(title, font)) + 4, 12), "white")
+    _text(ImageDraw.Draw(label), (2, 0), title, font)
+    label = label.rotate(90, expand=True)
+    canvas.paste(label, (3, max(0, (top + bottom) // 2 - label.height // 2)))
+    bar_left = AXIS_MARGIN + panel.width + 8
+    height = max(bottom - top, 2)
+    for y in range(height):  # 1 at the top, 0 at the bottom, the grid's own colours
+        draw.line([(bar_left, top + y), (bar_left + COLOUR_BAR_WIDTH - 1, top + y)], fill=_colour(1 - y / (height - 1)))
+    draw.rectangle([bar_left, top, bar_left + COLOUR_BAR_WIDTH - 1, top + height - 1], outline="#888888")
+    _text(draw, (bar_left + COLOUR_BAR_WIDTH + 4, top - 2), "1", font)
+    _text(draw, (bar_left + COLOUR_BAR_WIDTH + 4, top + height - 10), "0", font)
+    _text(draw, (bar_left + COLOUR_BAR_WIDTH + 4, top + height // 2 - 12), "share", font)
+    _text(draw, (bar_left + COLOUR_BAR_WIDTH + 4, top + height // 2), "of row", font)
+    return canvas
 
 
 def _draw_full(matrix, class_names, title, cell):
@@ -86,7 +120,7 @@ def _draw_full(matrix, class_names, title, cell):
                 ink = "white" if normalised[i][j] > 0.55 else "black"
                 draw.text((x0 + 4, y0 + cell // 2 - 5), str(value), fill=ink, font=font)
     _draw_column_labels(image, class_names, label_width, top + size * cell + 4, cell, font)
-    return image
+    return image, (label_width, top, label_width + size * cell, top + size * cell)
 
 
 def _label_width(class_names) -> int:
@@ -124,12 +158,15 @@ def _draw_compact(matrix, class_names, title, cell):
         for i in range(size):
             _text(draw, (4, top + i * cell + cell // 2 - 5), class_names[i], font)
         _draw_column_labels(image, class_names, label_width, top + grid_size + 4, cell, font)
-    return image
+    return image, (label_width, top, label_width + grid_size, top + grid_size)
 
 
-def save_confusion_heatmaps(path: str, matrices, class_names: Sequence[str], titles: Sequence[str]) -> str:
-    """Write the heatmaps of `matrices` side by side to a PNG at `path` (atomically)."""
-    panels = [draw_confusion_heatmap(m, class_names, t) for m, t in zip(matrices, titles)]
+def save_confusion_heatmaps(path: str, matrices, class_names, titles: Sequence[str]) -> str:
+    """Write the heatmaps of `matrices` side by side to a PNG at `path` (atomically).
+
+    `class_names`: one list for every matrix, or a list per matrix (e.g. base then novel classes)."""
+    per_panel = class_names if class_names and not isinstance(class_names[0], str) else [class_names] * len(matrices)
+    panels = [draw_confusion_heatmap(m, names, t) for m, names, t in zip(matrices, per_panel, titles)]
     canvas = Image.new("RGB", (sum(p.width for p in panels) + 20 * (len(panels) - 1), max(p.height for p in panels)), "white")
     x = 0
     for panel in panels:

@@ -176,7 +176,7 @@ def run_and_save(method, model_args, data_args, train_args, settings, resume, ac
         "num_processes": accelerator.num_processes,
     }
     for name in dict.fromkeys(["zeroshot", method.name]):
-        summary[name] = summarize_results(results[name], train_names)
+        summary[name] = summarize_results(results[name], train_names, splits.get("novel_names"))
     if method.trains:
         summary[method.name].update(method.extra_metrics(accelerator.unwrap_model(model), run, results))
     summary["wall_time_s"] = round(time.time() - started, 1)
@@ -195,12 +195,15 @@ def run_and_save(method, model_args, data_args, train_args, settings, resume, ac
         check_free_space(train_args.output_dir, unwrapped, list(folders))
         replace_directories_together(train_args.output_dir, folders)  # model/ and adapter/ swap in as one step
         if train_args.heatmap:
-            save_confusion_heatmaps(
-                os.path.join(train_args.output_dir, "confusion_heatmap.png"),
-                [summary["zeroshot"]["confusion_matrix"], summary[method.name]["confusion_matrix"]],
-                train_names,
-                ["zero-shot CLIP", method.name.upper() if method.trains else "zero-shot"],
-            )
+            trained = method.name.upper() if method.trains else "zero-shot"
+            matrices, names = [summary["zeroshot"]["confusion_matrix"], summary[method.name]["confusion_matrix"]], None
+            titles = ["zero-shot CLIP", trained]
+            if "novel_confusion_matrix" in summary["zeroshot"]:  # the novel classes' panels beside the base ones
+                matrices += [summary["zeroshot"]["novel_confusion_matrix"], summary[method.name]["novel_confusion_matrix"]]
+                names = [train_names] * 2 + [splits["novel_names"]] * 2
+                titles = [f"{title}, base classes" for title in titles] + [f"{title}, novel classes" for title in titles]
+            save_confusion_heatmaps(os.path.join(train_args.output_dir, "confusion_heatmap.png"), matrices,
+                                    names or train_names, titles)
         print_table(summary, method.name, method.printed_metrics)
         if train_args.push_to_hub:
             push_folder_to_hub(final_dir, train_args.hub_model_id, private=train_args.hub_private or None)

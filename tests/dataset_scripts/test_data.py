@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import io
 
 import datasets
@@ -229,3 +230,36 @@ def test_class_names_equal_once_underscores_become_spaces_are_named(tmp_path):
     assert prompt_class_names(["american_bulldog", "cat"]) == ["american bulldog", "cat"]
     with pytest.raises(ValueError, match="'sea_lake' and 'sea lake'"):
         prompt_class_names(["forest", "sea_lake", "river", "sea lake"])
+
+
+def test_coop_benchmarks_draw_in_dassls_class_order_other_sources_in_sorted_order(tmp_path):
+    """The trainer's few-shot draw: a CoOp benchmark visits its classes in first-appearance order (Dassl, so Cars and
+    Flowers get the published images); any other source keeps sorted order (the embedded default's draw)."""
+    import random
+
+    from fixtures_coop import write_split_zhou
+
+    from dataset_scripts.data import prepare_splits
+    from dataset_scripts.fewshot import sample_per_class
+
+    names = ["pink primrose", "canterbury bells", "sweet pea"]
+    labels = [2, 1, 2, 0, 1, 2, 0, 1, 0, 2, 1, 0]
+    entries = {split: [(f"image_{split}{row:02d}.jpg", label, names[label]) for row, label in enumerate(labels)]
+               for split in ("train", "val", "test")}
+    write_split_zhou(str(tmp_path / "oxford_flowers"), "jpg", "split_zhou_OxfordFlowers.json", entries)
+    args = _data_args(None, dataset="oxford_flowers", data_dir=str(tmp_path), dataset_name=None, shots=2,
+                      subsample_classes="all")
+    train = prepare_splits(args, seed=1)["train"].cast_column("image", datasets.Image(decode=False))
+    drawn = [os.path.basename(image["path"]) for image in train["image"]]
+    expected = sample_per_class(labels, 2, random.Random(1), "first_appearance")
+    assert drawn == [entries["train"][row][0] for row in expected]
+    assert sorted(expected) != sorted(sample_per_class(labels, 2, random.Random(1), "sorted"))
+    # a `datasets` source (as the embedded default, whose rows are shuffled) keeps the sorted visit
+    _write_split_files(tmp_path / "hub", {"image": lambda y: Image.new("RGB", (8, 8), (60 * y, 0, 0)),
+                                          "label": lambda y: 3 - y}, {"image": datasets.Image(),
+                                          "label": datasets.ClassLabel(names=["a", "b", "c", "d"])}, per_class=3)
+    hub = datasets.load_dataset(str(tmp_path / "hub"), split="train")
+    args = _data_args(tmp_path / "hub", shots=2, subsample_classes="all")
+    rows = sample_per_class(hub["label"], 2, random.Random(1), "sorted")
+    assert prepare_splits(args, seed=1)["train"]["label"] == [hub["label"][row] for row in rows]
+    assert rows != sample_per_class(hub["label"], 2, random.Random(1), "first_appearance")

@@ -8,7 +8,7 @@ import random
 from collections import Counter
 
 import pytest
-from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
+from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, Value
 from fixtures_coop import make_oxford_pets
 
 from dataset_scripts import fewshot
@@ -164,10 +164,11 @@ def test_base_to_novel_after_few_shot_on_a_real_layout(tmp_path):
     assert base["train"][0]["image"].size == (8, 8)  # images still decode after relabelling
 
 
-def test_one_generator_sorted_classes_small_class_draws_nothing_then_val():
+def test_one_generator_first_appearance_small_class_draws_nothing_then_val():
     """The rule spelled out by hand: one ``random.Random(seed)``; train first, then val with ``min(k, 4)`` shots;
-    classes in sorted label order (not order of first appearance); a class with fewer than k rows gives all of them,
-    in row order, and draws nothing from the generator."""
+    classes in the order of their first appearance in the split (Dassl's ``split_dataset_by_label``), not sorted; a
+    class with fewer than k rows gives all of them, in row order, and draws nothing from the generator.
+    ``class_order="sorted"`` visits sorted labels instead."""
     features = Features({"image": Value("string"), "label": ClassLabel(names=["c0", "c1", "c2"])})
     # class 2 appears first; class 1 has 3 train rows (< k = 5) and exactly 4 val rows (= min(5, 4))
     train_labels = [2, 0, 2, 1, 0, 2, 1, 0, 2, 0, 2, 1, 0, 2, 0, 2]
@@ -183,14 +184,62 @@ def test_one_generator_sorted_classes_small_class_draws_nothing_then_val():
         return [row for row, y in enumerate(labels) if y == label]
 
     rng = random.Random(5)
-    expected_train = rng.sample(rows(train_labels, 0), 5) + rows(train_labels, 1) + rng.sample(rows(train_labels, 2), 5)
+    expected_train = rng.sample(rows(train_labels, 2), 5) + rng.sample(rows(train_labels, 0), 5) + rows(train_labels, 1)
     assert rows(train_labels, 1) == [3, 6, 11]
-    expected_val = [index for label in (0, 1, 2) for index in rng.sample(rows(val_labels, label), 4)]
+    expected_val = [index for label in (1, 2, 0) for index in rng.sample(rows(val_labels, label), 4)]
 
     indices = few_shot_indices(dataset_dict, 5, seed=5)
     assert indices == {"train": expected_train, "val": expected_val}
     # a generator per split would draw val's first sample like a fresh Random(5): not the rule
-    assert expected_val[:4] != random.Random(5).sample(rows(val_labels, 0), 4)
+    assert expected_val[:4] != random.Random(5).sample(rows(val_labels, 1), 4)
+
+    rng = random.Random(5)
+    sorted_train = rng.sample(rows(train_labels, 0), 5) + rows(train_labels, 1) + rng.sample(rows(train_labels, 2), 5)
+    assert few_shot_indices(dataset_dict, 5, seed=5, class_order="sorted")["train"] == sorted_train
+    assert sorted(sorted_train) != sorted(expected_train)  # the order decides which images are drawn
+    assert set(few_shot_indices(dataset_dict, 5, seed=5, sample_val=False)) == {"train"}
+
+
+def _dassl_few_shot(items, num_shots, rng):
+    """Dassl's ``DatasetBase.generate_fewshot_dataset`` as its documentation and CoOp's use of it describe it (written
+    here from that behaviour, independently of the package): group the split's items by label into a dict filled in
+    list order (``split_dataset_by_label``), then for each group in the dict's order take
+    ``random.sample(group, num_shots)``, or the whole group when it is smaller, with the generator seeded once by the
+    run's seed (``set_random_seed(cfg.SEED)``); the validation split is drawn next with ``min(num_shots, 4)``."""
+    groups = {}
+    for item in items:
+        groups.setdefault(item[1], []).append(item)
+    drawn = []
+    for group in groups.values():
+        drawn.extend(rng.sample(group, num_shots) if len(group) >= num_shots else group)
+    return drawn
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize("num_shots", [1, 2, 4])
+def test_the_same_images_as_dassl_on_an_out_of_order_split_list(tmp_path, seed, num_shots):
+    """A StanfordCars split file that lists its classes out of label order (as the real Cars and Flowers files do),
+    with a class smaller than the shots: the package draws exactly the images Dassl's rule draws."""
+    from fixtures_coop import write_split_zhou
+
+    from dataset_scripts.coop_datasets import load_coop_dataset
+
+    names = ["2000 AM General Hummer SUV", "2012 Acura RL Sedan", "2012 Audi R8 Coupe", "2007 BMW X5 SUV"]
+    order = {"train": [2, 0, 3, 2, 1, 0, 3, 2, 0, 2, 3, 1, 0, 2], "val": [3, 1, 2, 0, 1, 3, 2, 0, 3],
+             "test": [1, 0, 3, 2]}
+    entries = {split: [(f"cars_{'test' if split == 'test' else 'train'}/{split}{row:03d}.jpg", label, names[label])
+                       for row, label in enumerate(labels)] for split, labels in order.items()}
+    write_split_zhou(str(tmp_path / "stanford_cars"), "", "split_zhou_StanfordCars.json", entries)
+    dataset_dict = load_coop_dataset("stanford_cars", tmp_path, verify_images=False)
+
+    rng = random.Random(seed)
+    expected = {"train": _dassl_few_shot(entries["train"], num_shots, rng),
+                "val": _dassl_few_shot(entries["val"], min(num_shots, 4), rng)}
+    indices = few_shot_indices(dataset_dict, num_shots, seed)
+    for split in ("train", "val"):
+        paths = dataset_dict[split].cast_column("image", Image(decode=False))["image"]
+        picked = [os.path.relpath(paths[i]["path"], tmp_path / "stanford_cars") for i in indices[split]]
+        assert picked == [path for path, _, _ in expected[split]]
 
 
 def test_subsampling_keeps_label_order_not_name_order():

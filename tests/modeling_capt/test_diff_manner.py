@@ -221,7 +221,8 @@ def test_injecting_twice_or_with_bad_heads_is_an_error():
         inject_diff_manner_adapters(fresh, adapter_config(adapter_num_heads=3))
     assert not any(isinstance(layer, CaptAdaptedLayer) for layer in fresh.encoder.layers)  # left untouched
     # the local branch has no attention, so any head count is fine there
-    inject_diff_manner_adapters(fresh, adapter_config(adapter_num_heads=3, adapter_branches="local"))
+    inject_diff_manner_adapters(fresh, adapter_config(adapter_num_heads=3, adapter_branches="local",
+                                                      layers_to_transform=[0]))
 
 
 def test_non_square_grid_is_an_error():

@@ -596,3 +596,25 @@ def test_load_clip_weights_refuses_a_state_dict_that_does_not_fit(tiny_clip, tok
         model.load_clip_weights({k: v for k, v in state.items() if k != "text_projection.weight"})
     with pytest.raises(ValueError, match="unexpected.*extra"):
         model.load_clip_weights(dict(state, extra=torch.zeros(1)))
+
+
+def test_local_branch_on_the_last_layer_is_an_error_not_an_inert_adapter():
+    """The last layer's patch update is skipped (only the CLS token is read after it), so a local-only adapter there
+    would change nothing."""
+    import pytest
+
+    from modeling_capt import CaptAdapterConfig
+
+    with pytest.raises(ValueError, match="inert"):
+        CaptAdapterConfig(adapter_branches="local").select_layers(4)
+    assert CaptAdapterConfig(adapter_branches="local", layers_to_transform=[-3, -2]).select_layers(4) == [1, 2]
+    assert CaptAdapterConfig(adapter_branches="both").select_layers(4) == [2, 3]
+
+
+def test_a_model_without_adapters_keeps_mgde(tiny_clip, tokenizer):
+    from modeling_capt import CaptAdapterConfig, CaptForImageClassification
+
+    config = CaptAdapterConfig(use_adapters=False, adapter_num_heads=2)
+    model = CaptForImageClassification.from_clip(tiny_clip, ["cat", "dog"], tokenizer=tokenizer, adapter_config=config)
+    assert not any("adapter" in name for name, _ in model.named_parameters())
+    assert any("mgde" in name for name, _ in model.named_parameters())

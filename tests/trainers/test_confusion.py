@@ -348,3 +348,62 @@ def test_correction_and_break_rates():
     assert correction_rate(base, new, labels) == pytest.approx(1 / 2)
     assert break_rate(base, new, labels) == 0.0
     assert math.isnan(break_rate((labels + 1) % 6, new, labels))
+
+
+# ------------------------------------------------------------------ the paper's literal rule, Figure 9, Eq. 13
+def test_paper_rule_ranks_every_class_but_g_and_may_pick_the_label():
+    """Row 0: g = 1, label 2, S = [.133, -inf, .333, .1]. This package's rule puts g first and skips the label; the
+    paper's literal rule takes the top S over i != g, the label included."""
+    labels = torch.tensor([2, 3, 0])
+    assert select_confusion_classes(PROBS, MATRIX, labels, k=2)[0].tolist() == [1, 0]
+    assert select_confusion_classes(PROBS, MATRIX, labels, k=2, exclude_label=False)[0].tolist() == [2, 0]
+
+
+def test_paper_rule_makes_no_self_pair():
+    bank = random_bank()
+    pairs = confusion_pairs(bank, 3, exclude_label=False)
+    assert pairs and all(a < b for a, b in pairs)
+
+
+def test_infonce_masks_a_repeated_class_by_hand():
+    generator = torch.Generator().manual_seed(0)
+    image, text = torch.randn(1, 3, 4, generator=generator), torch.randn(1, 3, 4, generator=generator)
+    text[0, 2] = text[0, 0]  # the own label picked again: the same text twice
+    classes = torch.tensor([[5, 1, 5]])
+    sims = 10.0 * torch.nn.functional.normalize(image, dim=-1)[0] @ torch.nn.functional.normalize(text, dim=-1)[0].T
+    keep = {0: [0, 1], 1: [0, 1, 2], 2: [1, 2]}
+    terms = []
+    for matrix in (sims, sims.T):
+        terms.append(torch.stack([-matrix[i, keep[i]].log_softmax(-1)[keep[i].index(i)] for i in range(3)]).mean())
+    expected = terms[0] + terms[1]
+    torch.testing.assert_close(confusion_infonce_loss(image, text, 10.0, classes=classes), expected)
+    distinct = torch.tensor([[5, 1, 2]])  # nothing repeated: the plain loss
+    torch.testing.assert_close(confusion_infonce_loss(image, text, 10.0, classes=distinct),
+                               confusion_infonce_loss(image, text, 10.0))
+
+
+def test_several_representatives_per_class_are_the_most_similar_pool_members():
+    bank = random_bank()
+    query, classes = random_queries(bank, 6, 3, seed=1)
+    rows, cosine = retrieve_representatives(query, classes, bank, samples_per_class=2)
+    assert rows.shape == cosine.shape == (6, 6)
+    one, _ = retrieve_representatives(query, classes, bank)
+    assert torch.equal(rows[:, ::2], one)  # the best of each class first
+    normed = torch.nn.functional.normalize(query, dim=-1)
+    for b in range(6):
+        for position, c in enumerate(classes[b].tolist()):
+            pool = [r for r in range(len(bank)) if bank.labels[r] == c and bank.preds[r] != c]
+            sims = torch.nn.functional.normalize(bank.embeds[pool], dim=-1) @ normed[b]
+            best_two = [pool[i] for i in sims.argsort(descending=True)[:2].tolist()]
+            assert rows[b, 2 * position : 2 * position + 2].tolist() == best_two
+    random_rows, _ = retrieve_representatives(query, classes, bank, samples_per_class=2, random_samples=True,
+                                              generator=torch.Generator().manual_seed(0))
+    assert random_rows.shape == (6, 6)
+
+
+def test_alpha_per_representative_is_s_times_each_intensity_to_the_gamma():
+    from trainers.confusion import representative_alpha
+
+    intensity = torch.tensor([[0.25, 1.0], [0.0, 0.64]])
+    torch.testing.assert_close(representative_alpha(intensity, s=5.0, gamma=0.5),
+                               torch.tensor([[2.5, 5.0], [0.0, 4.0]]))

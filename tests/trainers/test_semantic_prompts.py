@@ -507,7 +507,7 @@ def prep(tiny_clip, tokenizer, tmp_path):
             bank = CaptConfusionBank.from_tensors(torch.arange(8), labels, probs, embeds, PREP_NAMES)
         args = dict(bank_path=None, bank_base_model=None, k_pairs=2, use_sem=True, pseudo_gt=True,
                     confusion_statistics=True, symmetric_statistics=False, prompt_generator="template",
-                    prompt_file=None, prompt_lm=None, mgde_num_clusters=64)
+                    prompt_file=None, prompt_lm=None, mgde_num_clusters=64, confusion_rule="exclude_label")
         args.update(overrides)
         from trainers.methods.capt import prepare_bank_and_prompts
 

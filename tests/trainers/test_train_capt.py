@@ -530,6 +530,12 @@ def test_capt_end_to_end_on_the_embedded_default(tmp_path):
     assert 0 < misclassified < 80  # 16 shots x 5 base classes
     corrected = capt["correction_rate"] * misclassified / 100
     assert corrected == pytest.approx(round(corrected), abs=1e-3) and capt["correction_rate"] > 30.0
+    assert capt["correction_rate_counts"] == [round(corrected), misclassified]  # printed as "64.71 % (11/17)"
+    assert capt["test_correction_rate"] == pytest.approx(100 * capt["test_correction_rate_counts"][0]
+                                                         / capt["test_correction_rate_counts"][1])
+    assert capt["test_break_rate"] == pytest.approx(100 * capt["test_break_rate_counts"][0]
+                                                    / capt["test_break_rate_counts"][1])
+    assert capt["novel_top_confused_pairs"] and zero_shot["novel_top_confused_pairs"]
     assert os.path.exists(tmp_path / "out" / "confusion_heatmap.png")
     reloaded = CaptForImageClassification.from_pretrained(tmp_path / "out" / "model")
     base_names = ["t-shirt", "trouser", "pullover", "dress", "coat"]

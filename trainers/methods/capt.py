@@ -9,9 +9,14 @@ Ablations (paper Tables 5-8) and how each flag is read here:
   MGDE experts. Off: the confusion classes are the base model's most probable wrong classes (no statistics, true
   label), and the semantic experts start from the class-prompt features instead of generated prompts.
 - `--use_sam`: representative confusing samples pass through the adapted encoder and enter the confusion InfoNCE;
-  the adapter weight is the per-sample `alpha = s * c ** gamma`. Off: no extra images; the confusion loss is a
-  cross-entropy of the sample over its own class and its confusion classes' texts, and alpha is `s`.
+  the adapter weight is the per-sample `alpha = s * c ** gamma`. Off: the paper places the Diff-Manner adapters in
+  SAM, so the model has none (`CaptAdapterConfig.use_adapters=False`) and no extra images are used; the confusion loss
+  is a cross-entropy of the sample over its own class and its confusion classes' texts. "SEM only" is then the
+  semantic prompts and MGDE, as the paper's row; `--no_use_sam --no_use_mgde` would train nothing and is refused.
 - `--use_mgde`: the MGDE layer on the pooled feature.
+- `--confusion_rule exclude_label|paper` (Table 7's pseudo-GT rows use `exclude_label`, the default; `paper` is the
+  literal ranking over every class but `g`), `--samples_per_class` (Figure 9), `--alpha_per_representative` (Eq. 13
+  per representative) and `--bank_base_model` (Table 9) are documented at their fields.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from trainers.confusion import (
     confusion_pairs,
     correction_rate,
     kmeans,
+    representative_alpha,
     retrieve_representatives,
     select_confusion_classes,
 )
@@ -53,6 +59,10 @@ logger = logging.getLogger(__name__)
 
 # Above this many bytes the processed training images are not kept in memory (they are re-read when retrieved).
 PIXEL_CACHE_LIMIT_BYTES = 2 * 1024**3
+
+
+#: `--confusion_rule`: this package's reading (own label excluded) or the paper's literal ranking.
+CONFUSION_RULES = ("exclude_label", "paper")
 
 
 @dataclass
@@ -70,7 +80,19 @@ class CaptTrainingConfig:
     confusion_statistics: bool = field(default=True, metadata={"help": "Weight scores by bank statistics (Eq. 7)."})
     symmetric_statistics: bool = field(default=False, metadata={"help": "n_i = M[i,g] + M[g,i]."})
     pseudo_gt: bool = field(default=True, metadata={"help": "Use the base model's prediction as GT for mining."})
+    confusion_rule: str = field(
+        default="exclude_label",
+        metadata={"help": "exclude_label: the own label is never a confusion class (g first when misclassified); "
+                          "paper: the top S_i over every class but g, own label included (duplicate InfoNCE targets "
+                          "masked)."},
+    )
     random_samples: bool = field(default=False, metadata={"help": "Random instead of representative samples."})
+    samples_per_class: int = field(default=1, metadata={"help": "Representative samples per confusion class."})
+    alpha_per_representative: bool = field(
+        default=False,
+        metadata={"help": "Each representative is adapted with its own s * c_i ** gamma (Eq. 13) instead of its "
+                          "sample's s * mean(c) ** gamma."},
+    )
     lambda_confuse: float = field(default=1.0, metadata={"help": "Weight of the confusion InfoNCE loss."})
     load_balance_coef: float = field(default=0.0, metadata={"help": "Weight of MGDE's load-balancing loss."})
     prompt_generator: str = field(
@@ -90,6 +112,10 @@ class CaptTrainingConfig:
             raise ValueError("--prompt_generator lm needs --prompt_lm (a local causal LM)")
         if self.k_pairs < 1:
             raise ValueError(f"--k_pairs must be at least 1, got {self.k_pairs}")
+        if self.confusion_rule not in CONFUSION_RULES:
+            raise ValueError(f"--confusion_rule must be one of {', '.join(CONFUSION_RULES)}, got {self.confusion_rule!r}")
+        if self.samples_per_class < 1:
+            raise ValueError(f"--samples_per_class must be at least 1, got {self.samples_per_class}")
         for flag in ("bank_path", "bank_base_model", "prompt_lm"):
             check_local_path(flag, getattr(self, flag))
         check_local_path("prompt_file", self.prompt_file, always_local=True)
@@ -108,6 +134,7 @@ CaptArguments = flags_from_dataclasses(
 def adapter_config_of(capt_args, mgde_num_clusters: int | None = None) -> CaptAdapterConfig:
     """The CAPT adapter config the flags ask for (MGDE's cluster count is known once the semantic prompts are)."""
     kwargs = config_kwargs(capt_args, CaptAdapterConfig)
+    kwargs["use_adapters"] = bool(capt_args.use_sam)  # the paper's SAM holds the Diff-Manner adapters
     if mgde_num_clusters is not None:
         kwargs["mgde_num_clusters"] = mgde_num_clusters
     return CaptAdapterConfig(**kwargs)
@@ -230,7 +257,8 @@ def prepare_bank_and_prompts(accelerator, capt_args, train_args, zeroshot, train
             logger.info("--prompt_generator %s: the semantic prompts stored with the bank are not used",
                         capt_args.prompt_generator)
         pairs = confusion_pairs(bank, k, pseudo_gt=capt_args.pseudo_gt, use_statistics=capt_args.confusion_statistics,
-                                symmetric=capt_args.symmetric_statistics)
+                                symmetric=capt_args.symmetric_statistics,
+                                exclude_label=capt_args.confusion_rule == "exclude_label")
         named = [(class_names[a], class_names[b]) for a, b in pairs]
         missing = [pair for pair in named if pair not in prompts]
         if missing:
@@ -309,7 +337,8 @@ class CaptStep:
         if args.use_sem:
             classes = select_confusion_classes(probs, bank.confusion_matrix, labels, self.k, pseudo_gt=args.pseudo_gt,
                                                use_statistics=args.confusion_statistics,
-                                               symmetric=args.symmetric_statistics)
+                                               symmetric=args.symmetric_statistics,
+                                               exclude_label=args.confusion_rule == "exclude_label")
         else:
             classes = select_confusion_classes(probs, bank.confusion_matrix, labels, self.k, pseudo_gt=False,
                                                use_statistics=False)
@@ -321,15 +350,25 @@ class CaptStep:
         batch_size = labels.shape[0]
         logs = {}
         if args.use_sam:
+            per_class = args.samples_per_class
             reps, cosine = retrieve_representatives(bank.embeds[rows], classes, bank,
-                                                    random_samples=args.random_samples, generator=self.generator)
-            alpha = adapter_alpha(confusion_intensity(cosine), s=args.alpha_scale, gamma=args.alpha_gamma)
+                                                    random_samples=args.random_samples, generator=self.generator,
+                                                    samples_per_class=per_class)
+            intensity = confusion_intensity(cosine)
+            alpha = adapter_alpha(intensity, s=args.alpha_scale, gamma=args.alpha_gamma)
+            if args.alpha_per_representative:
+                rep_alpha = representative_alpha(intensity, s=args.alpha_scale, gamma=args.alpha_gamma).flatten()
+            else:
+                rep_alpha = alpha.repeat_interleave(reps.shape[1])
             out = self.model(**self._image_inputs(batch, bank.indices[reps.flatten()]),
-                             alpha=torch.cat([alpha, alpha.repeat_interleave(self.k)]))
+                             alpha=torch.cat([alpha, rep_alpha]))
             image = out.image_embeds
-            image_feats = torch.cat([image[:batch_size, None], image[batch_size:].view(batch_size, self.k, -1)], dim=1)
-            text_feats = text[torch.cat([labels[:, None], classes], dim=1)]
-            confuse = confusion_infonce_loss(image_feats, text_feats, logit_scale)
+            image_feats = torch.cat([image[:batch_size, None], image[batch_size:].view(batch_size, reps.shape[1], -1)],
+                                    dim=1)
+            group = torch.cat([labels[:, None], classes.repeat_interleave(per_class, dim=1)], dim=1)
+            # a class repeated in the group (own label under the paper's rule, several samples per class) is masked
+            duplicates = per_class > 1 or args.confusion_rule != "exclude_label"
+            confuse = confusion_infonce_loss(image_feats, text[group], logit_scale, classes=group if duplicates else None)
             logs["train/alpha"] = float(alpha.mean())
         else:
             alpha = torch.full((batch_size,), float(args.alpha_scale), device=labels.device)
@@ -374,18 +413,36 @@ def correction_metrics(model, bank, train_rows, image_processor, accelerator, zs
     loader = accelerator.prepare(make_loader(train_rows.dataset, image_processor, batch_size, False, 0, "train"))
     train_pred = predict(model, loader, accelerator, "correction rate")  # each process predicts its shard
     rows = bank.rows_for(train_pred["indices"]).cpu()
+    bank_preds, bank_labels = bank.preds.cpu()[rows], bank.labels.cpu()[rows]
     result = {
-        "correction_rate": _percent(correction_rate(bank.preds.cpu()[rows], train_pred["preds"], bank.labels.cpu()[rows])),
+        "correction_rate": _percent(correction_rate(bank_preds, train_pred["preds"], bank_labels)),
+        "correction_rate_counts": _correction_counts(bank_preds, train_pred["preds"], bank_labels),
         "bank_misclassified": int(bank.num_misclassified),
     }
     base, new, labels = _aligned(zs_pred, tr_pred)
     result["test_correction_rate"] = _percent(correction_rate(base, new, labels))
+    result["test_correction_rate_counts"] = _correction_counts(base, new, labels)
     result["test_break_rate"] = _percent(break_rate(base, new, labels))
+    result["test_break_rate_counts"] = _break_counts(base, new, labels)
     if zs_novel is not None and tr_novel is not None:
         base, new, labels = _aligned(zs_novel, tr_novel)
         result["novel_test_correction_rate"] = _percent(correction_rate(base, new, labels))
+        result["novel_test_correction_rate_counts"] = _correction_counts(base, new, labels)
         result["novel_test_break_rate"] = _percent(break_rate(base, new, labels))
+        result["novel_test_break_rate_counts"] = _break_counts(base, new, labels)
     return result
+
+
+def _correction_counts(base, new, labels) -> list[int]:
+    """`[corrected, wrong before]`: the correction rate's numerator and denominator."""
+    wrong = base != labels
+    return [int((new[wrong] == labels[wrong]).sum()), int(wrong.sum())]
+
+
+def _break_counts(base, new, labels) -> list[int]:
+    """`[broken, right before]`: the break rate's numerator and denominator."""
+    right = base == labels
+    return [int((new[right] != labels[right]).sum()), int(right.sum())]
 
 
 def _capt_parts(folder: str) -> str:
@@ -395,6 +452,8 @@ def _capt_parts(folder: str) -> str:
             adapter = json.load(handle).get("adapter_config") or {}
     except (OSError, ValueError):
         return " and the MGDE layer"
+    if not adapter.get("use_adapters", True):
+        return " are not used (no SAM); the MGDE layer is trained"
     branches = {"global": " (global branch only)", "local": " (local branch only)"}
     branches = branches.get(adapter.get("adapter_branches"), "")
     return branches + (" and the MGDE layer" if adapter.get("use_mgde", True) else " (no MGDE layer)")
@@ -412,6 +471,9 @@ class CaptMethod(Method):
     def check(self, model_args) -> None:
         from transformers import CLIPConfig
 
+        if not self.args.use_sam and not self.args.use_mgde:
+            raise ValueError("--no_use_sam removes the Diff-Manner adapters and --no_use_mgde the MGDE layer: CAPT would "
+                             "train nothing. Keep one of them.")
         num_layers = CLIPConfig.from_pretrained(model_args.model_name_or_path).vision_config.num_hidden_layers
         adapter_config_of(self.args).select_layers(num_layers)
 
@@ -457,5 +519,8 @@ class CaptMethod(Method):
 
     @classmethod
     def trained_parts(cls, model_folder: str) -> str:
-        return (f"The Diff-Manner adapters{_capt_parts(model_folder)} are trained (CAPT), from a Confusion Bank of "
+        parts = _capt_parts(model_folder)
+        if parts.startswith(" are not used"):
+            return f"The Diff-Manner adapters{parts} (CAPT), from a Confusion Bank of the base model's own mistakes."
+        return (f"The Diff-Manner adapters{parts} are trained (CAPT), from a Confusion Bank of "
                 "the base model's own mistakes.")

@@ -48,7 +48,7 @@ class FakeAccelerator:
 def capt_args(**overrides):
     args = dict(use_sem=True, use_sam=True, pseudo_gt=True, confusion_statistics=True, symmetric_statistics=False,
                 random_samples=False, alpha_scale=5.0, alpha_gamma=0.5, lambda_confuse=0.7, load_balance_coef=0.0,
-                k_pairs=2)
+                k_pairs=2, confusion_rule="exclude_label", samples_per_class=1, alpha_per_representative=False)
     args.update(overrides)
     return SimpleNamespace(**args)
 
@@ -82,7 +82,7 @@ def mined_classes(bank, j, y, args):
 
     if args.use_sem:
         flags = dict(pseudo_gt=args.pseudo_gt, use_statistics=args.confusion_statistics,
-                     symmetric=args.symmetric_statistics)
+                     symmetric=args.symmetric_statistics, exclude_label=args.confusion_rule == "exclude_label")
     else:
         flags = dict(pseudo_gt=False, use_statistics=False)
     return select_confusion_classes(bank.probs[j : j + 1], bank.confusion_matrix, torch.tensor([y]), k=args.k_pairs,
@@ -109,22 +109,43 @@ def loss_by_hand(model, bank, pixels, batch_indices, args):
             reps, cosine = random_reps[position : position + 1], random_cosine[position : position + 1]
         elif args.use_sam:
             reps, cosine = retrieve_representatives(bank.embeds[j : j + 1], own, bank)
+            m = args.samples_per_class
+            if m > 1:  # the m most similar pool members of each class, by brute force
+                rows_of, cos_of = [], []
+                for c in own[0].tolist():
+                    pool = [r for r in range(len(bank)) if bank.labels[r] == c and bank.preds[r] != c] or [
+                        r for r in range(len(bank)) if bank.labels[r] == c]
+                    sims_c = F.normalize(bank.embeds[pool], dim=-1) @ F.normalize(bank.embeds[j], dim=-1)
+                    order = sorted(range(len(pool)), key=lambda i: (-float(sims_c[i]), i))[:m]
+                    order = [order[i % len(order)] for i in range(m)]
+                    rows_of += [pool[i] for i in order]
+                    cos_of += [float(sims_c[i]) for i in order]
+                reps, cosine = torch.tensor([rows_of]), torch.tensor([cos_of])
         if args.use_sam:
             alpha = args.alpha_scale * cosine.clamp_min(0).mean() ** args.alpha_gamma
         else:
             alpha = torch.tensor(float(args.alpha_scale))
         alphas.append(float(alpha))
 
-        def embed(index):
-            out = model(pixel_values=pixels[index : index + 1], alpha=alpha.view(1))
+        def embed(index, weight=alpha):
+            out = model(pixel_values=pixels[index : index + 1], alpha=torch.as_tensor(weight).view(1))
             return out.image_embeds[0]
 
         texts = text[torch.cat([torch.tensor([y]), own[0]])]  # (k + 1, P)
         if args.use_sam:
-            image = torch.stack([embed(j)] + [embed(int(bank.indices[r])) for r in reps[0]])  # (k + 1, P)
+            m = reps.shape[1] // max(own.shape[1], 1)
+            group = [y] + [c for c in own[0].tolist() for _ in range(m)]
+            rep_alphas = (args.alpha_scale * cosine[0].clamp_min(0) ** args.alpha_gamma
+                          if args.alpha_per_representative else [alpha] * reps.shape[1])
+            image = torch.stack([embed(j)] + [embed(int(bank.indices[r]), a) for r, a in zip(reps[0], rep_alphas)])
+            texts = text[torch.tensor(group)]
             sims = scale * image @ texts.T  # (L, L): image i vs text i'
-            targets = torch.arange(k + 1)
-            confuse_terms.append(F.cross_entropy(sims, targets) + F.cross_entropy(sims.T, targets))
+            terms = []
+            for matrix in (sims, sims.T):  # a repeated class is neither target nor negative of its twin
+                for i in range(len(group)):
+                    keep = [jj for jj in range(len(group)) if jj == i or group[jj] != group[i]]
+                    terms.append(-F.log_softmax(matrix[i, keep], -1)[keep.index(i)])
+            confuse_terms.append(torch.stack(terms[: len(group)]).mean() + torch.stack(terms[len(group):]).mean())
         else:  # no representatives: the sample against its own and its confusion classes' texts
             image = embed(j)[None]
             confuse_terms.append(F.cross_entropy(scale * image @ texts.T, torch.tensor([0])))
@@ -200,6 +221,51 @@ VARIANTS = {
     "random_samples": ({"random_samples": True}, set()),
     "no_sam": ({"use_sam": False}, set()),
 }
+
+#: Options that keep the default's mining but change the loss in another way.
+LOSS_VARIANTS = {
+    # k = 1: the mean is the one intensity; gamma = 2 spreads the representatives' alphas
+    "alpha_per_representative": {"alpha_per_representative": True, "k_pairs": 2, "alpha_gamma": 2.0},
+    "samples_per_class_2": {"samples_per_class": 2, "k_pairs": 1},
+}
+
+
+@pytest.mark.parametrize("variant", list(LOSS_VARIANTS))
+def test_capt_step_per_representative_alpha_and_several_samples_per_class(setup, variant):
+    """Eq. 13 read per representative, and Figure 9's several representatives per class (duplicate text targets
+    masked), each match the hand computation and change the loss."""
+    model, setup_bank, rows = setup
+    bank = designed_bank(setup_bank.class_names, setup_bank.embeds + 0.5)
+    batch_indices = torch.tensor([0, 3, 7, 10])
+    overrides = LOSS_VARIANTS[variant]
+    expected = check_step(model, bank, rows, capt_args(**overrides), batch_indices)
+    with torch.no_grad():
+        others = {key: value for key, value in overrides.items() if key not in ("alpha_per_representative",
+                                                                                  "samples_per_class")}
+        baseline = loss_by_hand(model, bank, rows.pixels, batch_indices, capt_args(**others))[0]
+    assert abs(float(expected - baseline)) > 5e-4  # well above the 1e-4 to which the step matches the hand loss
+
+
+def test_capt_step_paper_rule_may_pick_the_own_label(setup):
+    """The paper's literal pseudo-GT rule ranks S over every class but g: row 7 (y = 2, predicted 3) gets its own
+    label with k = 2, and the InfoNCE masks the duplicate text target."""
+    model, setup_bank, rows = setup
+    bank = designed_bank(setup_bank.class_names, setup_bank.embeds + 0.5)
+    args = capt_args(k_pairs=2, confusion_rule="paper")
+    assert mined_classes(bank, 7, 2, args)[0].tolist() == [2, 1]  # S = [.1, .22, .56, -]: the own label first
+    assert mined_classes(bank, 7, 2, capt_args(k_pairs=2))[0].tolist() == [3, 1]
+    check_step(model, bank, rows, args, torch.tensor([0, 3, 7, 10]))
+
+
+def test_no_sam_builds_no_adapters_and_nothing_to_train_is_refused(tiny_clip_dir):
+    """The paper places the Diff-Manner adapters in SAM: without SAM the model has none ("SEM only" = prompts + MGDE)."""
+    from trainers.methods.capt import CaptArguments, CaptMethod, adapter_config_of
+
+    no_sam = CaptArguments(use_sam=False)
+    assert adapter_config_of(no_sam).use_adapters is False and adapter_config_of(CaptArguments()).use_adapters
+    method = CaptMethod(CaptArguments(use_sam=False, use_mgde=False))
+    with pytest.raises(ValueError, match="train nothing"):
+        method.check(SimpleNamespace(model_name_or_path=tiny_clip_dir))
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
