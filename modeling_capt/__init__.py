@@ -25,7 +25,7 @@ from .modeling_prompt_clip import (
     load_image_processor,
     replace_context_tokens,
 )
-from .configuration_visprompt import VisPromptConfig, VisPromptGuidanceConfig
+from .configuration_visprompt import VisPromptConfig, VisPromptContextConfig, VisPromptGuidanceConfig
 from .modeling_visprompt import (
     VisPromptForImageClassification,
     VisPromptForZeroShotImageClassification,
@@ -54,6 +54,7 @@ __all__ = [
     "PromptCLIPPreTrainedModel",
     "PromptContextConfig",
     "VisPromptConfig",
+    "VisPromptContextConfig",
     "VisPromptForImageClassification",
     "VisPromptForZeroShotImageClassification",
     "VisPromptGuidanceConfig",

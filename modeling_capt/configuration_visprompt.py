@@ -12,7 +12,7 @@ from typing import Any
 
 from transformers import CLIPConfig
 
-from .configuration_prompt_clip import DEFAULT_TEMPLATE, PromptCLIPConfig
+from .configuration_prompt_clip import DEFAULT_TEMPLATE, PromptCLIPConfig, PromptContextConfig
 
 
 #: What the context attends to: every final vision token, or the pooled image feature only.
@@ -21,6 +21,23 @@ IMAGE_TOKENS = ("tokens", "global")
 FILM_MODES = ("tokenwise", "global")
 #: How the modulated context enters: `C + g (C_bar - C)` (interp) or `C + g C_bar` (add).
 FILM_UPDATES = ("interp", "add")
+
+
+@dataclass
+class VisPromptContextConfig(PromptContextConfig):
+    """[`PromptContextConfig`] with VisPrompt's defaults: M = 16 context tokens drawn from N(0, 0.02).
+
+    Args:
+        n_ctx (`int`, *optional*, defaults to 16):
+            Number of learnable context tokens.
+        ctx_init (`str`, *optional*):
+            Words initialising the context; `None` (default) draws it from N(0, 0.02).
+    """
+
+    n_ctx: int = field(default=16, metadata={"help": "Number of learnable context tokens (the paper's M = 16)."})
+    ctx_init: str | None = field(
+        default=None, metadata={"help": "Words initialising the context; None (default) draws it from N(0, 0.02)."}
+    )
 
 
 @dataclass
@@ -187,4 +204,4 @@ class VisPromptConfig(PromptCLIPConfig):
         return VisPromptGuidanceConfig.from_dict(self.guidance_config)
 
 
-__all__ = ["FILM_MODES", "FILM_UPDATES", "IMAGE_TOKENS", "VisPromptConfig", "VisPromptGuidanceConfig"]
+__all__ = ["FILM_MODES", "FILM_UPDATES", "IMAGE_TOKENS", "VisPromptConfig", "VisPromptContextConfig", "VisPromptGuidanceConfig"]
