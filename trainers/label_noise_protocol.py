@@ -14,7 +14,7 @@ One trainer run (`trainers/train_capt.py`, in this process) per data source, met
 - `nlprompt`: NLPrompt, VisPrompt with image guidance off and MAE on the noisy samples (16 random context tokens);
 - `visprompt`: VisPrompt.
 
-Noise rate 0 is one run per method and seed (the same for every noise type). On `--embedded` the runner uses the
+`--table_only` tabulates the finished runs without running the others. Noise rate 0 is one run per method and seed (the same for every noise type). On `--embedded` the runner uses the
 embedded default; with `--data_dir` the VisPrompt datasets that exist there (`--datasets` to choose). Resumable: a run
 whose JSON exists is not run again. Writes, under `--output_dir RUNS`:
 
@@ -69,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     parser.add_argument("--shots", type=int, default=16)
     parser.add_argument("--output_dir", default="runs")
+    parser.add_argument("--table_only", action="store_true", help="Tabulate the finished runs; run nothing.")
     return parser
 
 
@@ -225,7 +226,10 @@ def run_label_noise(argv: list[str]) -> dict:
     else:
         trainer_args = []
     args = build_parser().parse_args(argv)
-    records = [execute(run) for run in plan(args, trainer_args)]
+    runs = plan(args, trainer_args)
+    if args.table_only:
+        runs = [run for run in runs if os.path.isfile(run["json"])]
+    records = [execute(run) for run in runs]
     table, curves = tables(records, args)
     root = os.path.join(args.output_dir, "label_noise")
     os.makedirs(root, exist_ok=True)

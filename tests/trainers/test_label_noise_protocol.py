@@ -41,6 +41,9 @@ def test_grid_tables_plot_and_resume(tmp_path, monkeypatch):
     assert {"accuracy", "argv", "rate", "noise_type"} <= set(record)
     run_protocol.main(argv)  # every run is finished: nothing runs again
     assert len(fake_main.calls) == 24
+    partial = run_protocol.main(argv[:argv.index("--output_dir")] + ["--seeds", "3", "--table_only", "--output_dir",
+                                                                      str(tmp_path)])
+    assert len(fake_main.calls) == 24 and partial["records"] == []
 
 
 def test_bad_grid_settings_fail_before_any_run(tmp_path):
