@@ -139,11 +139,13 @@ def execute(run: dict) -> dict:
     return record
 
 
-def _mean_std(values: list[float]) -> str:
+def _mean_std(values: list[float], expected: int) -> str:
+    """`mean ± population std`, with the number of seeds when it is fewer than the table's."""
     if not values:
         return "–"
     std = statistics.pstdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.2f} ± {std:.2f}"
+    partial = f" ({len(values)} of {expected} seeds)" if len(values) < expected else ""
+    return f"{statistics.mean(values):.2f} ± {std:.2f}{partial}"
 
 
 def tables(records: list[dict], args) -> tuple[str, dict]:
@@ -164,12 +166,12 @@ def tables(records: list[dict], args) -> tuple[str, dict]:
                                  and x["rate"] == r]
             clean = pick("none", 0.0)
             if 0.0 in args.noise_rates:
-                cells.append(_mean_std(clean))
+                cells.append(_mean_std(clean, len(seeds)))
             for t in types:
                 points = [(0.0, statistics.mean(clean))] if clean else []
                 for r in rates:
                     values = pick(t, r)
-                    cells.append(_mean_std(values))
+                    cells.append(_mean_std(values, len(seeds)))
                     if values:
                         points.append((r, statistics.mean(values)))
                 curves.setdefault(data, {}).setdefault(_type_key(t), {})[method] = points
