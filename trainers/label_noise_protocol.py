@@ -120,14 +120,18 @@ def plan(args, trainer_args: list[str]) -> list[dict]:
 
 
 def execute(run: dict) -> dict:
+    from accelerate.state import AcceleratorState, GradientState
+
     from trainers import train_capt
-    from trainers.run_protocol import reset_accelerate_state
 
     if os.path.isfile(run["json"]):
         with open(run["json"], encoding="utf-8") as handle:
             return json.load(handle)
     summary = train_capt.main(run["argv"])
-    reset_accelerate_state()
+    # the next in-process run builds its own Accelerator (as run_protocol.reset_accelerate_state does; importing it
+    # here would make the two modules import each other)
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
     entry = summary[summary["method"]]
     record = {key: run[key] for key in ("data", "method", "seed", "noise_type", "rate")}
     record.update(accuracy=entry["accuracy"], argv=run["argv"], wall_time_s=summary["wall_time_s"],
