@@ -16,6 +16,7 @@ setup(
     package_data={
         "hub_cards": ["*.md"],
         "embedded": ["capt-tiny-fashion/*", "fashion-subset/*"],
+        "dataset_scripts": ["noise_maps/*.json"],
     },
     zip_safe=False,  # the embedded model and data are read as files from disk
     install_requires=[
@@ -35,6 +36,7 @@ setup(
         "tqdm",
         "scipy",  # Stanford Cars and Flowers102 annotations (.mat)
         "numpy",
+        "POT",  # VisPrompt's optimal-transport pass (trainers/ only; the modeling files never import it)
     ],
     # setuptools: tests/test_packaging.py builds and installs the package without build isolation
     extras_require={"test": ["pytest>=8", "setuptools>=70.1"]},

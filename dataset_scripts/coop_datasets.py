@@ -403,6 +403,25 @@ CALTECH_IGNORED_FOLDERS = ("BACKGROUND_Google", "Faces_easy")
 CALTECH_RENAMED_FOLDERS = {"airplanes": "airplane", "Faces": "face", "Leopards": "leopard", "Motorbikes": "motorbike"}
 
 
+#: Benchmarks outside the CoOp protocols (not in `list_datasets`, so no CoOp table includes them), readable by name:
+#: Food-101N, the real-noise set of the label-noise protocol (`trainers/label_noise_protocol.py`).
+_EXTRA_REGISTRY: dict[str, DatasetInfo] = {
+    "food101n": DatasetInfo(
+        name="food101n",
+        display_name="Food101N",
+        folder="Food-101N_release",
+        template="a photo of {}, a type of food.",
+        num_classes=101,
+        image_dir="images",
+        layout="food101n",
+        generated_split=(f"Food-101N images (meta/imagelist.tsv, else the class folders) with their noisy labels, "
+                         f"{TRAINVAL_VAL_FRACTION:.0%} per class held out as val by random.Random({SPLIT_SEED}); "
+                         "Food-101's test split as test"),
+        homepage="https://kuanghuei.github.io/Food-101N/",
+    ),
+}
+
+
 def list_datasets() -> list[str]:
     """Registry keys of the 15 benchmarks, in the order of the papers' tables."""
     return list(_REGISTRY)
@@ -416,8 +435,10 @@ def get_dataset_info(name: str) -> DatasetInfo:
     """The :class:`DatasetInfo` of a benchmark, by registry key (CoOp's class name is accepted too)."""
     if name in _REGISTRY:
         return _REGISTRY[name]
+    if name in _EXTRA_REGISTRY:
+        return _EXTRA_REGISTRY[name]
     wanted = _normalise_name(name)
-    for info in _REGISTRY.values():
+    for info in [*_REGISTRY.values(), *_EXTRA_REGISTRY.values()]:
         if wanted in (_normalise_name(info.name), _normalise_name(info.display_name)):
             return info
     raise KeyError(f"Unknown CoOp benchmark {name!r}; known: {', '.join(_REGISTRY)}")
@@ -1007,9 +1028,45 @@ def imagenet_subset_indices(name: str, data_dir: str | os.PathLike) -> list[int]
     return [index_of[wnid] for wnid in _imagenet_subset_wnids(info, image_root, classnames_by_wnid)]
 
 
+def _read_food101n(info: DatasetInfo, dataset_dir: str) -> _RawSplits:
+    """Food-101N (VisPrompt's real-noise set): its web images with their noisy folder labels as train (and a held-out
+    val, CoOp's ``split_trainval``), Food-101's test split as test (``$DATA/food-101``, read as ``food101``), labels in
+    Food-101N's class order matched by name. The images come from ``meta/imagelist.tsv`` when present (its header
+    line skipped), else from the class folders."""
+    image_root = _require_dir(info, os.path.join(dataset_dir, info.image_dir), "image folder")
+    folders = _list_subfolders(image_root)
+    if not folders:
+        raise EmptyClassError(f"{_where(info)}: no class folders in {image_root}.")
+    label_of = {folder: label for label, folder in enumerate(folders)}
+    image_list = os.path.join(dataset_dir, "meta", "imagelist.tsv")
+    items = []
+    if os.path.isfile(image_list):
+        with open(image_list, encoding="utf-8") as handle:
+            entries = [line.strip() for line in handle if "/" in line and not line.startswith("class_name/")]
+        for entry in entries:
+            folder = entry.split("/", 1)[0]
+            if folder not in label_of:
+                raise SplitFileError(f"{_where(info)}: {image_list} lists {entry!r}, of no class folder.")
+            items.append((os.path.join(image_root, entry), label_of[folder]))
+    else:
+        for folder, label in label_of.items():
+            items += [(os.path.join(image_root, folder, name), label)
+                      for name in _list_images(os.path.join(image_root, folder))]
+    train, val = _split_train_val(items, TRAINVAL_VAL_FRACTION, random.Random(SPLIT_SEED), info, folders)
+    food101 = _REGISTRY["food101"]
+    test_raw = _read_class_folders(food101, food101.dataset_dir(os.path.dirname(dataset_dir)))
+    missing = sorted(set(test_raw.classnames) - set(folders))
+    if missing:
+        raise SplitFileError(f"{_where(info)}: Food-101 classes {missing[:5]} have no Food-101N class folder.")
+    test = [(path, label_of[test_raw.classnames[label]]) for path, label in test_raw.splits["test"]]
+    return _RawSplits(folders, {"train": train, "val": val, "test": test},
+                      provenance=f"{info.generated_split}; Food-101 test from {test_raw.provenance}")
+
+
 _READERS: dict[str, Callable[[DatasetInfo, str], _RawSplits]] = {
     "split_zhou": _read_split_zhou,
     "class_folders": _read_class_folders,
+    "food101n": _read_food101n,
     "oxford_pets": _read_oxford_pets,
     "stanford_cars": _read_stanford_cars,
     "oxford_flowers": _read_oxford_flowers,

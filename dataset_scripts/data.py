@@ -22,7 +22,11 @@ from datasets import ClassLabel, DatasetDict
 from PIL import Image
 
 from dataset_scripts.coop_datasets import get_dataset_info, list_datasets
+from dataset_scripts.data_fingerprint import training_set_fingerprint
 from dataset_scripts.fewshot import few_shot_indices, label_array, subsample_classes
+from dataset_scripts.label_noise import (
+    check_noise_options, inject_label_noise, noise_record, noise_seed, read_noisy_labels,
+)
 from dataset_scripts.paths import EMBEDDED_DATA
 
 
@@ -51,6 +55,23 @@ class DataArguments:
         default=None, metadata={"help": "Cap the test split, before its base/novel split (for quick runs)."}
     )
     fewshot_cache_dir: str | None = field(default=None, metadata={"help": "Where few-shot indices are cached (JSON)."})
+    noise_rate: float = field(
+        default=0.0, metadata={"help": "Label noise: share of training labels corrupted, exactly int(r N), in [0, 1)."}
+    )
+    noise_type: str = field(
+        default="sym",
+        metadata={"help": "sym (another class, uniformly), asym (y -> y + 1 mod K), or a JSON map class -> class(es) "
+                          "(inline or a file; the embedded default's semantic map: "
+                          "dataset_scripts/noise_maps/fashion_subset_asym.json)."},
+    )
+    noise_per_class: int = field(
+        default=0, metadata={"help": "Per-class label noise (PTNL): m samples of every class are other classes' "
+                                     "images relabelled (instead of --noise_rate)."}
+    )
+    noisy_labels_file: str | None = field(
+        default=None, metadata={"help": "Reuse the noisy labels a run saved (noisy_labels.json); refused for another "
+                                        "training set."}
+    )
 
     def __post_init__(self):
         if self.subsample_classes not in ("base", "all"):
@@ -59,6 +80,8 @@ class DataArguments:
             raise ValueError(f"--max_eval_samples must be at least 1 (or left out for the whole test split), "
                              f"got {self.max_eval_samples}")
         check_local_path("dataset_name", self.dataset_name)
+        check_noise_options(self.noise_rate, self.noise_type, self.noise_per_class)
+        check_local_path("noisy_labels_file", self.noisy_labels_file, always_local=True)
         sources = [bool(self.dataset_name), bool(self.dataset), bool(self.train_dir or self.test_dir)]
         if sum(sources) > 1:
             raise ValueError("Give one data source: --dataset_name, --dataset/--data_dir, or --train_dir/--test_dir")
@@ -250,7 +273,9 @@ def prepare_splits(data_args, seed: int) -> dict:
     """Load, check, few-shot sample and split the data.
 
     Returns a dict with `train` (few-shot, base classes when `subsample_classes="base"`), `test` (same classes),
-    optionally `test_novel`, and the class names of each (`train_names`, `novel_names`, `all_names`).
+    optionally `test_novel`, and the class names of each (`train_names`, `novel_names`, `all_names`). With label
+    noise (`apply_label_noise`) `train` carries the noisy labels and `label_noise` the record to save with the run
+    (true labels included).
     """
     raw = load_source(data_args)
     names = check_dataset(raw["train"], data_args.image_column, data_args.label_column, "train")
@@ -289,7 +314,36 @@ def prepare_splits(data_args, seed: int) -> dict:
         result["test_novel"] = novel["test"]
         result["novel_names"] = prompt_class_names(novel["test"].features["label"].names)
     result.update(train=train, test=test, train_names=prompt_class_names(train.features["label"].names))
+    apply_label_noise(result, data_args, seed)
     return result
+
+
+def apply_label_noise(splits: dict, data_args, seed: int) -> None:
+    """Corrupt the training labels of `splits` in place, per `--noise_rate` / `--noise_per_class` / `--noise_type`
+    (or load them from `--noisy_labels_file`), and keep the record (`splits["label_noise"]`) the trainer saves."""
+    # callers that build their own namespace of data options (evaluation, tests) may have no noise options
+    if not any(getattr(data_args, name, None) for name in ("noise_rate", "noise_per_class", "noisy_labels_file")):
+        return
+    train = splits["train"]
+    true_labels = np.asarray(train["label"], dtype=np.int64)
+    fingerprint = training_set_fingerprint(train)
+    if data_args.noisy_labels_file:
+        record = read_noisy_labels(data_args.noisy_labels_file, fingerprint)
+        noisy = np.asarray(record["labels"], dtype=np.int64)
+    else:
+        amount = data_args.noise_per_class or data_args.noise_rate
+        settings = {"noise_rate": data_args.noise_rate, "noise_type": data_args.noise_type,
+                    "noise_per_class": data_args.noise_per_class, "seed": seed, "shots": data_args.shots,
+                    "dataset": fewshot_cache_key(data_args)}
+        generator_seed = noise_seed(seed, settings["dataset"], data_args.shots, amount,
+                                    "per_class" if data_args.noise_per_class else data_args.noise_type)
+        noisy = inject_label_noise(true_labels, train.features["label"].names, data_args.noise_rate,
+                                   data_args.noise_type, data_args.noise_per_class, seed=generator_seed)
+        record = noise_record(true_labels, noisy, fingerprint, **settings)
+    feature = train.features["label"]
+    splits["train"] = train.remove_columns("label").add_column("label", noisy.tolist(), feature=feature)
+    splits["label_noise"] = record
+    logger.info("label noise: %d of %d training labels corrupted", record["num_flipped"], len(noisy))
 
 
 def class_counts(dataset) -> np.ndarray:

@@ -1,7 +1,7 @@
 """capt: prompt-learning CLIP models (zero-shot CLIP, CoOp, CAPT), native to the Hugging Face stack.
 
 `PromptCLIP*` is the shared frozen-CLIP prompt model (zero-shot CLIP and CoOp); `Capt*` adds CAPT's Diff-Manner
-adapters and MGDE on top of it.
+adapters and MGDE on top of it; `VisPrompt*` conditions the context on each image.
 """
 
 from .auto import checkpoint_class, is_package_checkpoint, load_pretrained
@@ -25,6 +25,15 @@ from .modeling_prompt_clip import (
     load_image_processor,
     replace_context_tokens,
 )
+from .configuration_visprompt import VisPromptConfig, VisPromptContextConfig, VisPromptGuidanceConfig
+from .modeling_visprompt import (
+    VisPromptForImageClassification,
+    VisPromptForZeroShotImageClassification,
+    VisPromptImageClassifierOutput,
+    VisPromptImageGuidance,
+    VisPromptModel,
+    VisPromptPreTrainedModel,
+)
 
 __all__ = [
     "DEFAULT_TEMPLATE",
@@ -44,6 +53,15 @@ __all__ = [
     "PromptCLIPModel",
     "PromptCLIPPreTrainedModel",
     "PromptContextConfig",
+    "VisPromptConfig",
+    "VisPromptContextConfig",
+    "VisPromptForImageClassification",
+    "VisPromptForZeroShotImageClassification",
+    "VisPromptGuidanceConfig",
+    "VisPromptImageClassifierOutput",
+    "VisPromptImageGuidance",
+    "VisPromptModel",
+    "VisPromptPreTrainedModel",
     "check_template",
     "checkpoint_class",
     "is_package_checkpoint",

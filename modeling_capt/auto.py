@@ -19,14 +19,20 @@ from .modeling_prompt_clip import (
     PromptCLIPModel,
     PromptCLIPPreTrainedModel,
 )
+from .modeling_visprompt import (
+    VisPromptForImageClassification,
+    VisPromptForZeroShotImageClassification,
+    VisPromptModel,
+)
 
 
 #: The model types of this package's configs.
-MODEL_TYPES = ("prompt_clip", "capt")
+MODEL_TYPES = ("prompt_clip", "capt", "visprompt")
 
 _CLASSES = {cls.__name__: cls for cls in (
     PromptCLIPModel, PromptCLIPForImageClassification, PromptCLIPForZeroShotImageClassification,
     CaptModel, CaptForImageClassification, CaptForZeroShotImageClassification,
+    VisPromptModel, VisPromptForImageClassification, VisPromptForZeroShotImageClassification,
 )}
 
 
@@ -45,8 +51,8 @@ def checkpoint_class(pretrained_model_name_or_path, **kwargs) -> type[PromptCLIP
                          f"of this package ({' / '.join(MODEL_TYPES)})")
     names = config.get("architectures") or []
     if not names or names[0] not in _CLASSES:
-        default = CaptForImageClassification if config["model_type"] == "capt" else PromptCLIPForImageClassification
-        return default
+        defaults = {"capt": CaptForImageClassification, "visprompt": VisPromptForImageClassification}
+        return defaults.get(config["model_type"], PromptCLIPForImageClassification)
     return _CLASSES[names[0]]
 
 

@@ -105,6 +105,7 @@ def train_model(model, method, run, settings=None, resume=None):
     global_step = start_epoch * len(train_loader)
     for epoch in range(start_epoch, train_args.num_train_epochs):
         model.train()
+        method.begin_epoch(epoch)
         bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{train_args.num_train_epochs}",
                    disable=not accelerator.is_local_main_process, leave=False)
         running = 0.0

@@ -8,6 +8,7 @@
     python trainers/run_protocol.py --protocol cross_dataset --data_dir $DATA --output_dir runs -- ...
     python trainers/run_protocol.py --protocol domain_generalization --data_dir $DATA --output_dir runs -- ...
     python trainers/run_protocol.py --protocol base2novel --embedded --seeds 1 2 3 --output_dir runs
+    python trainers/run_protocol.py --protocol label_noise --embedded --output_dir runs   # trainers/label_noise_protocol.py
 
 Protocols (`PROTOCOL.md`):
 
@@ -624,7 +625,15 @@ def run_protocol(argv: list[str] | None = None) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    result = run_protocol(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    runner_argv = argv[: argv.index("--")] if "--" in argv else argv
+    if any(a == "--protocol=label_noise" or (a == "--protocol" and runner_argv[i + 1:i + 2] == ["label_noise"])
+           for i, a in enumerate(runner_argv)):  # its own grid of methods and noise settings
+        from trainers.label_noise_protocol import run_label_noise
+
+        result = run_label_noise(argv)
+    else:
+        result = run_protocol(argv)
     print(result["table"])
     return result
 

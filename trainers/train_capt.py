@@ -46,6 +46,8 @@ from trainers.output_lock import output_dir_lock  # noqa: E402
 
 logger = logging.getLogger("capt")
 
+#: Where a run with label noise saves its noisy (and true) training labels (`--noisy_labels_file` reads it back).
+NOISY_LABELS_FILE = "noisy_labels.json"
 #: The model class of the frozen zero-shot CLIP every run evaluates first.
 ZERO_SHOT_MODEL = PromptCLIPForImageClassification
 
@@ -144,6 +146,8 @@ def run_and_save(method, model_args, data_args, train_args, settings, resume, ac
     # ---------------------------------------------------------------- data and the frozen zero-shot model
     run = load_run(method, model_args, data_args, train_args, accelerator)
     splits, train_names = run.splits, run.train_names
+    if "label_noise" in splits and accelerator.is_main_process:  # the noisy labels travel with the run
+        write_json_atomic(os.path.join(train_args.output_dir, NOISY_LABELS_FILE), splits["label_noise"])
 
     eval_bs = train_args.per_device_eval_batch_size
     loaders = {
@@ -173,6 +177,8 @@ def run_and_save(method, model_args, data_args, train_args, settings, resume, ac
         "subsample_classes": data_args.subsample_classes,
         "template": run.template,
         "num_train_images": len(splits["train"]),
+        **({"label_noise": {k: v for k, v in splits["label_noise"].items() if k not in ("labels", "true_labels")}}
+           if "label_noise" in splits else {}),
         "num_processes": accelerator.num_processes,
     }
     for name in dict.fromkeys(["zeroshot", method.name]):

@@ -57,6 +57,11 @@ def run_benchmark(script, *args):
                      marks=pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"),
                                               reason="CPU memory is read through /proc/self/clear_refs (Linux; not "
                                                      "in every sandbox, e.g. gVisor)")),
+        pytest.param("bench_visprompt.py", ["--repeats", "1", "--batch_size", "2", "--num_classes", "3",
+                                            "--memory_classes", "40", "--memory_batch_size", "2"],
+                     "visprompt_peak_memory_gb",
+                     marks=pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"),
+                                              reason="CPU memory is read through /proc/self/clear_refs")),
     ],
 )
 def test_benchmark_scripts_print_their_ratio(script, args, last):

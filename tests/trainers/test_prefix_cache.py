@@ -37,7 +37,7 @@ def _capt_model(tiny_clip, tokenizer, image_processor, layers=(1,)):
 
 
 # --------------------------------------------------------------------------------------------------- training
-@pytest.mark.parametrize("method", ["capt", "coop"])
+@pytest.mark.parametrize("method", ["capt", "coop", "visprompt"])  # visprompt: every final token cached
 def test_training_is_identical_with_and_without_the_cache(tmp_path, tiny_clip_dir, method):
     paths = write_image_dataset(tmp_path / "data")
     common = [
@@ -454,3 +454,18 @@ def test_text_prefix_cache_holds_the_class_prompts_entering_the_first_hooked_tex
     model.set_class_names(["zebra", "car"], tokenizer=tokenizer)
     with pytest.raises(ValueError, match="rebuild"):
         cache.model_inputs(model)
+
+
+def test_visprompt_caches_every_final_token(tiny_clip, tokenizer, image_processor, train_rows):
+    from modeling_capt import VisPromptForImageClassification
+
+    model = VisPromptForImageClassification.from_clip(tiny_clip, CLASS_NAMES, tokenizer=tokenizer,
+                                                      image_processor=image_processor, n_ctx=4).eval()
+    cache = FrozenPrefixCache.build(model, train_rows, image_processor, mode="memory")
+    vision = model.config.clip_config.vision_config
+    tokens = (vision.image_size // vision.patch_size) ** 2 + 1
+    assert cache.fetch(torch.tensor([0, 1])).shape == (2, tokens, vision.hidden_size)
+    pixel_values = IndexedImageDataset(train_rows, "train").pixel_values([0, 1], image_processor)
+    with torch.no_grad():
+        torch.testing.assert_close(model(**cache.model_inputs(torch.tensor([0, 1]))).logits,
+                                   model(pixel_values=pixel_values).logits, rtol=0, atol=1e-5)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from trainers.methods.base import Method, RunContext
 from trainers.methods.capt import CaptMethod
 from trainers.methods.coop import CoOpMethod
+from trainers.methods.visprompt import VisPromptMethod
 from trainers.methods.zeroshot import ZeroShotMethod
 
 
@@ -16,6 +17,7 @@ METHODS: dict[str, type[Method]] = {
     "zeroshot": ZeroShotMethod,
     "coop": CoOpMethod,
     "capt": CaptMethod,
+    "visprompt": VisPromptMethod,
 }
 
 

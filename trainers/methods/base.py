@@ -11,6 +11,7 @@ let the method prepare what it needs, build its model, train it with the shared 
   bank, then build the Confusion Bank and the semantic prompts);
 - `build_model`: the model to train, around the run's frozen CLIP;
 - `begin_training` / `training_step`: one training step's loss and logs, on the `accelerator.prepare`d model;
+- `begin_epoch`: work at the start of each epoch, before its first step (VisPrompt: the OT clean/noisy split);
 - `generators`: the private random generators a checkpoint must restore;
 - `extra_metrics`: what `metrics.json` holds besides accuracy.
 
@@ -110,6 +111,11 @@ class Method:
         if self.prefix_cache is not None:
             return self.prefix_cache.model_inputs(batch["indices"], batch["labels"].device)
         return {"pixel_values": batch["pixel_values"]}
+
+    def begin_epoch(self, epoch: int) -> None:
+        """Called by the loop at the start of each epoch (0-based `epoch`, also the first one after a resume), before
+        its first step; nothing by default. It must not draw from the global random generators: a resumed run
+        would then differ from an uninterrupted one."""
 
     def training_step(self, batch) -> tuple[torch.Tensor, dict]:
         """The loss to back-propagate and the logs of one training batch."""

@@ -1,0 +1,50 @@
+"""VisPrompt's training method on a tiny CLIP: flags, the per-epoch OT pass, its logs, and bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from conftest import small_run_args
+from trainers.args import parse_args
+from trainers.methods.visprompt import VisPromptTrainingConfig
+from trainers.train_capt import main
+
+
+@pytest.mark.parametrize("bad", [{"ot_scope": "epoch"}, {"noisy_loss": "l2"}, {"combine": "mix"}, {"gce_q": 0},
+                                 {"ot_reg": 0.0}, {"curriculum_start": 0.0}])
+def test_training_config_refuses_bad_values(bad):
+    with pytest.raises(ValueError):
+        VisPromptTrainingConfig(**bad)
+
+
+def test_flags_come_from_the_config_dataclasses(tmp_path, tiny_clip_dir):
+    argv = small_run_args(tmp_path, tiny_clip_dir) + ["--method", "visprompt", "--film_mode", "global",
+                                                      "--noisy_loss", "mae", "--image_guidance", "false"]
+    _, data_args, method_args, _ = parse_args(argv)
+    assert method_args.n_ctx == 16 and method_args.ctx_init is None
+    assert method_args.film_mode == "global" and method_args.noisy_loss == "mae" and not method_args.image_guidance
+    with pytest.raises(ValueError):
+        parse_args(argv + ["--film_update", "mul"])
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        parse_args(argv + ["--noise_rate", "1.0"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("extra", [[], ["--curriculum", "true", "--combine", "weighted", "--image_tokens", "global"]])
+def test_a_noisy_run_logs_the_ot_split_and_saves_the_noisy_labels(tmp_path, tiny_clip_dir, extra):
+    out = tmp_path / "out"
+    argv = small_run_args(tmp_path, tiny_clip_dir) + [
+        "--method", "visprompt", "--n_ctx", "4", "--subsample_classes", "all", "--noise_rate", "0.5",
+        "--output_dir", str(out), "--save_every_epochs", "0"] + extra
+    summary = main(argv)
+    history = summary["visprompt"]["ot_history"]
+    assert [entry["epoch"] for entry in history] == [1, 2]
+    for entry in history:
+        assert 0 <= entry["clean_precision"] <= 100 and 0 <= entry["clean_recall"] <= 100
+        assert 0 < entry["gate_clean"] < 1
+    saved = json.loads((out / "noisy_labels.json").read_text())
+    assert saved["num_flipped"] == int(0.5 * len(saved["labels"])) == summary["label_noise"]["num_flipped"]
+    assert os.path.isdir(out / "model")
