@@ -1,9 +1,16 @@
-"""capt: prompt-learning CLIP models (zero-shot CLIP, CoOp, CAPT), native to the Hugging Face stack.
+"""capt: prompt-learning CLIP models (zero-shot CLIP, CoOp, CAPT, ANPrompt), native to the Hugging Face stack.
 
 `PromptCLIP*` is the shared frozen-CLIP prompt model (zero-shot CLIP and CoOp); `Capt*` adds CAPT's Diff-Manner
-adapters and MGDE on top of it.
+adapters and MGDE on top of it; `Anprompt*` adds ANPrompt's prompts in both towers and NRVPP.
 """
 
+from .configuration_anprompt import AnpromptConfig, AnpromptPromptConfig
+from .modeling_anprompt import (
+    AnpromptForImageClassification,
+    AnpromptForZeroShotImageClassification,
+    AnpromptImageClassifierOutput,
+    AnpromptModel,
+)
 from .auto import checkpoint_class, is_package_checkpoint, load_pretrained
 from .configuration_capt import CaptAdapterConfig, CaptConfig
 from .configuration_prompt_clip import DEFAULT_TEMPLATE, PromptCLIPConfig, PromptContextConfig, check_template
@@ -27,6 +34,12 @@ from .modeling_prompt_clip import (
 )
 
 __all__ = [
+    "AnpromptConfig",
+    "AnpromptForImageClassification",
+    "AnpromptForZeroShotImageClassification",
+    "AnpromptImageClassifierOutput",
+    "AnpromptModel",
+    "AnpromptPromptConfig",
     "DEFAULT_TEMPLATE",
     "CaptAdapterConfig",
     "CaptConfig",

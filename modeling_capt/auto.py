@@ -12,6 +12,7 @@ import os
 
 from transformers.utils import cached_file
 
+from .modeling_anprompt import AnpromptForImageClassification, AnpromptForZeroShotImageClassification, AnpromptModel
 from .modeling_capt import CaptForImageClassification, CaptForZeroShotImageClassification, CaptModel
 from .modeling_prompt_clip import (
     PromptCLIPForImageClassification,
@@ -22,11 +23,12 @@ from .modeling_prompt_clip import (
 
 
 #: The model types of this package's configs.
-MODEL_TYPES = ("prompt_clip", "capt")
+MODEL_TYPES = ("prompt_clip", "capt", "anprompt")
 
 _CLASSES = {cls.__name__: cls for cls in (
     PromptCLIPModel, PromptCLIPForImageClassification, PromptCLIPForZeroShotImageClassification,
     CaptModel, CaptForImageClassification, CaptForZeroShotImageClassification,
+    AnpromptModel, AnpromptForImageClassification, AnpromptForZeroShotImageClassification,
 )}
 
 
@@ -45,8 +47,8 @@ def checkpoint_class(pretrained_model_name_or_path, **kwargs) -> type[PromptCLIP
                          f"of this package ({' / '.join(MODEL_TYPES)})")
     names = config.get("architectures") or []
     if not names or names[0] not in _CLASSES:
-        default = CaptForImageClassification if config["model_type"] == "capt" else PromptCLIPForImageClassification
-        return default
+        defaults = {"capt": CaptForImageClassification, "anprompt": AnpromptForImageClassification}
+        return defaults.get(config["model_type"], PromptCLIPForImageClassification)
     return _CLASSES[names[0]]
 
 

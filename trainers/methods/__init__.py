@@ -6,6 +6,7 @@ in `modeling_capt/`, its module here, and one line below.
 
 from __future__ import annotations
 
+from trainers.methods.anprompt import AnpromptMethod
 from trainers.methods.base import Method, RunContext
 from trainers.methods.capt import CaptMethod
 from trainers.methods.coop import CoOpMethod
@@ -16,6 +17,7 @@ METHODS: dict[str, type[Method]] = {
     "zeroshot": ZeroShotMethod,
     "coop": CoOpMethod,
     "capt": CaptMethod,
+    "anprompt": AnpromptMethod,
 }
 
 
