@@ -43,6 +43,10 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "k_pairs_2": ("capt", ("--k_pairs", "2"), "2 confusion pairs per sample (Table 9)"),
     "global_only": ("capt", ("--adapter_branches", "global"), "adapter: global branch only (Table 10)"),
     "local_only": ("capt", ("--adapter_branches", "local"), "adapter: local branch only (Table 10)"),
+    "anprompt": ("anprompt", (), "ANPrompt"),
+    "anprompt_no_text_noise": ("anprompt", ("--noise_alpha", "0"), "ANPrompt w/o text noise (alpha = 0)"),
+    "anprompt_no_anti_noise": ("anprompt", ("--anti_noise_eps", "0"), "ANPrompt w/o anti-noise prompt (eps = 0)"),
+    "anprompt_no_waloss": ("anprompt", ("--no_use_waloss",), "ANPrompt w/o WALoss"),
 }
 
 
