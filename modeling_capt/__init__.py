@@ -1,9 +1,17 @@
-"""capt: prompt-learning CLIP models (zero-shot CLIP, CoOp, CAPT), native to the Hugging Face stack.
+"""capt: prompt-learning CLIP models (zero-shot CLIP, CoOp, CAPT, VisPrompt, ANPrompt), native to the Hugging Face stack.
 
 `PromptCLIP*` is the shared frozen-CLIP prompt model (zero-shot CLIP and CoOp); `Capt*` adds CAPT's Diff-Manner
-adapters and MGDE on top of it; `VisPrompt*` conditions the context on each image.
+adapters and MGDE on top of it; `VisPrompt*` conditions the context on each image; `Anprompt*` adds ANPrompt's
+prompts in both towers and NRVPP.
 """
 
+from .configuration_anprompt import AnpromptConfig, AnpromptPromptConfig
+from .modeling_anprompt import (
+    AnpromptForImageClassification,
+    AnpromptForZeroShotImageClassification,
+    AnpromptImageClassifierOutput,
+    AnpromptModel,
+)
 from .auto import checkpoint_class, is_package_checkpoint, load_pretrained
 from .configuration_capt import CaptAdapterConfig, CaptConfig
 from .configuration_prompt_clip import DEFAULT_TEMPLATE, PromptCLIPConfig, PromptContextConfig, check_template
@@ -36,6 +44,12 @@ from .modeling_visprompt import (
 )
 
 __all__ = [
+    "AnpromptConfig",
+    "AnpromptForImageClassification",
+    "AnpromptForZeroShotImageClassification",
+    "AnpromptImageClassifierOutput",
+    "AnpromptModel",
+    "AnpromptPromptConfig",
     "DEFAULT_TEMPLATE",
     "CaptAdapterConfig",
     "CaptConfig",

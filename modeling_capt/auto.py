@@ -12,6 +12,7 @@ import os
 
 from transformers.utils import cached_file
 
+from .modeling_anprompt import AnpromptForImageClassification, AnpromptForZeroShotImageClassification, AnpromptModel
 from .modeling_capt import CaptForImageClassification, CaptForZeroShotImageClassification, CaptModel
 from .modeling_prompt_clip import (
     PromptCLIPForImageClassification,
@@ -27,12 +28,13 @@ from .modeling_visprompt import (
 
 
 #: The model types of this package's configs.
-MODEL_TYPES = ("prompt_clip", "capt", "visprompt")
+MODEL_TYPES = ("prompt_clip", "capt", "visprompt", "anprompt")
 
 _CLASSES = {cls.__name__: cls for cls in (
     PromptCLIPModel, PromptCLIPForImageClassification, PromptCLIPForZeroShotImageClassification,
     CaptModel, CaptForImageClassification, CaptForZeroShotImageClassification,
     VisPromptModel, VisPromptForImageClassification, VisPromptForZeroShotImageClassification,
+    AnpromptModel, AnpromptForImageClassification, AnpromptForZeroShotImageClassification,
 )}
 
 
@@ -51,7 +53,8 @@ def checkpoint_class(pretrained_model_name_or_path, **kwargs) -> type[PromptCLIP
                          f"of this package ({' / '.join(MODEL_TYPES)})")
     names = config.get("architectures") or []
     if not names or names[0] not in _CLASSES:
-        defaults = {"capt": CaptForImageClassification, "visprompt": VisPromptForImageClassification}
+        defaults = {"capt": CaptForImageClassification, "visprompt": VisPromptForImageClassification,
+                    "anprompt": AnpromptForImageClassification}
         return defaults.get(config["model_type"], PromptCLIPForImageClassification)
     return _CLASSES[names[0]]
 

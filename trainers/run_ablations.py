@@ -78,7 +78,13 @@ VARIANTS: dict[str, Variant] = {
     "global_only": Variant("capt", ("--adapter_branches", "global"), "adapter: global branch only (Table 10)"),
     "local_only": Variant("capt", ("--adapter_branches", "local", "--layers_to_transform=-3,-2"),
                           "adapter: local branch only, layers -3 and -2 (Table 10)"),
+    "anprompt": Variant("anprompt", (), "ANPrompt"),
+    "anprompt_no_text_noise": Variant("anprompt", ("--noise_alpha", "0"), "ANPrompt w/o text noise (alpha = 0)"),
+    "anprompt_no_anti_noise": Variant("anprompt", ("--anti_noise_eps", "0"), "ANPrompt w/o anti-noise prompt (eps = 0)"),
+    "anprompt_no_waloss": Variant("anprompt", ("--no_use_waloss",), "ANPrompt w/o WALoss"),
 }
+#: The CAPT paper's ablations run by default; ANPrompt's rows are asked for by name (`--variants anprompt ...`).
+DEFAULT_VARIANTS = [name for name, variant in VARIANTS.items() if variant.method != "anprompt"]
 
 
 def parse_args(argv=None):
@@ -88,7 +94,8 @@ def parse_args(argv=None):
         position = argv.index("--")
         argv, trainer_args = argv[:position], argv[position + 1 :]
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS, choices=list(VARIANTS),
+                        help="the rows to run (default: the CAPT paper's ablations; the anprompt* rows on request)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS),
                         help="base2novel (base-to-novel) and/or few_shot (all classes); each variant runs in those "

@@ -600,7 +600,8 @@ def run_protocol(argv: list[str] | None = None) -> dict:
     """
     args, trainer_args = parse_runner_args(argv)
     if trainer_args:
-        parse_args(trainer_args)  # bad trainer flags fail now, not after hours of earlier runs
+        # bad trainer flags fail now, not after hours of earlier runs (checked against the method's own flags)
+        parse_args([*trainer_args, "--method", args.method])
     runs = plan_runs(args, trainer_args)
     logger.info("%s: %d run(s) under %s", args.protocol, len(runs), args.output_dir)
     counts = {"run": 0, "skipped": 0}

@@ -738,6 +738,159 @@ class LMPromptGenerator:
 
 
 # --------------------------------------------------------------------------------------------------------------
+# Class descriptions (ANPrompt): main and noise sentences per class
+# --------------------------------------------------------------------------------------------------------------
+#
+# ANPrompt's description cache is two dicts in the CoPrompt / HPT JSON format, ``{class name: [sentence, ...]}``: the
+# *main* sentences (CoPrompt's descriptions, ~50 per class) and the *noise* sentences (HPT's, ~5 per class), one file
+# each. The three generators mirror the semantic prompts': an offline template generator, the JSON files, and a local
+# LM through the same ``text-generation`` plumbing as [`LMPromptGenerator`].
+
+Descriptions = dict[str, list[str]]
+
+#: Offline noise sentences: the class name in a mildly uncertain or cluttered phrasing (weak semantic noise).
+NOISE_DESCRIPTION_TEMPLATES = (
+    "a photo of something like a {}.",
+    "a photo that may show a {}.",
+    "an image, probably of a {}.",
+    "a photo of a {} among other things.",
+    "a {} or something similar.",
+)
+
+
+def check_descriptions(descriptions: Any, where: str, class_names: Iterable[str] | None = None) -> Descriptions:
+    """A description dict checked: string keys, each a non-empty list of non-empty sentences; with `class_names`,
+    every class must have sentences (a `SemanticPromptFileError` names those without)."""
+    if not isinstance(descriptions, Mapping):
+        raise SemanticPromptFileError(f"{where}: expected {{class name: [sentence, ...]}}, got "
+                                      f"{type(descriptions).__name__}")
+    checked = {}
+    for name, sentences in descriptions.items():
+        if isinstance(sentences, str):
+            sentences = [sentences]
+        if not isinstance(sentences, list) or not all(isinstance(x, str) for x in sentences):
+            raise SemanticPromptFileError(f"{where}: the sentences of {name!r} must be a list of strings")
+        kept = [sentence.strip() for sentence in sentences if sentence.strip()]
+        if kept:
+            checked[str(name)] = kept
+    if class_names is not None:
+        missing = [name for name in class_names if name not in checked]
+        if missing:
+            raise SemanticPromptFileError(f"{where}: no sentences for the classes {missing}")
+    return checked
+
+
+def load_descriptions(path: str | os.PathLike, class_names: Iterable[str] | None = None) -> Descriptions:
+    """Read a description file (``{class name: [sentence, ...]}``, CoPrompt / HPT format)."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            document = json.load(handle)
+    except (OSError, ValueError) as err:
+        raise SemanticPromptFileError(f"{path}: cannot read a description file ({err})") from None
+    return check_descriptions(document, str(path), class_names)
+
+
+def save_descriptions(descriptions: Descriptions, path: str | os.PathLike) -> None:
+    """Write a description file atomically (the format [`load_descriptions`] reads)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, delete=False, suffix=".tmp") as handle:
+        json.dump(descriptions, handle, indent=2, ensure_ascii=False)
+    os.replace(handle.name, path)
+
+
+class TemplateDescriptionGenerator:
+    """Main and noise sentences from templates, offline. By default the main sentences are the caption templates the
+    embedded default's CLIP was pre-trained on (`dataset_scripts.embedded_captions.CAPTION_TEMPLATES`), the noise
+    sentences [`NOISE_DESCRIPTION_TEMPLATES`]; the class name is written as in captions (underscores as spaces)."""
+
+    def __init__(self, main_templates: Iterable[str] | None = None, noise_templates: Iterable[str] | None = None):
+        if main_templates is None:
+            from dataset_scripts.embedded_captions import CAPTION_TEMPLATES
+
+            main_templates = CAPTION_TEMPLATES
+        self.main_templates = list(main_templates)
+        self.noise_templates = list(noise_templates or NOISE_DESCRIPTION_TEMPLATES)
+        for template in self.main_templates + self.noise_templates:
+            if template.count("{}") != 1:
+                raise ValueError(f"description templates need exactly one '{{}}', got {template!r}")
+
+    def generate(self, class_names: Iterable[str]) -> tuple[Descriptions, Descriptions]:
+        names = [str(name) for name in class_names]
+        spoken = {name: name.replace("_", " ") for name in names}
+        main = {name: [t.format(spoken[name]) for t in self.main_templates] for name in names}
+        noise = {name: [t.format(spoken[name]) for t in self.noise_templates] for name in names}
+        return main, noise
+
+
+class JSONDescriptionGenerator:
+    """Main and noise sentences from two JSON files (CoPrompt / HPT format). Every requested class needs sentences
+    in both: a `SemanticPromptFileError` names the classes without."""
+
+    def __init__(self, main_file: str | os.PathLike, noise_file: str | os.PathLike):
+        self.main_file, self.noise_file = main_file, noise_file
+
+    def generate(self, class_names: Iterable[str]) -> tuple[Descriptions, Descriptions]:
+        names = list(class_names)
+        main = load_descriptions(self.main_file, names)
+        noise = load_descriptions(self.noise_file, names)
+        return {n: main[n] for n in names}, {n: noise[n] for n in names}
+
+
+class LMDescriptionGenerator(LMPromptGenerator):
+    """Main and noise sentences written by a local causal LM (the `text-generation` plumbing of
+    [`LMPromptGenerator`]): one call per class for `num_main` descriptive sentences and one for `num_noise` loosely
+    related ones, one sentence a line. A class the LM gives no usable line for falls back to the templates."""
+
+    source = "lm"
+    main_prompt = ("Write {count} different short sentences describing what a photo of a {name} shows, one per "
+                   "line, each mentioning the word '{name}'. No numbering, no other text.")
+    noise_prompt = ("Write {count} different short sentences loosely related to a {name}, with slightly vague or "
+                    "partly irrelevant details, one per line, each mentioning the word '{name}'. No numbering.")
+
+    def __init__(self, model_or_pipeline: Any, *, num_main: int = 50, num_noise: int = 5, **kwargs: Any):
+        kwargs.setdefault("fallback", None)
+        super().__init__(model_or_pipeline, **kwargs)
+        self.num_main, self.num_noise = num_main, num_noise
+        self.template_fallback = TemplateDescriptionGenerator()
+
+    def _sentences(self, prompt: str, name: str, count: int) -> list[str]:
+        text = self._complete([{"role": "user", "content": prompt.format(name=name, count=count)}],
+                              max(self.max_new_tokens, 24 * count))
+        lines = [re.sub(r"^\s*(?:[-*]|\d+[.)])\s*", "", line).strip() for line in text.splitlines()]
+        return [line for line in lines if line and len(line) <= self.max_sentence_chars][:count]
+
+    def generate(self, class_names: Iterable[str]) -> tuple[Descriptions, Descriptions]:
+        main, noise = {}, {}
+        for name in tqdm(list(class_names), desc="class descriptions", disable=not self.show_progress):
+            main[name] = self._sentences(self.main_prompt, name, self.num_main)
+            noise[name] = self._sentences(self.noise_prompt, name, self.num_noise)
+            fallback_main, fallback_noise = self.template_fallback.generate([name])
+            if not main[name] or not noise[name]:
+                logger.warning("The LM gave no usable sentences for %r: using the templates for it", name)
+                main[name] = main[name] or fallback_main[name]
+                noise[name] = noise[name] or fallback_noise[name]
+        return main, noise
+
+
+def get_description_generator(kind: str, description_file: str | None = None,
+                              noise_description_file: str | None = None, description_lm: str | None = None,
+                              **kwargs: Any):
+    """The description generator named by `--description_generator template|json|lm`."""
+    if kind == "template":
+        return TemplateDescriptionGenerator()
+    if kind == "json":
+        if not description_file or not noise_description_file:
+            raise ValueError("--description_generator json needs --description_file and --noise_description_file")
+        return JSONDescriptionGenerator(description_file, noise_description_file)
+    if kind == "lm":
+        if not description_lm:
+            raise ValueError("--description_generator lm needs --description_lm (a local causal LM)")
+        return LMDescriptionGenerator(description_lm, **kwargs)
+    raise ValueError(f"Unknown description generator {kind!r}; choose one of {list(PROMPT_GENERATORS)}.")
+
+
+# --------------------------------------------------------------------------------------------------------------
 # Factory for the trainer flags
 # --------------------------------------------------------------------------------------------------------------
 
@@ -787,6 +940,14 @@ def get_prompt_generator(kind: str, **kwargs: Any) -> SemanticPromptGenerator:
 
 
 __all__ = [
+    "NOISE_DESCRIPTION_TEMPLATES",
+    "JSONDescriptionGenerator",
+    "LMDescriptionGenerator",
+    "TemplateDescriptionGenerator",
+    "check_descriptions",
+    "get_description_generator",
+    "load_descriptions",
+    "save_descriptions",
     "PROMPT_FILE_VERSION",
     "PROMPT_GENERATORS",
     "JSONPromptGenerator",

@@ -6,6 +6,7 @@ in `modeling_capt/`, its module here, and one line below.
 
 from __future__ import annotations
 
+from trainers.methods.anprompt import AnpromptMethod
 from trainers.methods.base import Method, RunContext
 from trainers.methods.capt import CaptMethod
 from trainers.methods.coop import CoOpMethod
@@ -18,6 +19,7 @@ METHODS: dict[str, type[Method]] = {
     "coop": CoOpMethod,
     "capt": CaptMethod,
     "visprompt": VisPromptMethod,
+    "anprompt": AnpromptMethod,
 }
 
 

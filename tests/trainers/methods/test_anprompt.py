@@ -1,0 +1,94 @@
+"""ANPrompt's training method: the loss terms, the description cache, and the prefix caches."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+from conftest import CLASS_NAMES, small_run_args
+from modeling_capt import AnpromptForImageClassification
+from trainers.methods.anprompt import (
+    AnpromptArguments, AnpromptTrainingConfig, adaptive_gamma, similarity_loss, weak_alignment_loss,
+)
+from trainers.semantic_prompts import (
+    JSONDescriptionGenerator, SemanticPromptFileError, TemplateDescriptionGenerator, load_descriptions,
+    save_descriptions,
+)
+
+
+def test_gamma_is_the_formula_and_detached_by_default():
+    logits = torch.randn(4, 6, requires_grad=True)
+    gamma = adaptive_gamma(logits)
+    assert gamma.item() == pytest.approx(1.0 / (logits.std().item() * 24 + 1e-6), rel=1e-6)
+    assert not gamma.requires_grad
+    assert adaptive_gamma(logits, detach=False).requires_grad
+
+
+def test_kl_direction_follows_the_option():
+    a, w = torch.randn(3, 5), torch.randn(3, 5)
+    p_a, p_w = a.softmax(-1), w.softmax(-1)
+    forward = (p_a * (p_a.log() - p_w.log())).sum()
+    reverse = (p_w * (p_w.log() - p_a.log())).sum()
+    torch.testing.assert_close(weak_alignment_loss(a, w, "kl", "forward"), forward)
+    torch.testing.assert_close(weak_alignment_loss(a, w, "kl", "reverse"), reverse)
+    assert not torch.allclose(forward, reverse)
+    for distance in ("l1", "mse", "cos"):
+        assert weak_alignment_loss(a, a, distance).abs().item() < 1e-6
+
+
+def test_similarity_loss_is_zero_for_the_untrained_model_with_the_prompt_path_disabled(tiny_clip, tokenizer):
+    model = AnpromptForImageClassification.from_clip(tiny_clip, CLASS_NAMES, tokenizer=tokenizer)
+    pixels = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        clip_image = F.normalize(tiny_clip.visual_projection(tiny_clip.vision_model(pixel_values=pixels).pooler_output), dim=-1)
+        clip_text = F.normalize(model.encode_sentences([f"a photo of a {n}." for n in CLASS_NAMES]), dim=-1)
+        with model.layer_hooks_disabled():
+            out = model(pixel_values=pixels)
+        assert similarity_loss(out.image_embeds, clip_image, out.text_embeds, clip_text).abs().item() < 1e-6
+        prompted = model(pixel_values=pixels)
+        assert similarity_loss(prompted.image_embeds, clip_image, prompted.text_embeds, clip_text).item() > 1e-4
+
+
+def test_flags_validate_through_the_configs():
+    with pytest.raises(ValueError):
+        AnpromptArguments(kl_direction="sideways")
+    with pytest.raises(ValueError):
+        AnpromptArguments(theta=2.0)
+    with pytest.raises(ValueError):
+        AnpromptTrainingConfig(description_generator="json")
+
+
+def test_offline_descriptions_use_the_pretraining_caption_templates():
+    from dataset_scripts.embedded_captions import CAPTION_TEMPLATES
+
+    main, noise = TemplateDescriptionGenerator().generate(["ankle_boot"])
+    assert main["ankle_boot"] == [t.format("ankle boot") for t in CAPTION_TEMPLATES]
+    assert len(noise["ankle_boot"]) == 5
+
+
+def test_json_descriptions_name_the_classes_without_sentences(tmp_path):
+    save_descriptions({"cat": ["a cat."], "dog": []}, tmp_path / "main.json")
+    save_descriptions({"cat": ["maybe a cat."], "dog": ["maybe a dog."]}, tmp_path / "noise.json")
+    assert load_descriptions(tmp_path / "main.json") == {"cat": ["a cat."]}
+    with pytest.raises(SemanticPromptFileError, match="dog"):
+        JSONDescriptionGenerator(tmp_path / "main.json", tmp_path / "noise.json").generate(["cat", "dog"])
+
+
+@pytest.mark.slow
+def test_the_prefix_caches_give_the_same_training(tmp_path, tiny_clip_dir):
+    from trainers.train_capt import main
+    from conftest import reset_accelerate
+
+    argv = small_run_args(tmp_path, tiny_clip_dir) + ["--method", "anprompt", "--save_every_epochs", "0"]
+    main(argv + ["--output_dir", str(tmp_path / "cached"), "--prefix_cache", "memory"])
+    reset_accelerate()
+    main(argv + ["--output_dir", str(tmp_path / "plain"), "--prefix_cache", "off"])
+    cached = load_file(tmp_path / "cached" / "model" / "model.safetensors")
+    plain = load_file(tmp_path / "plain" / "model" / "model.safetensors")
+    for key in plain:
+        torch.testing.assert_close(cached[key], plain[key], rtol=0, atol=1e-6, msg=key)
+    assert json.loads((tmp_path / "cached" / "descriptions" / "main.json").read_text())["cat"]
