@@ -14,7 +14,7 @@ setup(
     # Data read at run time, found through the import system (dataset_scripts.cards, dataset_scripts.paths): the card
     # templates, and the embedded default model and data (about 3.5 MB), the trainer's defaults.
     package_data={
-        "hub_cards": ["*.md"],
+        "hub_cards": ["*.md", "serving/*"],  # serving/: the Space and Endpoint templates (trainers/write_space.py)
         "embedded": ["capt-tiny-fashion/*", "fashion-subset/*"],
     },
     zip_safe=False,  # the embedded model and data are read as files from disk
@@ -36,8 +36,13 @@ setup(
         "scipy",  # Stanford Cars and Flowers102 annotations (.mat)
         "numpy",
     ],
-    # setuptools: tests/test_packaging.py builds and installs the package without build isolation
-    extras_require={"test": ["pytest>=8", "setuptools>=70.1"]},
+    extras_require={
+        # the Space written by trainers/write_space.py (the Endpoint handler needs nothing more than the package)
+        "serve": ["gradio>=5"],
+        # setuptools: tests/test_packaging.py builds and installs the package without build isolation; gradio and
+        # websockets: the Space's tests (gradio_client, and Chromium driven over its DevTools websocket)
+        "test": ["pytest>=8", "setuptools>=70.1", "gradio>=5", "websockets>=13"],
+    },
     entry_points={
         "console_scripts": [
             # trainers.cli runs a script's main(argv=None) and exits 0 (those mains return their results to Python
@@ -49,6 +54,7 @@ setup(
             "capt-protocol = trainers.cli:protocol",
             "capt-ablations = trainers.cli:ablations",
             "capt-build-embedded = trainers.cli:build_embedded",
+            "capt-write-space = trainers.write_space:main",
         ],
     },
 )

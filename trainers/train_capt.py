@@ -37,6 +37,7 @@ from trainers.heatmap import save_confusion_heatmaps  # noqa: E402
 from trainers.hub import push_folder_to_hub, write_model_card  # noqa: E402
 from trainers.loop import train_model  # noqa: E402
 from trainers.methods import RunContext, get_method  # noqa: E402
+from trainers.write_space import write_space  # noqa: E402
 
 
 logger = logging.getLogger("capt")
@@ -169,7 +170,8 @@ def main(argv=None):
                 ["zero-shot CLIP", method.name.upper() if method.trains else "zero-shot"],
             )
         print_table(summary, method.name, method.printed_metrics)
-        if train_args.push_to_hub:
+        if train_args.push_to_hub:  # the model repository carries its own demo (Space files) and Endpoint handler
+            write_space(final_dir)  # with the run's heatmap, found beside model/
             push_folder_to_hub(final_dir, train_args.hub_model_id, private=train_args.hub_private or None)
     accelerator.wait_for_everyone()
     if train_args.report_to != "none":

@@ -293,11 +293,12 @@ def test_push_to_hub_uploads_the_saved_folder(run_args, monkeypatch):
     assert upload["repo_id"] == "org/capt-test" and upload["repo_type"] == "model"
     out = run_args[run_args.index("--output_dir") + 1]
     assert upload["folder_path"] == os.path.join(out, "model")
-    # the self-contained checkpoint and its card; nothing of the run around it (checkpoints, prefix cache, metrics),
-    # and of the modeling files only those zero-shot CLIP's class reaches (not CAPT's)
-    assert upload["files"] == ["README.md", "config.json", "configuration_prompt_clip.py", "model.safetensors",
-                               "modeling_prompt_clip.py", "preprocessor_config.json", "tokenizer.json",
-                               "tokenizer_config.json"]
+    # the self-contained checkpoint, its card and its serving files (trainers/write_space.py: a Space's app and an
+    # Endpoint's handler); nothing of the run around it (checkpoints, prefix cache, metrics), and of the modeling
+    # files only those zero-shot CLIP's class reaches (not CAPT's)
+    assert upload["files"] == ["README.md", "app.py", "config.json", "configuration_prompt_clip.py", "handler.py",
+                               "model.safetensors", "modeling_prompt_clip.py", "preprocessor_config.json",
+                               "requirements.txt", "tokenizer.json", "tokenizer_config.json"]
     card = open(os.path.join(upload["folder_path"], "README.md")).read()
     assert "org/capt-test" in card and "zero-shot CLIP" in card and "| zeroshot |" in card
 
