@@ -23,7 +23,7 @@ from trainers import cli
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONSOLE_SCRIPTS = {
     "capt-train", "capt-evaluate", "capt-build-bank", "capt-build-benchmark", "capt-protocol", "capt-ablations",
-    "capt-build-embedded",
+    "capt-build-embedded", "capt-write-space",
 }
 
 
@@ -88,6 +88,9 @@ def test_non_editable_install_finds_its_templates_and_embedded_default(tmp_path)
     env = dict(os.environ, PYTHONPATH=site)
     templates = sorted(name for name in os.listdir(os.path.join(REPO_ROOT, "hub_cards")) if name.endswith(".md"))
     assert templates, "no card template in hub_cards/"
+    # and the serving templates trainers/write_space.py copies (hub_cards/serving/, not a package)
+    templates = sorted(templates + [f"serving/{name}" for name in
+                                    os.listdir(os.path.join(REPO_ROOT, "hub_cards", "serving"))])
     check = subprocess.run([sys.executable, "-c", _CHECK_INSTALL, site, *templates], cwd=outside, env=env,
                            capture_output=True, text=True, timeout=300)
     assert check.returncode == 0, check.stderr
