@@ -156,7 +156,8 @@ def main(argv=None):
 
         def write_model(folder):
             unwrapped.save_pretrained(folder, is_main_process=True, save_function=accelerator.save)
-            write_model_card(folder, summary, train_names, repo_id=train_args.hub_model_id)
+            write_model_card(folder, summary, train_names, repo_id=train_args.hub_model_id,
+                             space_id=train_args.hub_space_id)
 
         write_directory_atomic(final_dir, write_model)
         if method.trains:
