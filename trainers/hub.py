@@ -11,11 +11,9 @@ import os
 
 import yaml
 from huggingface_hub import EvalResult, HfApi, ModelCardData
-from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from dataset_scripts.atomic_io import write_text_atomic
-from dataset_scripts.cards import card_template, fill_card
-from dataset_scripts.coop_datasets import list_datasets
+from dataset_scripts.cards import card_template, fill_card, hub_id
 from dataset_scripts.paths import EMBEDDED_DIR
 from trainers.methods import get_method
 
@@ -64,24 +62,6 @@ def _results_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def _hub_id(value) -> str | None:
-    """`value` when it can name a Hub repository; None for local paths, CoOp benchmark names and other text.
-
-    The Hub validates a card's `base_model` and `datasets` and refuses the whole upload (HTTP 400) when they hold a
-    local path, so only Hub ids go into the card's metadata (the body still names whatever was used).
-    """
-    if not isinstance(value, str) or not value or value in list_datasets():
-        return None
-    # a local path, from here or inside this package (the embedded default's `embedded/...`, from any folder)
-    if os.path.exists(value) or os.path.exists(os.path.join(os.path.dirname(EMBEDDED_DIR), value)):
-        return None
-    try:
-        validate_repo_id(value)
-    except HFValidationError:
-        return None
-    return value
-
-
 def _base_model_license(model: str) -> dict:
     """The card's `license` fields: the base model's own when it is a local folder whose card names one (the
     embedded default: MIT); otherwise `other`, pointing at the base model's page, since fine-tuned weights follow the
@@ -97,7 +77,7 @@ def _base_model_license(model: str) -> dict:
             if license_:
                 return {"license": license_}
     fields = {"license": "other", "license_name": "same-as-base-model"}
-    if _hub_id(model):
+    if hub_id(model):
         fields["license_link"] = f"https://huggingface.co/{model}"
     return fields
 
@@ -117,7 +97,7 @@ def eval_results(summary: dict) -> list[EvalResult]:
     """The `model-index` entries for the trained model: every final metric of `metrics.json`, in %."""
     results = summary.get(summary["method"], {})
     dataset = summary["dataset"]
-    dataset_type = _hub_id(dataset) or os.path.basename(os.path.normpath(dataset))  # no local path in the metadata
+    dataset_type = hub_id(dataset) or os.path.basename(os.path.normpath(dataset))  # no local path in the metadata
     return [
         EvalResult(task_type="image-classification", task_name="Image classification", dataset_type=dataset_type,
                    dataset_name=f"{dataset_type} ({summary['shots']}-shot, seed {summary['seed']})",
@@ -138,8 +118,8 @@ def card_metadata(summary: dict, model_name: str, space_id: str | None = None) -
         extra["spaces"] = [space_id]
     return ModelCardData(
         library_name="transformers", pipeline_tag="image-classification", tags=tags, metrics=["accuracy"],
-        base_model=summary["model"] if _hub_id(summary.get("model")) else None,
-        datasets=[summary["dataset"]] if _hub_id(summary.get("dataset")) else None,
+        base_model=summary["model"] if hub_id(summary.get("model")) else None,
+        datasets=[summary["dataset"]] if hub_id(summary.get("dataset")) else None,
         model_name=model_name, eval_results=eval_results(summary) or None,
         **_base_model_license(summary.get("model")), **extra,
     )

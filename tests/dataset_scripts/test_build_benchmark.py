@@ -78,6 +78,19 @@ def test_parquet_round_trip_and_card(data_dir, tmp_path, capsys):
     assert "https://www.robots.ox.ac.uk/~vgg/data/pets/" in card and "you must check yourself" in card
 
 
+def test_the_benchmark_card_validates_with_huggingface_hub(data_dir, tmp_path):
+    from huggingface_hub import DatasetCard
+
+    output_dir = tmp_path / "out"
+    assert main(["--dataset", "oxford_pets", "--data_dir", str(data_dir), "--output_dir", str(output_dir)]) == 0
+    card = DatasetCard.load(output_dir / "README.md", ignore_metadata_errors=False)
+    data = card.data
+    assert data.license == "other" and data.license_name == "original-dataset-licenses"
+    assert data.task_categories == ["image-classification"] and data.size_categories == ["n<1K"]  # 21 images
+    assert data.pretty_name == "CoOp-protocol image classification benchmarks"
+    assert "https://huggingface.co/openai/clip-vit-base-patch16" in card.text  # the base model the protocol tunes
+
+
 def test_second_dataset_is_merged_and_rebuild_replaces_shards(data_dir, tmp_path):
     output_dir = tmp_path / "out"
     build_benchmark.build_benchmark("oxford_pets", data_dir, output_dir, max_shard_size="2KB", show_progress=False)

@@ -212,3 +212,22 @@ def test_push_to_hub_sends_the_saved_bank_files_through_the_real_client(bank, tm
     assert upload["repo_type"] == "dataset" and upload["commit_message"] == "Upload CAPT Confusion Bank"
     assert upload["folder_path"] == str(folder)
     assert upload["files"] == sorted(["README.md", bank_io.METADATA_FILE, bank_io.DATA_FILE])
+
+
+def test_the_bank_card_validates_with_huggingface_hub(bank, tmp_path):
+    """huggingface_hub's DatasetCard reads the card: licence, task, size, pretty name; the base model linked when it
+    is a Hub id."""
+    from huggingface_hub import DatasetCard
+
+    folder = bank_io.save_bank(bank, tmp_path / "bank")
+    card = DatasetCard.load(folder / "README.md", ignore_metadata_errors=False)
+    data = card.data
+    assert data.license == "other" and data.license_name
+    assert data.task_categories == ["image-classification"] and data.size_categories == ["n<1K"]
+    assert data.pretty_name == "CAPT Confusion Bank of clip-vit-base-patch16 (zero-shot)"
+    assert data.configs[0]["config_name"] == "default"
+    assert "`openai/clip-vit-base-patch16 (zero-shot)`" in card.text  # not a Hub id: named, not linked
+
+    bank.base_model = "openai/clip-vit-base-patch16"
+    card = DatasetCard.load(bank_io.save_bank(bank, tmp_path / "bank") / "README.md")
+    assert "[openai/clip-vit-base-patch16](https://huggingface.co/openai/clip-vit-base-patch16)" in card.text
