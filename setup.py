@@ -39,9 +39,11 @@ setup(
     extras_require={
         # the Space written by trainers/write_space.py (the Endpoint handler needs nothing more than the package)
         "serve": ["gradio>=5"],
+        "tensorboard": ["tensorboard"],  # --report_to tensorboard
         # setuptools: tests/test_packaging.py builds and installs the package without build isolation; gradio and
-        # websockets: the Space's tests (gradio_client, and Chromium driven over its DevTools websocket)
-        "test": ["pytest>=8", "setuptools>=70.1", "gradio>=5", "websockets>=13"],
+        # websockets: the Space's tests (gradio_client, and Chromium driven over its DevTools websocket); tensorboard:
+        # the tracker test reads the events file back
+        "test": ["pytest>=8", "setuptools>=70.1", "gradio>=5", "websockets>=13", "tensorboard"],
     },
     entry_points={
         "console_scripts": [

@@ -37,6 +37,7 @@ from trainers.heatmap import save_confusion_heatmaps  # noqa: E402
 from trainers.hub import push_folder_to_hub, write_model_card  # noqa: E402
 from trainers.loop import train_model  # noqa: E402
 from trainers.methods import RunContext, get_method  # noqa: E402
+from trainers.tracking import final_metrics, tracker_config  # noqa: E402
 from trainers.write_space import write_space  # noqa: E402
 
 
@@ -108,6 +109,8 @@ def main(argv=None):
     resume = resolve_resume(train_args, settings)  # a wrong checkpoint, or one of other flags, fails before any work
     method.check(model_args)  # a model option the model's config refuses fails before any data or model is loaded
     os.makedirs(train_args.output_dir, exist_ok=True)
+    if train_args.report_to != "none":
+        accelerator.init_trackers("capt", config=tracker_config(settings, output_dir=train_args.output_dir))
     started = time.time()
 
     # ---------------------------------------------------------------- data and the frozen zero-shot model
@@ -149,6 +152,8 @@ def main(argv=None):
     if method.trains:
         summary[method.name].update(method.extra_metrics(accelerator.unwrap_model(model), run, results))
     summary["wall_time_s"] = round(time.time() - started, 1)
+    if train_args.report_to != "none":
+        accelerator.log(final_metrics(summary))
 
     if accelerator.is_main_process:
         final_dir = os.path.join(train_args.output_dir, "model")
