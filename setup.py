@@ -42,8 +42,8 @@ setup(
         "tensorboard": ["tensorboard"],  # --report_to tensorboard
         # setuptools: tests/test_packaging.py builds and installs the package without build isolation; gradio and
         # websockets: the Space's tests (gradio_client, and Chromium driven over its DevTools websocket); tensorboard:
-        # the tracker test reads the events file back
-        "test": ["pytest>=8", "setuptools>=70.1", "gradio>=5", "websockets>=13", "tensorboard"],
+        # the tracker test reads the events file back; olah: the local Hub server of the read-path tests
+        "test": ["pytest>=8", "setuptools>=70.1", "gradio>=5", "websockets>=13", "tensorboard", "olah"],
     },
     entry_points={
         "console_scripts": [

@@ -157,3 +157,44 @@ def test_the_model_card_of_a_local_run_names_no_path_and_takes_the_base_models_l
     assert {r.dataset_type for r in card.data.eval_results} == {"data"}  # the folder's name, not its path
     assert str(tmp_path) not in str(card.data.to_dict())
     assert "app.py" in card.text  # no Space given: how to run the demo this repository carries
+
+
+@pytest.mark.slow
+def test_the_pushed_checkpoint_loads_over_http_from_a_hub_server(local_hub, monkeypatch, tmp_path, tiny_clip_dir):
+    """The trainer's --push_to_hub folder, committed to a local Hub (olah), loads with AutoModel and the pipelines
+    through HF_ENDPOINT in a clean process, with remote code, and classifies as the local folder does."""
+    import json
+    import os
+
+    from local_hub import run_with_endpoint, serve_uploads
+    from trainers.train_capt import main
+
+    from conftest import small_run_args
+
+    calls = serve_uploads(monkeypatch, local_hub)
+    out = tmp_path / "out"
+    main(small_run_args(tmp_path, tiny_clip_dir) + ["--method", "capt", "--output_dir", str(out),
+                                                    "--save_every_epochs", "0", "--heatmap", "true", "--push_to_hub",
+                                                    "--hub_model_id", "org/capt-pushed"])
+    upload = calls[-1]
+    assert upload["files"] == sorted(os.listdir(out / "model"))  # the pushed folder is what the Hub serves
+    assert {"app.py", "handler.py", "requirements.txt", "confusion_heatmap.png"} <= set(upload["files"])
+    code = f"""
+import json
+from PIL import Image
+from transformers import AutoModel, pipeline
+
+model = AutoModel.from_pretrained("org/capt-pushed", trust_remote_code=True)
+image = Image.new("RGB", (32, 32), (200, 30, 30))
+remote = pipeline("image-classification", model="org/capt-pushed", trust_remote_code=True)(image)
+local = pipeline("image-classification", model={str(out / "model")!r}, trust_remote_code=True)(image)
+zero_shot = pipeline("zero-shot-image-classification", model="org/capt-pushed", trust_remote_code=True)(
+    image, candidate_labels=["red", "blue"])
+print(json.dumps({{"class": type(model).__name__, "module": type(model).__module__, "remote": remote,
+                  "local": local, "zero_shot": zero_shot}}))
+"""
+    found = json.loads(run_with_endpoint(local_hub, code, tmp_path / "hf_home").strip().splitlines()[-1])
+    assert found["class"] == "CaptModel" and found["module"].startswith("transformers_modules.org.")
+    assert found["remote"] == found["local"]
+    assert sorted(row["label"] for row in found["zero_shot"]) == ["blue", "red"]
+    assert (tmp_path / "hf_home" / "hub" / "models--org--capt-pushed").is_dir()  # downloaded, not read locally
