@@ -18,16 +18,17 @@ setup(
         "embedded": ["capt-tiny-fashion/*", "fashion-subset/*"],
     },
     zip_safe=False,  # the embedded model and data are read as files from disk
+    # Only what the package imports (tests/test_packaging.py checks it): no peft (the adapters export in PEFT's layout
+    # without importing it), no evaluate (metrics are plain functions, trainers/metrics.py), no sentencepiece (only a
+    # SigLIP tokenizer needs it: the `siglip` extra).
     install_requires=[
         # torch is pinned by the caller (see README): `pip install torch==2.13.0` takes the CPU build here.
         "torch>=2.4",
         "transformers>=5.0",
         "accelerate>=1.0",
         "datasets>=4.0",
-        "peft>=0.17",
-        "evaluate>=0.4",
+        "pyarrow",  # read directly (Parquet shards, bank columns); datasets needs it too
         "huggingface_hub>=1.0",
-        "sentencepiece",
         "safetensors",
         "tokenizers",
         "pillow",
@@ -39,11 +40,13 @@ setup(
     extras_require={
         # the Space written by trainers/write_space.py (the Endpoint handler needs nothing more than the package)
         "serve": ["gradio>=5"],
+        "siglip": ["sentencepiece", "protobuf"],  # a SigLIP backbone's tokenizer
         "tensorboard": ["tensorboard"],  # --report_to tensorboard
         # setuptools: tests/test_packaging.py builds and installs the package without build isolation; gradio and
         # websockets: the Space's tests (gradio_client, and Chromium driven over its DevTools websocket); tensorboard:
         # the tracker test reads the events file back; olah: the local Hub server of the read-path tests
-        "test": ["pytest>=8", "setuptools>=70.1", "gradio>=5", "websockets>=13", "tensorboard", "olah"],
+        "test": ["pytest>=8", "setuptools>=70.1", "gradio>=5", "websockets>=13", "tensorboard", "olah",
+                 "peft>=0.17"],  # peft: a test checks PEFT refuses the PEFT-shaped adapter export
     },
     entry_points={
         "console_scripts": [
