@@ -1,7 +1,9 @@
-"""Uploads to the Hugging Face Hub through the real `huggingface_hub` client.
+"""Uploads to the Hugging Face Hub through the real `huggingface_hub` client, and the model card they carry.
 
-The Hub cannot be reached from the machines this package is developed on, so the tests replace `HfApi` and check
-the folder and the arguments that would be sent.
+The card's metadata is built with `huggingface_hub.ModelCardData` (licence, base model, datasets, pipeline, the
+run's results as `model-index`), so the Hub's own parser reads it. The Hub cannot be reached from the machines this
+package is developed on, so the tests replace `HfApi` and check the folder and the arguments that would be sent,
+then serve what was sent from a local Hub-compatible server and load it back over HTTP.
 """
 
 from __future__ import annotations
