@@ -12,8 +12,10 @@ from __future__ import annotations
 import json
 import os
 
-import gradio as gr
-from transformers import pipeline
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # offline by default: no usage reports or version checks
+
+import gradio as gr  # noqa: E402
+from transformers import pipeline  # noqa: E402
 
 
 HERE = os.path.dirname(os.path.abspath(__file__))
