@@ -23,6 +23,7 @@ import sys
 import time
 import urllib.request
 
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REPO_FOLDERS = {"model": "models", "dataset": "datasets", "space": "spaces"}
 
 _LAUNCHER = r"""
@@ -159,10 +160,12 @@ def serve_uploads(monkeypatch, hub: LocalHub) -> list[dict]:
 
 def run_with_endpoint(hub: LocalHub, code: str, cache_dir, timeout: float = 300) -> str:
     """Run `code` in a fresh Python process whose Hub is `hub` (`HF_ENDPOINT`, online, an empty cache); returns
-    its stdout. huggingface_hub reads the endpoint when imported, hence the separate process."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith("HF_")}
+    its stdout. huggingface_hub reads the endpoint when imported, hence the separate process. Only the repository
+    is added to its path: an earlier test's remote-code module cache on this process's `sys.path` would shadow the
+    child's `transformers_modules`."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("HF_") and key != "PYTHONPATH"}
     env.update(HF_ENDPOINT=hub.endpoint, HF_HOME=str(cache_dir), HF_HUB_DISABLE_TELEMETRY="1",
-               HF_HUB_DISABLE_XET="1", TOKENIZERS_PARALLELISM="false", PYTHONPATH=os.pathsep.join(sys.path))
+               HF_HUB_DISABLE_XET="1", TOKENIZERS_PARALLELISM="false", PYTHONPATH=REPO_ROOT)
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=timeout)
     if result.returncode != 0:
         raise AssertionError(f"exit {result.returncode}:\n{result.stderr[-4000:]}")
