@@ -34,6 +34,9 @@ def model_location() -> str:
 
 
 MODEL = model_location()
+# the trainer saves to OUTPUT_DIR/model: name the demo after the run's folder then
+_parts = os.path.normpath(os.path.abspath(MODEL) if os.path.exists(MODEL) else MODEL).split(os.sep)
+TITLE = _parts[-2] if _parts[-1] == "model" and len(_parts) > 1 else _parts[-1]
 classifier = pipeline("image-classification", model=MODEL, trust_remote_code=True)
 CLASS_NAMES = [classifier.model.config.id2label[i] for i in sorted(classifier.model.config.id2label)]
 _zero_shot = []  # built on first use: a second copy of the model
@@ -60,8 +63,8 @@ HEATMAP = os.path.join(HERE, "confusion_heatmap.png")
 # system fonts: the default theme would fetch its font from Google, and a demo must work offline
 THEME = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
 
-with gr.Blocks(title=f"capt: {os.path.basename(os.path.normpath(MODEL))}") as demo:
-    gr.Markdown(f"# {os.path.basename(os.path.normpath(MODEL))}\n"
+with gr.Blocks(title=f"capt: {TITLE}") as demo:
+    gr.Markdown(f"# {TITLE}\n"
                 f"A CLIP classifier trained with the `capt` package. Classes: {', '.join(CLASS_NAMES)}.")
     with gr.Tab("Classify"):
         with gr.Row():

@@ -167,6 +167,7 @@ def test_the_space_shows_the_class_probabilities_in_a_browser(running_space, tmp
         page.goto(url)
         page.wait_for("document.querySelector('#classify-image input[type=file]') !== null")
         assert page.js("document.body.innerText.includes('Confusions')")  # the heatmap's tab
+        assert page.js("document.title") == "capt: run"  # named after the run folder, not its model/
         page.set_file("#classify-image input[type=file]", str(image))
         page.wait_for("document.querySelector('#classify-image img') !== null", timeout=30)
         # the click can come before the upload is done: click until the output shows percentages
