@@ -14,21 +14,22 @@ setup(
     # Data read at run time, found through the import system (dataset_scripts.cards, dataset_scripts.paths): the card
     # templates, and the embedded default model and data (about 3.5 MB), the trainer's defaults.
     package_data={
-        "hub_cards": ["*.md"],
+        "hub_cards": ["*.md", "serving/*"],  # serving/: the Space and Endpoint templates (trainers/write_space.py)
         "embedded": ["capt-tiny-fashion/*", "fashion-subset/*"],
         "dataset_scripts": ["noise_maps/*.json"],
     },
     zip_safe=False,  # the embedded model and data are read as files from disk
+    # Only what the package imports (tests/test_packaging.py checks it): no peft (the adapters export in PEFT's layout
+    # without importing it), no evaluate (metrics are plain functions, trainers/metrics.py), no sentencepiece (only a
+    # SigLIP tokenizer needs it: the `siglip` extra).
     install_requires=[
         # torch is pinned by the caller (see README): `pip install torch==2.13.0` takes the CPU build here.
         "torch>=2.4",
         "transformers>=5.0",
         "accelerate>=1.0",
         "datasets>=4.0",
-        "peft>=0.17",
-        "evaluate>=0.4",
+        "pyarrow",  # read directly (Parquet shards, bank columns); datasets needs it too
         "huggingface_hub>=1.0",
-        "sentencepiece",
         "safetensors",
         "tokenizers",
         "pillow",
@@ -38,8 +39,17 @@ setup(
         "numpy",
         "POT",  # VisPrompt's optimal-transport pass (trainers/ only; the modeling files never import it)
     ],
-    # setuptools: tests/test_packaging.py builds and installs the package without build isolation
-    extras_require={"test": ["pytest>=8", "setuptools>=70.1"]},
+    extras_require={
+        # the Space written by trainers/write_space.py (the Endpoint handler needs nothing more than the package)
+        "serve": ["gradio>=5"],
+        "siglip": ["sentencepiece", "protobuf"],  # a SigLIP backbone's tokenizer
+        "tensorboard": ["tensorboard"],  # --report_to tensorboard
+        # setuptools: tests/test_packaging.py builds and installs the package without build isolation; gradio and
+        # websockets: the Space's tests (gradio_client, and Chromium driven over its DevTools websocket); tensorboard:
+        # the tracker test reads the events file back; olah: the local Hub server of the read-path tests
+        "test": ["pytest>=8", "setuptools>=70.1", "gradio>=5", "websockets>=13", "tensorboard", "olah",
+                 "peft>=0.17"],  # peft: a test checks PEFT refuses the PEFT-shaped adapter export
+    },
     entry_points={
         "console_scripts": [
             # trainers.cli runs a script's main(argv=None) and exits 0 (those mains return their results to Python
@@ -51,6 +61,7 @@ setup(
             "capt-protocol = trainers.cli:protocol",
             "capt-ablations = trainers.cli:ablations",
             "capt-build-embedded = trainers.cli:build_embedded",
+            "capt-write-space = trainers.write_space:main",
         ],
     },
 )

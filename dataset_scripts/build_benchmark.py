@@ -42,7 +42,7 @@ from datasets.table import embed_table_storage  # noqa: E402
 from datasets.utils.py_utils import convert_file_size_to_int  # noqa: E402
 
 from dataset_scripts.atomic_io import write_directory_atomic, write_text_atomic  # noqa: E402
-from dataset_scripts.cards import fill_card  # noqa: E402
+from dataset_scripts.cards import fill_card, size_category  # noqa: E402
 from dataset_scripts.coop_datasets import get_dataset_info, list_datasets, read_coop_dataset  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -262,6 +262,8 @@ def render_dataset_card(records: Sequence[dict], previous_metadata: dict | None 
         "license_name": "original-dataset-licenses",
         "pretty_name": "CoOp-protocol image classification benchmarks",
         "task_categories": ["image-classification"],
+        "size_categories": [size_category(sum(
+            split.get("num_examples", 0) for info in infos.values() for split in info.get("splits", [])))],
         "tags": ["coop", "few-shot", "clip", "prompt-learning", "capt"],
         "configs": list(configs.values()),
         "dataset_info": list(infos.values()),

@@ -39,7 +39,7 @@ from huggingface_hub import HfApi, snapshot_download
 
 from dataset_scripts.atomic_io import write_directory_atomic
 from dataset_scripts.bank import CaptConfusionBank, check_bank_matches_training_set, top_confused_pairs
-from dataset_scripts.cards import fill_card
+from dataset_scripts.cards import fill_card, hub_link, size_category
 
 
 DATA_FILE = "data/train-00000-of-00001.parquet"
@@ -125,12 +125,18 @@ def _dataset_card(bank: CaptConfusionBank, metadata: dict[str, Any], num_bytes: 
             "splits": [{"name": "train", "num_bytes": num_bytes, "num_examples": len(bank)}],
         },
         "tags": ["capt", "confusion-bank", "clip"],
+        # what a base model made of a training set: the training data's and the base model's terms both apply
+        "license": "other",
+        "license_name": "training-data-and-base-model-terms",
+        "pretty_name": f"CAPT Confusion Bank of {os.path.basename(os.path.normpath(bank.base_model or 'a CLIP'))}",
+        "task_categories": ["image-classification"],
+        "size_categories": [size_category(len(bank))],
     }
     pairs = top_confused_pairs(bank.confusion_matrix, bank.class_names, k=10)
     return fill_card(
         "confusion_bank_card.md",
         front_matter=yaml.safe_dump(header, sort_keys=False, allow_unicode=True),
-        base_model=bank.base_model or "unspecified",
+        base_model=hub_link(bank.base_model) if bank.base_model else "unspecified",
         template=bank.template,
         num_classes=bank.num_classes,
         class_names=", ".join(bank.class_names),

@@ -76,6 +76,22 @@ def tiny_clip_dir(tmp_path, tokenizer, image_processor):
     return str(path)
 
 
+@pytest.fixture(scope="session")
+def local_hub(tmp_path_factory):
+    """olah on 127.0.0.1, offline, serving git repositories from a folder (`tests/local_hub.py`)."""
+    import shutil
+
+    pytest.importorskip("olah", reason="the local Hub server is olah (pip install olah)")
+    if shutil.which("git") is None:
+        pytest.skip("olah serves git repositories: no git here")
+    from local_hub import LocalHub
+
+    hub = LocalHub(tmp_path_factory.mktemp("local_hub"))
+    hub.start()
+    yield hub
+    hub.stop()
+
+
 def random_images(n: int, seed: int = 0, size: int = 32) -> list[Image.Image]:
     rng = np.random.default_rng(seed)
     return [Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)) for _ in range(n)]

@@ -23,7 +23,7 @@ from trainers import cli
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONSOLE_SCRIPTS = {
     "capt-train", "capt-evaluate", "capt-build-bank", "capt-build-benchmark", "capt-protocol", "capt-ablations",
-    "capt-build-embedded",
+    "capt-build-embedded", "capt-write-space",
 }
 
 
@@ -88,6 +88,9 @@ def test_non_editable_install_finds_its_templates_and_embedded_default(tmp_path)
     env = dict(os.environ, PYTHONPATH=site)
     templates = sorted(name for name in os.listdir(os.path.join(REPO_ROOT, "hub_cards")) if name.endswith(".md"))
     assert templates, "no card template in hub_cards/"
+    # and the serving templates trainers/write_space.py copies (hub_cards/serving/, not a package)
+    templates = sorted(templates + [f"serving/{name}" for name in
+                                    os.listdir(os.path.join(REPO_ROOT, "hub_cards", "serving"))])
     check = subprocess.run([sys.executable, "-c", _CHECK_INSTALL, site, *templates], cwd=outside, env=env,
                            capture_output=True, text=True, timeout=300)
     assert check.returncode == 0, check.stderr
@@ -108,3 +111,57 @@ def test_non_editable_install_finds_its_templates_and_embedded_default(tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("usage: capt-train")
     assert "--model_name_or_path" in result.stdout
+
+
+# a requirement's import name, where it differs from its distribution name
+IMPORT_NAMES = {"pillow": "PIL", "pyyaml": "yaml"}
+PACKAGES = ("modeling_capt", "trainers", "dataset_scripts", "hub_cards", "embedded")
+
+
+def _install_requires() -> list[str]:
+    import ast
+    import re
+
+    tree = ast.parse(open(os.path.join(REPO_ROOT, "setup.py"), encoding="utf-8").read())
+    (call,) = [node for node in ast.walk(tree) if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "setup"]
+    (requires,) = [keyword.value for keyword in call.keywords if keyword.arg == "install_requires"]
+    return [re.split(r"[<>=!~\[; ]", ast.literal_eval(item), maxsplit=1)[0].lower() for item in requires.elts]
+
+
+def _third_party_imports() -> dict[str, str]:
+    """Top-level module -> a file importing it, for every import of a non-stdlib, non-package module in the
+    package's modules (the serving templates, hub_cards/serving/, are not modules: they have their own
+    requirements.txt)."""
+    import ast
+
+    found = {}
+    for package in PACKAGES:
+        for folder, _, files in os.walk(os.path.join(REPO_ROOT, package)):
+            if os.path.join("hub_cards", "serving") in folder:
+                continue
+            for name in files:
+                if not name.endswith(".py"):
+                    continue
+                path = os.path.join(folder, name)
+                for node in ast.walk(ast.parse(open(path, encoding="utf-8").read(), path)):
+                    if isinstance(node, ast.Import):
+                        modules = [alias.name for alias in node.names]
+                    elif isinstance(node, ast.ImportFrom) and not node.level:
+                        modules = [node.module]
+                    else:
+                        continue
+                    for module in modules:
+                        top = module.split(".")[0]
+                        if top not in sys.stdlib_module_names and top not in PACKAGES:
+                            found.setdefault(top, os.path.relpath(path, REPO_ROOT))
+    return found
+
+
+def test_install_requires_is_exactly_what_the_package_imports():
+    """pip install pulls no package the code never imports, and the code imports nothing pip was not asked for
+    (peft, evaluate and sentencepiece were required and never imported; pyarrow was imported and not required)."""
+    required = {IMPORT_NAMES.get(name, name.replace("-", "_")) for name in _install_requires()}
+    imported = _third_party_imports()
+    assert sorted(required - set(imported)) == [], "required but never imported"
+    assert {module: path for module, path in imported.items() if module not in required} == {}, \
+        "imported but not required"

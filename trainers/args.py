@@ -66,6 +66,8 @@ class TrainingArguments:
     push_to_hub: bool = field(default=False, metadata={"help": "Upload the final model to the Hub."})
     hub_model_id: str | None = field(default=None, metadata={"help": "Hub repo for --push_to_hub."})
     hub_private: bool = field(default=False, metadata={"help": "Create the Hub repo private."})
+    hub_space_id: str | None = field(default=None, metadata={"help": "The Space that demos the model, linked from "
+                                                                       "its card (org/name)."})
     num_workers: int = field(default=0, metadata={"help": "DataLoader workers."})
     heatmap: bool = field(default=True, metadata={"help": "Write the before/after confusion heatmap PNG."})
     prefix_cache: str = field(
@@ -135,7 +137,8 @@ class TrainingArguments:
 # Every other flag decides the trained weights and must match the checkpoint's run.
 RESUMABLE_CHANGES = frozenset({
     "output_dir", "num_train_epochs", "per_device_eval_batch_size", "report_to", "save_every_epochs",
-    "save_total_limit", "resume_from_checkpoint", "push_to_hub", "hub_model_id", "hub_private", "num_workers",
+    "save_total_limit", "resume_from_checkpoint", "push_to_hub", "hub_model_id", "hub_private", "hub_space_id",
+    "num_workers",
     "heatmap", "prefix_cache", "prefix_cache_dir", "torch_compile", "torch_compile_backend", "max_eval_samples",
     "fewshot_cache_dir",
 })

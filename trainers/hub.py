@@ -1,7 +1,9 @@
-"""Uploads to the Hugging Face Hub through the real `huggingface_hub` client.
+"""Uploads to the Hugging Face Hub through the real `huggingface_hub` client, and the model card they carry.
 
-The Hub cannot be reached from the machines this package is developed on, so the tests replace `HfApi` and check
-the folder and the arguments that would be sent.
+The card's metadata is built with `huggingface_hub.ModelCardData` (licence, base model, datasets, pipeline, the
+run's results as `model-index`), so the Hub's own parser reads it. The Hub cannot be reached from the machines this
+package is developed on, so the tests replace `HfApi` and check the folder and the arguments that would be sent,
+then serve what was sent from a local Hub-compatible server and load it back over HTTP.
 """
 
 from __future__ import annotations
@@ -10,12 +12,10 @@ import logging
 import os
 
 import yaml
-from huggingface_hub import HfApi
-from huggingface_hub.utils import HFValidationError, validate_repo_id
+from huggingface_hub import EvalResult, HfApi, ModelCardData
 
 from dataset_scripts.atomic_io import write_text_atomic
-from dataset_scripts.cards import card_template, fill_card
-from dataset_scripts.coop_datasets import list_datasets
+from dataset_scripts.cards import card_template, fill_card, hub_id
 from dataset_scripts.paths import EMBEDDED_DIR
 from trainers.methods import get_method
 
@@ -64,36 +64,85 @@ def _results_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def _hub_id(value) -> str | None:
-    """`value` when it can name a Hub repository; None for local paths, CoOp benchmark names and other text.
-
-    The Hub validates a card's `base_model` and `datasets` and refuses the whole upload (HTTP 400) when they hold a
-    local path, so only Hub ids go into the card's metadata (the body still names whatever was used).
-    """
-    if not isinstance(value, str) or not value or value in list_datasets():
-        return None
-    # a local path, from here or inside this package (the embedded default's `embedded/...`, from any folder)
-    if os.path.exists(value) or os.path.exists(os.path.join(os.path.dirname(EMBEDDED_DIR), value)):
-        return None
-    try:
-        validate_repo_id(value)
-    except HFValidationError:
-        return None
-    return value
-
-
-def _hub_references(summary: dict) -> str:
-    """The `base_model:` / `datasets:` lines of the card's YAML metadata (Hub ids only, YAML-quoted as needed)."""
-    references = {}
-    if _hub_id(summary.get("model")):
-        references["base_model"] = summary["model"]
-    if _hub_id(summary.get("dataset")):
-        references["datasets"] = [summary["dataset"]]
-    return yaml.safe_dump(references, sort_keys=False, allow_unicode=True) if references else ""
+def _base_model_license(model: str) -> dict:
+    """The card's `license` fields: the base model's own when it is a local folder whose card names one (the
+    embedded default: MIT); otherwise `other`, pointing at the base model's page, since fine-tuned weights follow the
+    base model's terms and its card cannot be read offline."""
+    card = os.path.join(model, "README.md") if isinstance(model, str) else ""
+    if not os.path.isfile(card):
+        card = os.path.join(os.path.dirname(EMBEDDED_DIR), str(model), "README.md")
+    if os.path.isfile(card):
+        with open(card, encoding="utf-8") as handle:
+            text = handle.read()
+        if text.startswith("---"):
+            license_ = (yaml.safe_load(text.split("---", 2)[1]) or {}).get("license")
+            if license_:
+                return {"license": license_}
+    fields = {"license": "other", "license_name": "same-as-base-model"}
+    if hub_id(model):
+        fields["license_link"] = f"https://huggingface.co/{model}"
+    return fields
 
 
-def write_model_card(folder: str, summary: dict, class_names, repo_id: str | None = None) -> str | None:
-    """Fill `hub_cards/capt_model_card.md` with a run's summary and write it as `folder/README.md`."""
+METRIC_NAMES = {  # metrics.json key -> (model-index metric type, name shown on the Hub)
+    "accuracy": ("accuracy", "accuracy"),
+    "base_accuracy": ("accuracy", "base-class accuracy"),
+    "novel_accuracy": ("accuracy", "novel-class accuracy"),
+    "hm": ("harmonic_mean", "HM of base and novel accuracy"),
+    "correction_rate": ("correction_rate", "bank correction rate"),
+    "test_correction_rate": ("correction_rate", "test correction rate (vs zero-shot CLIP)"),
+    "test_break_rate": ("break_rate", "test break rate (vs zero-shot CLIP)"),
+}
+
+
+def eval_results(summary: dict) -> list[EvalResult]:
+    """The `model-index` entries for the trained model: every final metric of `metrics.json`, in %."""
+    results = summary.get(summary["method"], {})
+    dataset = summary["dataset"]
+    dataset_type = hub_id(dataset) or os.path.basename(os.path.normpath(dataset))  # no local path in the metadata
+    return [
+        EvalResult(task_type="image-classification", task_name="Image classification", dataset_type=dataset_type,
+                   dataset_name=f"{dataset_type} ({summary['shots']}-shot, seed {summary['seed']})",
+                   dataset_split="test", metric_type=metric_type, metric_name=name,
+                   metric_value=round(float(results[key]), 2))
+        for key, (metric_type, name) in METRIC_NAMES.items() if results.get(key) is not None
+    ]
+
+
+def card_metadata(summary: dict, model_name: str, space_id: str | None = None) -> ModelCardData:
+    """The card's YAML: library, pipeline and tags, licence, base model and dataset (Hub ids only), the widget kept
+    for when the Hub runs it, `inference: false` (the hosted widget does not run custom code: the Space does), and
+    the run's results as `model-index`."""
+    method = summary["method"]
+    tags = ["clip", "prompt-tuning", "capt", "zero-shot-image-classification"] + ([] if method == "capt" else [method])
+    extra = {"inference": False, "widget": [{"src": WIDGET_IMAGE, "example_title": "Tiger"}]}
+    if space_id:
+        extra["spaces"] = [space_id]
+    return ModelCardData(
+        library_name="transformers", pipeline_tag="image-classification", tags=tags, metrics=["accuracy"],
+        base_model=summary["model"] if hub_id(summary.get("model")) else None,
+        datasets=[summary["dataset"]] if hub_id(summary.get("dataset")) else None,
+        model_name=model_name, eval_results=eval_results(summary) or None,
+        **_base_model_license(summary.get("model")), **extra,
+    )
+
+
+WIDGET_IMAGE = "https://huggingface.co/datasets/mishig/sample_images/resolve/main/tiger.jpg"
+
+
+def _demo_line(space_id: str | None) -> str:
+    if space_id:
+        return (f"Try it in the Space [{space_id}](https://huggingface.co/spaces/{space_id}) (the hosted inference "
+                "widget does not run custom code, so it is off).")
+    return ("The hosted inference widget does not run custom code, so it is off: this repository's `app.py` is a "
+            "Gradio demo (`pip install gradio && python app.py`, or duplicate it into a Space) and `handler.py` an "
+            "Inference Endpoints handler, when written by `capt-write-space` or `--push_to_hub`.")
+
+
+def write_model_card(folder: str, summary: dict, class_names, repo_id: str | None = None,
+                     space_id: str | None = None) -> str | None:
+    """Fill `hub_cards/capt_model_card.md` with a run's summary and write it as `folder/README.md`; `space_id` is
+    the Space that demos the model (linked from the card)."""
     template = card_template(CARD_TEMPLATE)
     if not template.is_file():
         logger.warning("No model card template at %s: README.md not written", template)
@@ -109,7 +158,8 @@ def write_model_card(folder: str, summary: dict, class_names, repo_id: str | Non
         repo_id=repo_id or "path/to/this/folder", shots=summary["shots"], seed=summary["seed"],
         subsample_classes=summary["subsample_classes"], template=summary["template"], num_classes=len(class_names),
         class_names=names, results_table=_results_table(summary), trained_parts=trained,
-        hub_references=_hub_references(summary), method_tag="" if method == "capt" else f"- {method}\n",
+        front_matter=card_metadata(summary, repo_id or f"capt-{method}", space_id).to_yaml() + "\n",
+        demo=_demo_line(space_id),
     )
     path = os.path.join(folder, "README.md")
     write_text_atomic(path, text)

@@ -93,10 +93,7 @@ def train_model(model, method, run, settings=None, resume=None):
     # schedule counts optimizer steps, so the learning rate per optimizer step is the same whatever the process count.
     optimizer, scheduler = build_optimizer(model, train_args, steps_per_epoch, accelerator.num_processes)
     model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
-    start_epoch = 0
-    if train_args.report_to != "none":
-        accelerator.init_trackers("capt", config={"method": method.name, "seed": train_args.seed,
-                                                  "shots": run.data_args.shots})
+    start_epoch = 0  # the trackers were started by the trainer with the run's hyperparameters
     method.begin_training(model, run, prefix_cache)
     generators = {"train_shuffle": shuffle_generator, **method.generators()}
     if resume:
@@ -110,6 +107,7 @@ def train_model(model, method, run, settings=None, resume=None):
                    disable=not accelerator.is_local_main_process, leave=False)
         running = 0.0
         for batch in bar:
+            learning_rate = optimizer.param_groups[0]["lr"]  # this step's: scheduler.step() sets the next one
             with accelerator.accumulate(model):
                 loss, logs = method.training_step(batch)
                 accelerator.backward(loss)
@@ -120,7 +118,8 @@ def train_model(model, method, run, settings=None, resume=None):
             global_step += 1
             bar.set_postfix(loss=f"{loss.item():.4f}")
             if train_args.report_to != "none":
-                accelerator.log({"train/loss": loss.item(), **logs}, step=global_step)
+                accelerator.log({"train/loss": loss.item(), "train/learning_rate": learning_rate, **logs},
+                                step=global_step)
         done = epoch + 1
         accelerator.print(f"epoch {done}: mean loss {running / max(1, len(train_loader)):.4f}")
         if train_args.save_every_epochs and done % train_args.save_every_epochs == 0:

@@ -1,8 +1,8 @@
-"""Classification metrics, computed locally (no Hub download).
+"""Classification metrics, computed locally (no Hub download): plain functions on label/prediction arrays.
 
-`evaluate.load("accuracy")` fetches its script from the Hub, which these machines cannot reach, so the metrics
-are defined here: plain functions on label/prediction arrays, and the same wrapped as an `evaluate.Metric`
-(`ClassificationMetrics`) for code that wants the `evaluate` API (`add_batch` / `compute`).
+`evaluate.load("accuracy")` fetches its script from the Hub, which these machines cannot reach. The package once
+wrapped these functions as an `evaluate.Metric` too, but nothing used it, and `import evaluate` (which imports
+`transformers.pipelines`) slowed every run's start-up, so `evaluate` is no longer a dependency.
 """
 
 from __future__ import annotations
@@ -10,8 +10,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-import datasets
-import evaluate
 import torch
 
 from dataset_scripts import bank as confusion_bank
@@ -58,35 +56,6 @@ def top_confused_pairs(matrix, class_names: Sequence[str], k: int = 5) -> list[d
     """The `k` largest off-diagonal cells of a confusion matrix, as `{"true", "predicted", "count"}` records."""
     pairs = confusion_bank.top_confused_pairs(torch.as_tensor(matrix), class_names, k)
     return [{"true": true, "predicted": predicted, "count": count} for true, predicted, count in pairs]
-
-
-class ClassificationMetrics(evaluate.Metric):
-    """Accuracy, per-class accuracy and confusion matrix as an offline `evaluate.Metric`.
-
-    Example:
-
-    ```python
-    >>> metric = ClassificationMetrics(class_names=["cat", "dog"])
-    >>> metric.add_batch(predictions=[0, 1, 1], references=[0, 1, 0])
-    >>> round(metric.compute()["accuracy"], 2)
-    66.67
-    ```
-    """
-
-    def __init__(self, class_names: Sequence[str], **kwargs):
-        super().__init__(**kwargs)
-        self.class_names = list(class_names)
-
-    def _info(self):
-        return evaluate.MetricInfo(
-            description="Top-1 accuracy, per-class accuracy and confusion matrix (computed locally).",
-            citation="",
-            inputs_description="predictions and references: integer class indices.",
-            features=datasets.Features({"predictions": datasets.Value("int64"), "references": datasets.Value("int64")}),
-        )
-
-    def _compute(self, predictions, references):
-        return classification_metrics(references, predictions, self.class_names)
 
 
 def finite_or_none(value: float | None) -> float | None:

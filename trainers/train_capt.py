@@ -42,6 +42,8 @@ from trainers.hub import push_folder_to_hub, write_model_card  # noqa: E402
 from trainers.loop import train_model  # noqa: E402
 from trainers.methods import RunContext, get_method  # noqa: E402
 from trainers.output_lock import output_dir_lock  # noqa: E402
+from trainers.tracking import final_metrics, tracker_config  # noqa: E402
+from trainers.write_space import write_space  # noqa: E402
 
 
 logger = logging.getLogger("capt")
@@ -141,6 +143,8 @@ def main(argv=None):
 
 def run_and_save(method, model_args, data_args, train_args, settings, resume, accelerator):
     """The run itself, once `main` has checked the flags and the checkpoint and holds the output folder's lock."""
+    if train_args.report_to != "none":
+        accelerator.init_trackers("capt", config=tracker_config(settings, output_dir=train_args.output_dir))
     started = time.time()
 
     # ---------------------------------------------------------------- data and the frozen zero-shot model
@@ -186,6 +190,8 @@ def run_and_save(method, model_args, data_args, train_args, settings, resume, ac
     if method.trains:
         summary[method.name].update(method.extra_metrics(accelerator.unwrap_model(model), run, results))
     summary["wall_time_s"] = round(time.time() - started, 1)
+    if train_args.report_to != "none":
+        accelerator.log(final_metrics(summary))
 
     if accelerator.is_main_process:
         final_dir = os.path.join(train_args.output_dir, "model")
@@ -193,7 +199,8 @@ def run_and_save(method, model_args, data_args, train_args, settings, resume, ac
 
         def write_model(folder):
             unwrapped.save_pretrained(folder, is_main_process=True, save_function=accelerator.save)
-            write_model_card(folder, summary, train_names, repo_id=train_args.hub_model_id)
+            write_model_card(folder, summary, train_names, repo_id=train_args.hub_model_id,
+                             space_id=train_args.hub_space_id)
 
         # the results first (small): a full disk at the model save must not lose a finished run's numbers
         write_json_atomic(os.path.join(train_args.output_dir, "metrics.json"), summary)
@@ -211,7 +218,8 @@ def run_and_save(method, model_args, data_args, train_args, settings, resume, ac
             save_confusion_heatmaps(os.path.join(train_args.output_dir, "confusion_heatmap.png"), matrices,
                                     names or train_names, titles)
         print_table(summary, method.name, method.printed_metrics)
-        if train_args.push_to_hub:
+        if train_args.push_to_hub:  # the model repository carries its own demo (Space files) and Endpoint handler
+            write_space(final_dir)  # with the run's heatmap, found beside model/
             push_folder_to_hub(final_dir, train_args.hub_model_id, private=train_args.hub_private or None)
     accelerator.wait_for_everyone()
     if train_args.report_to != "none":

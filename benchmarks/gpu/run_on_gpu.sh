@@ -43,9 +43,9 @@ setup() {
         "$WHEELS"/*.whl || return 1
     "$PYTHON" - "$DEVICE" "$WHEELS" <<'PY' || return 1
 import glob, importlib.metadata as metadata, os, sys
-import accelerate, datasets, evaluate, torch, transformers
+import accelerate, datasets, torch, transformers
 print(f"python {sys.version.split()[0]} | torch {torch.__version__} | transformers {transformers.__version__} | "
-      f"accelerate {accelerate.__version__} | datasets {datasets.__version__} | evaluate {evaluate.__version__}")
+      f"accelerate {accelerate.__version__} | datasets {datasets.__version__}")
 # What the carried wheels need from the image (pyarrow, huggingface-hub, tokenizers, ...): a mismatch is named here
 # rather than met as an odd error in the middle of the tests.
 from packaging.requirements import Requirement

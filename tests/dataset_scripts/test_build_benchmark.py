@@ -78,6 +78,19 @@ def test_parquet_round_trip_and_card(data_dir, tmp_path, capsys):
     assert "https://www.robots.ox.ac.uk/~vgg/data/pets/" in card and "you must check yourself" in card
 
 
+def test_the_benchmark_card_validates_with_huggingface_hub(data_dir, tmp_path):
+    from huggingface_hub import DatasetCard
+
+    output_dir = tmp_path / "out"
+    assert main(["--dataset", "oxford_pets", "--data_dir", str(data_dir), "--output_dir", str(output_dir)]) == 0
+    card = DatasetCard.load(output_dir / "README.md", ignore_metadata_errors=False)
+    data = card.data
+    assert data.license == "other" and data.license_name == "original-dataset-licenses"
+    assert data.task_categories == ["image-classification"] and data.size_categories == ["n<1K"]  # 21 images
+    assert data.pretty_name == "CoOp-protocol image classification benchmarks"
+    assert "https://huggingface.co/openai/clip-vit-base-patch16" in card.text  # the base model the protocol tunes
+
+
 def test_second_dataset_is_merged_and_rebuild_replaces_shards(data_dir, tmp_path):
     output_dir = tmp_path / "out"
     build_benchmark.build_benchmark("oxford_pets", data_dir, output_dir, max_shard_size="2KB", show_progress=False)
@@ -220,3 +233,33 @@ def test_push_to_hub_keeps_the_configs_already_on_the_hub_in_the_card(data_dir, 
     assert (here / "README.md").read_text(encoding="utf-8") == local_card  # the local card is left as it was
     assert RecordingHfApi.calls[1][2]["allow_patterns"] == ["README.md", "oxford_pets/*"]
 
+
+
+@pytest.mark.slow
+def test_the_pushed_benchmark_loads_over_http_from_a_hub_server(data_dir, local_hub, tmp_path, monkeypatch):
+    """build_benchmark --push_to_hub's upload, committed to a local Hub (olah), loads over HF_ENDPOINT with
+    load_benchmark (datasets.load_dataset with the config name) as the local folder does."""
+    from local_hub import run_with_endpoint, serve_uploads
+
+    calls = serve_uploads(monkeypatch, local_hub)
+    output_dir = tmp_path / "out"
+    argv = ["--dataset", "oxford_pets", "--data_dir", str(data_dir), "--output_dir", str(output_dir),
+            "--push_to_hub", "org/coop-benchmarks"]
+    assert main(argv) == 0
+    assert calls[-1]["files"] == ["README.md"] + sorted(
+        f"oxford_pets/{name}" for name in os.listdir(output_dir / "oxford_pets"))
+    local = load_benchmark(str(output_dir), "oxford_pets", cache_dir=str(tmp_path / "local_cache"))
+    code = """
+import json
+from dataset_scripts.coop_datasets import load_benchmark
+
+loaded = load_benchmark("org/coop-benchmarks", "oxford_pets")
+print(json.dumps({split: {"labels": list(loaded[split]["label"]), "names": loaded[split].features["label"].names,
+                          "size": list(loaded[split][0]["image"].size)} for split in loaded}))
+"""
+    found = json.loads(run_with_endpoint(local_hub, code, tmp_path / "hf_home").strip().splitlines()[-1])
+    assert list(found) == list(local) == ["train", "val", "test"]
+    for split in local:
+        assert found[split]["labels"] == list(local[split]["label"])
+        assert found[split]["names"] == local[split].features["label"].names
+        assert found[split]["size"] == list(local[split][0]["image"].size)

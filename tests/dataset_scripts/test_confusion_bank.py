@@ -233,3 +233,49 @@ def test_push_to_hub_sends_the_saved_bank_files_through_the_real_client(bank, tm
     assert upload["repo_type"] == "dataset" and upload["commit_message"] == "Upload CAPT Confusion Bank"
     assert upload["folder_path"] == str(folder)
     assert upload["files"] == sorted(["README.md", bank_io.METADATA_FILE, bank_io.DATA_FILE])
+
+
+def test_the_bank_card_validates_with_huggingface_hub(bank, tmp_path):
+    """huggingface_hub's DatasetCard reads the card: licence, task, size, pretty name; the base model linked when it
+    is a Hub id."""
+    from huggingface_hub import DatasetCard
+
+    folder = bank_io.save_bank(bank, tmp_path / "bank")
+    card = DatasetCard.load(folder / "README.md", ignore_metadata_errors=False)
+    data = card.data
+    assert data.license == "other" and data.license_name
+    assert data.task_categories == ["image-classification"] and data.size_categories == ["n<1K"]
+    assert data.pretty_name == "CAPT Confusion Bank of clip-vit-base-patch16 (zero-shot)"
+    assert data.configs[0]["config_name"] == "default"
+    assert "`openai/clip-vit-base-patch16 (zero-shot)`" in card.text  # not a Hub id: named, not linked
+
+    bank.base_model = "openai/clip-vit-base-patch16"
+    card = DatasetCard.load(bank_io.save_bank(bank, tmp_path / "bank") / "README.md")
+    assert "[openai/clip-vit-base-patch16](https://huggingface.co/openai/clip-vit-base-patch16)" in card.text
+
+
+@pytest.mark.slow
+def test_the_pushed_bank_loads_over_http_from_a_hub_server(bank, local_hub, tmp_path, monkeypatch):
+    """push_bank_to_hub's folder, committed to a local Hub (olah), reads back over HF_ENDPOINT both as a plain
+    dataset (`datasets.load_dataset`) and as a bank (`load_bank`, through snapshot_download)."""
+    from local_hub import run_with_endpoint, serve_uploads
+
+    calls = serve_uploads(monkeypatch, local_hub)
+    folder = bank_io.save_bank(bank, tmp_path / "bank")
+    bank_io.push_bank_to_hub(folder, "org/capt-bank")
+    assert calls[-1]["files"] == sorted(["README.md", bank_io.METADATA_FILE, bank_io.DATA_FILE])
+    code = """
+import json
+import datasets
+from dataset_scripts.confusion_bank import load_bank
+
+plain = datasets.load_dataset("org/capt-bank", split="train")
+bank = load_bank("org/capt-bank", class_names=%r)
+print(json.dumps({"rows": plain.num_rows, "label_names": plain.features["label"].names, "labels": list(plain["label"]),
+                  "bank_labels": bank.labels.tolist(), "template": bank.template}))
+""" % (CLASS_NAMES,)
+    found = json.loads(run_with_endpoint(local_hub, code, tmp_path / "hf_home").strip().splitlines()[-1])
+    assert found["rows"] == len(bank) and found["label_names"] == CLASS_NAMES
+    assert found["labels"] == found["bank_labels"] == bank.labels.tolist()
+    assert found["template"] == TEMPLATE
+    assert (tmp_path / "hf_home" / "hub" / "datasets--org--capt-bank").is_dir()
