@@ -458,6 +458,8 @@ class _RawSplits:
     provenance: str
     #: True when the image paths come from a list (split / annotation file) rather than from a folder listing.
     listed: bool = True
+    #: Other dataset folders the splits may read from (Food-101N tests on Food-101's folder beside it).
+    other_roots: tuple[str, ...] = ()
 
 
 def _where(info: DatasetInfo) -> str:
@@ -477,8 +479,9 @@ def _is_inside(path: str, folder: str) -> bool:
 def _check_inside_dataset(info: DatasetInfo, dataset_dir: str, raw: _RawSplits) -> None:
     """Refuse any listed file outside the dataset folder (an annotation list's entry can be `../../x`, and the
     benchmark builder would embed that file's bytes in Parquet that it uploads)."""
+    roots = (dataset_dir, *raw.other_roots)
     outside = [(split, path) for split, records in raw.splits.items() for path, _ in records
-               if not _is_inside(path, dataset_dir)]
+               if not any(_is_inside(path, root) for root in roots)]
     if outside:
         shown = "; ".join(f"{path} ({split}, resolves to {os.path.abspath(path)})" for split, path in outside[:5])
         raise SplitFileError(
@@ -1054,13 +1057,15 @@ def _read_food101n(info: DatasetInfo, dataset_dir: str) -> _RawSplits:
                       for name in _list_images(os.path.join(image_root, folder))]
     train, val = _split_train_val(items, TRAINVAL_VAL_FRACTION, random.Random(SPLIT_SEED), info, folders)
     food101 = _REGISTRY["food101"]
-    test_raw = _read_class_folders(food101, food101.dataset_dir(os.path.dirname(dataset_dir)))
+    food101_dir = food101.dataset_dir(os.path.dirname(dataset_dir))
+    test_raw = _read_class_folders(food101, food101_dir)
     missing = sorted(set(test_raw.classnames) - set(folders))
     if missing:
         raise SplitFileError(f"{_where(info)}: Food-101 classes {missing[:5]} have no Food-101N class folder.")
     test = [(path, label_of[test_raw.classnames[label]]) for path, label in test_raw.splits["test"]]
     return _RawSplits(folders, {"train": train, "val": val, "test": test},
-                      provenance=f"{info.generated_split}; Food-101 test from {test_raw.provenance}")
+                      provenance=f"{info.generated_split}; Food-101 test from {test_raw.provenance}",
+                      other_roots=(food101_dir,))
 
 
 _READERS: dict[str, Callable[[DatasetInfo, str], _RawSplits]] = {

@@ -114,7 +114,7 @@ def test_non_editable_install_finds_its_templates_and_embedded_default(tmp_path)
 
 
 # a requirement's import name, where it differs from its distribution name
-IMPORT_NAMES = {"pillow": "PIL", "pyyaml": "yaml"}
+IMPORT_NAMES = {"pillow": "PIL", "pyyaml": "yaml", "pot": "ot"}
 PACKAGES = ("modeling_capt", "trainers", "dataset_scripts", "hub_cards", "embedded")
 
 
