@@ -35,7 +35,12 @@ from modeling_capt import PromptCLIPForImageClassification, VisPromptForImageCla
 
 
 N_CTX = 16
-TEXT_LENGTH = N_CTX + 6  # start, context, class word, ".", end (and room)
+
+
+def text_length(tokenizer, names) -> int:
+    """Start, context, the longest class name's tokens, ".", end: no prompt is cut (a word-level tokenizer gives one
+    token per name, the embedded BPE several)."""
+    return N_CTX + max(len(tokenizer(f"{name}.").input_ids) for name in names)
 
 
 def add_arguments(parser):
@@ -50,7 +55,7 @@ def add_arguments(parser):
 
 def build(model_class, clip, tokenizer, names, device, **overrides):
     model = model_class.from_clip(clip, names, tokenizer=tokenizer, n_ctx=N_CTX, ctx_init=None,
-                                  max_text_length=TEXT_LENGTH, **overrides)
+                                  max_text_length=text_length(tokenizer, names), **overrides)
     return model.to(device).train()
 
 
