@@ -32,6 +32,8 @@ BENCHMARKS = {
     "cache": "bench_cache.py",
     "bank": "bench_bank.py",
     "memory": "bench_memory.py",
+    "visprompt": "bench_visprompt.py",  # VisPrompt / CoOp step time, 1000-class step memory (no goal set)
+    "anprompt": "bench_anprompt.py",  # ANPrompt's prefix caches (no goal set)
 }
 MODELS = ("vit-b16", "embedded")
 STDERR_TAIL_LINES = 40
