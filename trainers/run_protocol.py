@@ -90,6 +90,7 @@ PAPER_AVERAGED_DATASETS = {
     "base2novel": TRAINING_DATASETS,
     "few_shot": TRAINING_DATASETS,
     "cross_dataset": tuple(name for name in TRAINING_DATASETS if name != SOURCE_DATASET),
+    "domain_generalization": VARIANT_DATASETS,
 }
 #: The shots of the papers' base-to-novel, cross-dataset and domain-generalisation tables.
 PAPER_SHOTS = 16

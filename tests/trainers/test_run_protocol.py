@@ -318,7 +318,8 @@ def test_format_cell():
 
 def test_paper_numbers_are_consistent():
     """Re-derive what the transcription can be checked against (HM, averages); the printed typos are listed."""
-    printed_inconsistencies = {("capt", "average"), ("coop", "imagenet")}  # see trainers/paper_results.py
+    # see trainers/paper_results.py
+    printed_inconsistencies = {("capt", "average"), ("coop", "imagenet"), ("anprompt", "eurosat")}
     for method, rows in paper_results.BASE2NOVEL.items():
         for dataset, cell in rows.items():
             if (method, dataset) not in printed_inconsistencies:
@@ -331,7 +332,10 @@ def test_paper_numbers_are_consistent():
         targets = [value for dataset, value in rows.items() if dataset not in ("imagenet", "average")]
         assert len(targets) == 10 and statistics.fmean(targets) == pytest.approx(rows["average"], abs=0.01)
     for rows in paper_results.DOMAIN_GENERALIZATION.values():
-        assert len(rows) == 5
+        targets = [value for dataset, value in rows.items() if dataset not in ("imagenet", "average")]
+        assert len(targets) == 4
+        if "average" in rows:  # CAPT's Table 3 has none
+            assert statistics.fmean(targets) == pytest.approx(rows["average"], abs=0.01)
     assert paper_results.CROSS_DATASET["capt"]["imagenet"] == paper_results.DOMAIN_GENERALIZATION["capt"]["imagenet"]
     assert paper_results.FEW_SHOT["capt"]["average"][16] == paper_results.BASE2NOVEL["capt"]["average"]["base"]
     assert paper_results.paper_value("base2novel", "capt", "dtd", "hm") == 79.51
