@@ -75,6 +75,25 @@ class AnpromptTrainingConfig:
             check_local_path(name, getattr(self, name), always_local=True)
 
 
+#: Per CoOp benchmark: `lambda_sim` (the weight of L_sim) and `vision_beta` (the vision slots' replacement weight).
+#: The paper gives neither per dataset (Eq. 3 only names lambda; beta is not in it). These are the released code's
+#: (github.com/gaoyansheng123/ANPrompt, commit 92a1db1, `trainers/config.py`, `get_dataset_specified_config`:
+#: `TRAINER.MMRL.REG_WEIGHT` and `TRAINER.MMRL.BETA`, which override its YAML configs for every dataset). The protocol
+#: runner applies them ([`AnpromptMethod.dataset_defaults`]); a run of the trainer alone keeps the flags' defaults.
+DATASET_SETTINGS = {
+    "imagenet": {"lambda_sim": 0.5, "vision_beta": 0.9},
+    "caltech101": {"lambda_sim": 0.5, "vision_beta": 0.6},
+    "oxford_pets": {"lambda_sim": 0.2, "vision_beta": 0.7},
+    "stanford_cars": {"lambda_sim": 7.0, "vision_beta": 0.7},
+    "oxford_flowers": {"lambda_sim": 4.0, "vision_beta": 0.4},
+    "food101": {"lambda_sim": 5.0, "vision_beta": 0.1},
+    "fgvc_aircraft": {"lambda_sim": 6.0, "vision_beta": 0.9},
+    "sun397": {"lambda_sim": 6.0, "vision_beta": 0.5},
+    "dtd": {"lambda_sim": 6.0, "vision_beta": 0.9},
+    "eurosat": {"lambda_sim": 0.001, "vision_beta": 0.2},
+    "ucf101": {"lambda_sim": 3.0, "vision_beta": 0.9},
+}
+
 #: The prompt options that are trainer flags.
 PROMPT_FLAGS = ("num_prompts", "prompt_layers", "noise_alpha", "anti_noise_eps", "vision_beta", "theta",
                 "second_logits", "eval_logits", "nrvpp_lora_rank")
@@ -138,6 +157,7 @@ class AnpromptMethod(Method):
     Arguments = AnpromptArguments
     training_defaults = {"optimizer": "adamw", "learning_rate": 1e-3, "num_train_epochs": 10,
                          "per_device_train_batch_size": 4, "weight_decay": 5e-4}
+    dataset_defaults = DATASET_SETTINGS
 
     def prompt_config(self) -> AnpromptPromptConfig:
         return AnpromptPromptConfig(**config_kwargs(self.args, AnpromptPromptConfig))
