@@ -92,3 +92,43 @@ def test_the_prefix_caches_give_the_same_training(tmp_path, tiny_clip_dir):
     for key in plain:
         torch.testing.assert_close(cached[key], plain[key], rtol=0, atol=1e-6, msg=key)
     assert json.loads((tmp_path / "cached" / "descriptions" / "main.json").read_text())["cat"]
+
+
+def _prepare(tmp_path, tiny_clip, tokenizer, **flags):
+    """`AnpromptMethod.prepare` on the offline descriptions of CLASS_NAMES, then the model's weak-noise features."""
+    from types import SimpleNamespace
+
+    from trainers.methods.anprompt import AnpromptMethod
+
+    run = SimpleNamespace(
+        train_names=CLASS_NAMES, splits={}, state={}, accelerator=SimpleNamespace(is_main_process=True),
+        train_args=SimpleNamespace(seed=1, output_dir=str(tmp_path / "out")),
+    )
+    AnpromptMethod(AnpromptArguments(**flags)).prepare(run)
+    model = AnpromptForImageClassification.from_clip(tiny_clip, CLASS_NAMES, tokenizer=tokenizer,
+                                                     class_sentences=run.state["class_sentences"])
+    return run.state, model.weak_noise_features.clone()
+
+
+def test_strong_perturbation_changes_the_main_sentences_only(tmp_path, tiny_clip, tokenizer):
+    clean, clean_features = _prepare(tmp_path, tiny_clip, tokenizer)
+    none, none_features = _prepare(tmp_path, tiny_clip, tokenizer, strong_perturbation="none", fw_sampling="mean")
+    assert none["descriptions"] == clean["descriptions"]
+    mean, mean_features = _prepare(tmp_path, tiny_clip, tokenizer, fw_sampling="mean")
+    torch.testing.assert_close(none_features, mean_features, rtol=0, atol=0)  # 'none' leaves the features unchanged
+    shuffled, shuffled_features = _prepare(tmp_path, tiny_clip, tokenizer, strong_perturbation="shuffle",
+                                           fw_sampling="mean")
+    assert shuffled["descriptions"][1] == clean["descriptions"][1]  # the noise sentences are not perturbed
+    for name in CLASS_NAMES:
+        for perturbed, original in zip(shuffled["descriptions"][0][name], clean["descriptions"][0][name]):
+            assert sorted(perturbed.split()) == sorted(original.split())
+    assert shuffled["class_sentences"] != mean["class_sentences"]
+    assert not torch.allclose(shuffled_features, mean_features)
+    again, _ = _prepare(tmp_path, tiny_clip, tokenizer, strong_perturbation="shuffle", fw_sampling="mean")
+    assert again["class_sentences"] == shuffled["class_sentences"]  # seeded by the run's seed
+    saved = json.loads((tmp_path / "out" / "descriptions" / "main.json").read_text())
+    assert saved == clean["descriptions"][0]  # the description cache stays clean
+    with pytest.raises(ValueError, match="strong_perturbation"):
+        AnpromptTrainingConfig(strong_perturbation="swap")
+    with pytest.raises(ValueError, match="perturbation_rate"):
+        AnpromptTrainingConfig(perturbation_rate=1.5)
