@@ -132,3 +132,35 @@ def test_strong_perturbation_changes_the_main_sentences_only(tmp_path, tiny_clip
         AnpromptTrainingConfig(strong_perturbation="swap")
     with pytest.raises(ValueError, match="perturbation_rate"):
         AnpromptTrainingConfig(perturbation_rate=1.5)
+
+
+def test_lm_descriptions_from_a_tiny_random_local_lm(tmp_path, caplog):
+    """`--description_generator lm` on a local folder: a real text-generation pipeline, greedy, one line a sentence."""
+    import logging
+
+    from transformers import TextGenerationPipeline
+
+    from fixtures_lm import WORDS, tiny_random_lm
+    from trainers.semantic_prompts import LMDescriptionGenerator, get_description_generator
+
+    model, tokenizer = tiny_random_lm()
+    folder = tmp_path / "tiny-lm"
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    generator = get_description_generator("lm", description_lm=str(folder), num_main=2, num_noise=1,
+                                          max_new_tokens=8, show_progress=False)
+    assert isinstance(generator.pipeline, TextGenerationPipeline)
+    main, noise = generator.generate(["wolf", "cat"])
+    for descriptions, count in ((main, 2), (noise, 1)):
+        assert list(descriptions) == ["wolf", "cat"]
+        for sentences in descriptions.values():
+            assert 1 <= len(sentences) <= count
+            assert all(set(sentence.split()) <= set(WORDS.split()) for sentence in sentences)  # the LM's own words
+    assert generator.generate(["wolf", "cat"]) == (main, noise)  # greedy decoding
+
+    strict = LMDescriptionGenerator(model, tokenizer=tokenizer, num_main=2, num_noise=1, max_new_tokens=8,
+                                    max_sentence_chars=1, show_progress=False)  # no line is short enough
+    with caplog.at_level(logging.WARNING, logger="trainers.semantic_prompts"):
+        fallback_main, fallback_noise = strict.generate(["cat"])
+    assert (fallback_main, fallback_noise) == TemplateDescriptionGenerator().generate(["cat"])
+    assert "no usable sentences for 'cat'" in caplog.text
