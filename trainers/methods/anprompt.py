@@ -86,7 +86,7 @@ class AnpromptTrainingConfig:
 
 
 #: Per CoOp benchmark: `lambda_sim` (the weight of L_sim) and `vision_beta` (the vision slots' replacement weight).
-#: The paper gives neither per dataset (Eq. 3 only names lambda; beta is not in it). These are the released code's
+#: The paper gives no value of either (Eq. 3 only names lambda; beta is not in it). These are the released code's
 #: (github.com/gaoyansheng123/ANPrompt, commit 92a1db1, `trainers/config.py`, `get_dataset_specified_config`:
 #: `TRAINER.MMRL.REG_WEIGHT` and `TRAINER.MMRL.BETA`, which override its YAML configs for every dataset). The protocol
 #: runner applies them ([`AnpromptMethod.dataset_defaults`]); a run of the trainer alone keeps the flags' defaults.
