@@ -1,13 +1,18 @@
 """Published numbers that `trainers/run_protocol.py` compares its tables with (CLIP ViT-B/16, mean of 3 seeds).
 
-Transcribed from the CAPT paper (`shared/seeds/001_f208b4d011f549e1.txt`), Tables 1-4, for the rows this project
-can run: CAPT and CoOp. The CAPT paper lists no zero-shot CLIP row; the zero-shot base-to-novel numbers come from
-ANPrompt's Table I (`shared/seeds/003_1bef8ddbdb0cce5d.txt`), the source `PROTOCOL.md` names for them.
+Transcribed from two papers, for the rows this project can run:
+
+- the CAPT paper (`shared/seeds/001_f208b4d011f549e1.txt`), Tables 1-4: CAPT and CoOp;
+- the ANPrompt paper (`shared/seeds/003_1bef8ddbdb0cce5d.txt`), Tables I-III: ANPrompt, zero-shot CLIP (the CAPT
+  paper lists none; `PROTOCOL.md` names ANPrompt's Table I as the source of its base-to-novel numbers) and CoOp.
+
+[`PAPERS`] holds each paper's tables as printed; [`PAPER_TABLES`] the rows a run of each method is compared with
+([`COMPARED_WITH`]: CAPT's paper for CAPT and CoOp, ANPrompt's for ANPrompt and zero-shot CLIP).
 
 Numbers are copied as printed, typos included (a test re-derives what can be re-derived, and the known
 inconsistencies are listed beside each table). Keys are the dataset registry keys of
 `dataset_scripts.coop_datasets`, plus `"average"` for the papers' average column or row. Methods are keyed like
-the trainer's `--method`: `"capt"`, `"coop"`, `"zeroshot"`.
+the trainer's `--method`: `"capt"`, `"coop"`, `"zeroshot"`, `"anprompt"`.
 
 Example:
 
@@ -17,6 +22,8 @@ Example:
 79.51
 >>> paper_value("few_shot", "coop", "average", 4)
 73.59
+>>> paper_value("domain_generalization", "anprompt", "average", "accuracy")
+60.4
 >>> paper_value("cross_dataset", "zeroshot", "dtd", "accuracy") is None
 True
 ```
@@ -46,14 +53,14 @@ DISPLAY_NAMES = {
 }
 
 #: How each method's row is labelled in the papers.
-METHOD_NAMES = {"capt": "CAPT", "coop": "CoOp", "zeroshot": "zero-shot CLIP"}
+METHOD_NAMES = {"capt": "CAPT", "coop": "CoOp", "zeroshot": "zero-shot CLIP", "anprompt": "ANPrompt"}
 
-# ------------------------------------------------------------------------------------------------ base-to-novel
-# CAPT paper, Table 1 ("Comparison with other methods on base-to-new generalization with 16-shot"): (base, novel, HM).
+# ================================================================================================ CAPT paper
+# Table 1 ("Comparison with other methods on base-to-new generalization with 16-shot"): (base, novel, HM).
 # Averages are the mean over the 11 datasets, HM of the average base and novel (as in CoCoOp). Inconsistencies as
 # printed: CoOp ImageNet novel 68.78 (its HM 71.92 and the novel average fit 67.88, CoOp's published value); CAPT's
 # Average novel 80.90 and HM 83.90 fit neither its per-dataset rows (mean novel 80.73, HM of averages 84.03).
-_TABLE_1 = {
+_CAPT_TABLE_1 = {
     "capt": {
         "average": (87.41, 80.90, 83.90),
         "imagenet": (80.51, 75.13, 77.73),
@@ -83,30 +90,9 @@ _TABLE_1 = {
         "ucf101": (84.69, 56.05, 67.46),
     },
 }
-# ANPrompt paper, Table I, row "CLIP (ICML22)": zero-shot CLIP with the hand-crafted templates, (base, novel, HM).
-_ANPROMPT_TABLE_I_CLIP = {
-    "average": (69.34, 74.22, 71.70),
-    "imagenet": (72.43, 68.14, 70.22),
-    "caltech101": (96.84, 94.00, 95.40),
-    "oxford_pets": (91.17, 97.26, 94.12),
-    "stanford_cars": (63.37, 74.89, 68.65),
-    "oxford_flowers": (72.08, 77.80, 74.83),
-    "food101": (90.10, 91.22, 90.66),
-    "fgvc_aircraft": (27.19, 36.29, 31.09),
-    "sun397": (69.36, 75.35, 72.23),
-    "dtd": (53.24, 59.90, 56.37),
-    "eurosat": (56.48, 64.05, 60.03),
-    "ucf101": (70.53, 77.50, 73.85),
-}
-BASE2NOVEL = {
-    method: {dataset: dict(zip(("base", "novel", "hm"), values)) for dataset, values in rows.items()}
-    for method, rows in {**_TABLE_1, "zeroshot": _ANPROMPT_TABLE_I_CLIP}.items()
-}
-
-# ------------------------------------------------------------------------------------------------ cross-dataset
-# CAPT paper, Table 2 ("cross-dataset transfer"): trained on ImageNet (source), accuracy on the 10 targets;
-# "average" is the mean over the 10 targets (the source is not in it).
-CROSS_DATASET = {
+# Table 2 ("cross-dataset transfer"): trained on ImageNet (source), accuracy on the 10 targets; "average" is the mean
+# over the 10 targets (the source is not in it).
+_CAPT_TABLE_2 = {
     "capt": {
         "imagenet": 72.69,
         "caltech101": 94.62,
@@ -136,11 +122,9 @@ CROSS_DATASET = {
         "average": 63.88,
     },
 }
-
-# ------------------------------------------------------------------------------------------------ domain generalisation
-# CAPT paper, Table 3 ("cross-domain generalization with 16-shot"): ImageNet source and its four variants.
-# The paper gives no average over the targets.
-DOMAIN_GENERALIZATION = {
+# Table 3 ("cross-domain generalization with 16-shot"): ImageNet source and its four variants. The paper gives no
+# average over the targets.
+_CAPT_TABLE_3 = {
     "capt": {
         "imagenet": 72.69, "imagenetv2": 69.71, "imagenet_sketch": 50.46, "imagenet_a": 57.73, "imagenet_r": 83.61,
     },
@@ -148,27 +132,127 @@ DOMAIN_GENERALIZATION = {
         "imagenet": 71.51, "imagenetv2": 64.20, "imagenet_sketch": 47.99, "imagenet_a": 49.71, "imagenet_r": 75.21,
     },
 }
-
-# ------------------------------------------------------------------------------------------------ few-shot
-# CAPT paper, Table 4 ("few-shot learning setting with average accuracy"): the average over the 11 datasets only,
-# per number of shots. (CAPT's 16-shot number is its Table 1 average base accuracy.)
-FEW_SHOT = {
+# Table 4 ("few-shot learning setting with average accuracy"): the average over the 11 datasets only, per number of
+# shots. (CAPT's 16-shot number is its Table 1 average base accuracy.)
+_CAPT_TABLE_4 = {
     "capt": {"average": {1: 73.11, 2: 75.83, 4: 78.69, 8: 81.91, 16: 87.41}},
     "coop": {"average": {1: 68.09, 2: 70.13, 4: 73.59, 8: 76.45, 16: 79.01}},
 }
 
-PAPER_TABLES = {
-    "base2novel": BASE2NOVEL,
-    "cross_dataset": CROSS_DATASET,
-    "domain_generalization": DOMAIN_GENERALIZATION,
-    "few_shot": FEW_SHOT,
+# ================================================================================================ ANPrompt paper
+# Table I ("Comparison with state-of-the-art methods on base-to-novel generalization"): (base, novel, HM), rows
+# "ANPrompt", "CLIP (ICML22)" (zero-shot CLIP with the hand-crafted templates) and "CoOp (IJCV22)"; the other eight
+# methods are not run here. Average as in CAPT's Table 1. Inconsistencies as printed: ANPrompt EuroSAT HM 91.21
+# (95.53 and 87.33 give 91.25); CoOp Caltech101 HM 94.20 (98.00 and 89.81 give 93.73, CAPT's Table 1 value). CoOp's
+# ImageNet novel is 67.88 here (68.78 in CAPT's Table 1).
+_ANPROMPT_TABLE_I = {
+    "anprompt": {
+        "average": (86.15, 77.70, 81.70),
+        "imagenet": (77.83, 71.17, 74.35),
+        "caltech101": (98.97, 94.73, 96.80),
+        "oxford_pets": (95.73, 97.17, 96.44),
+        "stanford_cars": (83.57, 74.63, 78.85),
+        "oxford_flowers": (98.60, 77.30, 86.66),
+        "food101": (90.63, 91.50, 91.06),
+        "fgvc_aircraft": (49.67, 36.60, 42.14),
+        "sun397": (83.07, 79.07, 81.02),
+        "dtd": (85.20, 65.10, 73.80),
+        "eurosat": (95.53, 87.33, 91.21),
+        "ucf101": (88.80, 80.07, 84.21),
+    },
+    "zeroshot": {
+        "average": (69.34, 74.22, 71.70),
+        "imagenet": (72.43, 68.14, 70.22),
+        "caltech101": (96.84, 94.00, 95.40),
+        "oxford_pets": (91.17, 97.26, 94.12),
+        "stanford_cars": (63.37, 74.89, 68.65),
+        "oxford_flowers": (72.08, 77.80, 74.83),
+        "food101": (90.10, 91.22, 90.66),
+        "fgvc_aircraft": (27.19, 36.29, 31.09),
+        "sun397": (69.36, 75.35, 72.23),
+        "dtd": (53.24, 59.90, 56.37),
+        "eurosat": (56.48, 64.05, 60.03),
+        "ucf101": (70.53, 77.50, 73.85),
+    },
+    # the same as CAPT's Table 1 but for these two cells
+    "coop": {**_CAPT_TABLE_1["coop"], "imagenet": (76.47, 67.88, 71.92), "caltech101": (98.00, 89.81, 94.20)},
 }
+# Table II ("Results from cross-dataset evaluation"): trained on ImageNet, rows "ANPrompt" and "CoOp" (no CLIP row);
+# "average" is the mean over the 10 targets. CoOp's DTD is 41.90 here (41.92 in CAPT's Table 2).
+_ANPROMPT_TABLE_II = {
+    "anprompt": {
+        "imagenet": 71.13,
+        "caltech101": 94.70,
+        "oxford_pets": 91.00,
+        "stanford_cars": 66.00,
+        "oxford_flowers": 72.87,
+        "food101": 86.23,
+        "fgvc_aircraft": 26.10,
+        "sun397": 67.47,
+        "dtd": 45.83,
+        "eurosat": 51.97,
+        "ucf101": 69.27,
+        "average": 67.14,
+    },
+    "coop": {**_CAPT_TABLE_2["coop"], "dtd": 41.90},  # the same as CAPT's Table 2 but for this cell
+}
+# Table III ("Results on domain generalization task"): ImageNet source and its four variants, rows "ANPrompt",
+# "CLIP" and "CoOp"; "average" is the mean over the four targets (the source is not in it).
+_ANPROMPT_TABLE_III = {
+    "anprompt": {
+        "imagenet": 71.13, "imagenetv2": 64.63, "imagenet_sketch": 49.13, "imagenet_a": 50.37, "imagenet_r": 77.47,
+        "average": 60.40,
+    },
+    "zeroshot": {
+        "imagenet": 66.73, "imagenetv2": 60.83, "imagenet_sketch": 46.15, "imagenet_a": 47.77, "imagenet_r": 73.96,
+        "average": 57.18,
+    },
+    "coop": {**_CAPT_TABLE_3["coop"], "average": 59.28},  # CAPT's Table 3 row, and the average
+}
+
+
+def _base2novel(table: dict) -> dict:
+    return {method: {dataset: dict(zip(("base", "novel", "hm"), values)) for dataset, values in rows.items()}
+            for method, rows in table.items()}
+
+
+#: Each paper's tables as printed: `PAPERS[paper][protocol][method][dataset]` (a base-to-novel cell is a dict of
+#: `base` / `novel` / `hm`, a few-shot cell a dict keyed by the number of shots, the others a number).
+PAPERS = {
+    "capt": {
+        "base2novel": _base2novel(_CAPT_TABLE_1),
+        "cross_dataset": _CAPT_TABLE_2,
+        "domain_generalization": _CAPT_TABLE_3,
+        "few_shot": _CAPT_TABLE_4,
+    },
+    "anprompt": {
+        "base2novel": _base2novel(_ANPROMPT_TABLE_I),
+        "cross_dataset": _ANPROMPT_TABLE_II,
+        "domain_generalization": _ANPROMPT_TABLE_III,
+    },
+}
+#: The paper whose rows a run of each method is compared with.
+COMPARED_WITH = {"capt": "capt", "coop": "capt", "zeroshot": "anprompt", "anprompt": "anprompt"}
+
+#: `PAPER_TABLES[protocol][method]`: the rows a run of `method` is compared with (from its [`COMPARED_WITH`] paper).
+PAPER_TABLES = {
+    protocol: {
+        method: PAPERS[paper][protocol][method]
+        for method, paper in COMPARED_WITH.items()
+        if method in PAPERS[paper].get(protocol, {})
+    }
+    for protocol in ("base2novel", "cross_dataset", "domain_generalization", "few_shot")
+}
+BASE2NOVEL = PAPER_TABLES["base2novel"]
+CROSS_DATASET = PAPER_TABLES["cross_dataset"]
+DOMAIN_GENERALIZATION = PAPER_TABLES["domain_generalization"]
+FEW_SHOT = PAPER_TABLES["few_shot"]
 
 #: Where each protocol's numbers come from, for the caption of the generated tables.
 SOURCES = {
-    "base2novel": "CAPT Table 1 (CAPT, CoOp); ANPrompt Table I (zero-shot CLIP)",
-    "cross_dataset": "CAPT Table 2",
-    "domain_generalization": "CAPT Table 3",
+    "base2novel": "CAPT Table 1 (CAPT, CoOp); ANPrompt Table I (ANPrompt, zero-shot CLIP)",
+    "cross_dataset": "CAPT Table 2 (CAPT, CoOp); ANPrompt Table II (ANPrompt)",
+    "domain_generalization": "CAPT Table 3 (CAPT, CoOp); ANPrompt Table III (ANPrompt, zero-shot CLIP)",
     "few_shot": "CAPT Table 4 (average over the 11 datasets only)",
 }
 
@@ -180,7 +264,7 @@ def paper_value(protocol: str, method: str, dataset: str, column) -> float | Non
         protocol (`str`):
             `base2novel`, `cross_dataset`, `domain_generalization` or `few_shot`.
         method (`str`):
-            `capt`, `coop` or `zeroshot`.
+            `capt`, `coop`, `zeroshot` or `anprompt`.
         dataset (`str`):
             A dataset registry key, or `average`.
         column:
@@ -199,11 +283,13 @@ def paper_value(protocol: str, method: str, dataset: str, column) -> float | Non
 
 __all__ = [
     "BASE2NOVEL",
+    "COMPARED_WITH",
     "CROSS_DATASET",
     "DISPLAY_NAMES",
     "DOMAIN_GENERALIZATION",
     "FEW_SHOT",
     "METHOD_NAMES",
+    "PAPERS",
     "PAPER_TABLES",
     "SOURCES",
     "paper_value",

@@ -82,6 +82,9 @@ VARIANTS: dict[str, Variant] = {
     "anprompt_no_text_noise": Variant("anprompt", ("--noise_alpha", "0"), "ANPrompt w/o text noise (alpha = 0)"),
     "anprompt_no_anti_noise": Variant("anprompt", ("--anti_noise_eps", "0"), "ANPrompt w/o anti-noise prompt (eps = 0)"),
     "anprompt_no_waloss": Variant("anprompt", ("--no_use_waloss",), "ANPrompt w/o WALoss"),
+    **{f"anprompt_{mode}": Variant("anprompt", ("--strong_perturbation", mode),
+                                   f"ANPrompt, strong perturbation of the main sentences: {mode} (Table X)")
+       for mode in ("drop", "mask", "shuffle", "synonym")},
 }
 #: The CAPT paper's ablations run by default; ANPrompt's rows are asked for by name (`--variants anprompt ...`).
 DEFAULT_VARIANTS = [name for name, variant in VARIANTS.items() if variant.method != "anprompt"]

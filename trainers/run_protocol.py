@@ -21,8 +21,10 @@ Protocols (`PROTOCOL.md`):
 
 Flags after `--` go to `trainers/train_capt.py` unchanged (model, epochs, CAPT options, ...); the runner sets the
 data, seed, shots, class subsampling, method and output folder itself. On the CoOp benchmarks it trains for the
-paper's 25 epochs (50 on EuroSAT) unless those flags set `--num_train_epochs`. Model selection never sees test data:
-the trainer keeps the last epoch.
+CAPT paper's 25 epochs (50 on EuroSAT) unless those flags set `--num_train_epochs` or the method has its own paper's
+length (ANPrompt: 10), and gives a method the values its paper sets per dataset (`Method.dataset_defaults`: ANPrompt's
+`--lambda_sim` and `--vision_beta`) unless those flags set them. Model selection never sees test data: the trainer
+keeps the last epoch.
 
 Layout under `--output_dir RUNS`:
 
@@ -90,6 +92,7 @@ PAPER_AVERAGED_DATASETS = {
     "base2novel": TRAINING_DATASETS,
     "few_shot": TRAINING_DATASETS,
     "cross_dataset": tuple(name for name in TRAINING_DATASETS if name != SOURCE_DATASET),
+    "domain_generalization": VARIANT_DATASETS,
 }
 #: The shots of the papers' base-to-novel, cross-dataset and domain-generalisation tables.
 PAPER_SHOTS = 16
@@ -220,12 +223,12 @@ def parse_runner_args(argv: list[str] | None = None):
     return args, trainer_args
 
 
-def _sets_epochs(trainer_args: list[str]) -> bool:
-    """Whether the trainer flags set `--num_train_epochs`, directly or in a `--config` file."""
-    if _has_flag(trainer_args, "--num_train_epochs"):
+def _sets(trainer_args: list[str], name: str) -> bool:
+    """Whether the trainer flags set `--name`, directly or in a `--config` file."""
+    if _has_flag(trainer_args, "--" + name):
         return True
     path, _ = split_config_flag(trainer_args)
-    return path is not None and "num_train_epochs" in read_config_file(path)
+    return path is not None and name in read_config_file(path)
 
 
 def _has_flag(argv: list[str], flag: str) -> bool:
@@ -259,9 +262,15 @@ def data_sources(args) -> list[DataSource]:
 
 # --------------------------------------------------------------------------------------------------- planning
 def _train_run(protocol, source, seed, shots, method, subsample, trainer_args, runs_dir) -> Run:
-    if source.coop and not _sets_epochs(trainer_args):  # recorded in the config: it decides the results
+    # Settings added here are recorded in the config: they decide the results.
+    own_epochs = "num_train_epochs" in METHODS[method].training_defaults  # its paper's training length
+    if source.coop and not own_epochs and not _sets(trainer_args, "num_train_epochs"):
         epochs = PAPER_EPOCHS_BY_DATASET.get(source.key, PAPER_EPOCHS)
         trainer_args = [*trainer_args, "--num_train_epochs", str(epochs)]
+    if source.coop:  # the method paper's per-dataset values, unless the user's flags set them
+        for name, value in METHODS[method].dataset_defaults.get(source.key, {}).items():
+            if not _sets(trainer_args, name):
+                trainer_args = [*trainer_args, f"--{name}", str(value)]
     config = {
         "kind": "train",
         "data": source.identity,

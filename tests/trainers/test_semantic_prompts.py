@@ -19,6 +19,7 @@ from trainers.semantic_prompts import (
     save_prompts,
 )
 from conftest import REPO_ROOT
+from fixtures_lm import tiny_random_lm
 
 LOGGER = "trainers.semantic_prompts"
 
@@ -433,38 +434,8 @@ def test_plain_lm_answers_are_cut_where_the_lm_invents_the_next_turn():
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _tiny_random_lm():
-    import torch
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
-
-    # The vocabulary leaves out "Commonality" and "Difference": the random LM cannot write a parseable answer.
-    words = "a an the of and is are with photo wolf husky cat lynx fur ears tail legs grey large small . , : ! ?"
-    specials = ["[PAD]", "[UNK]", "[EOS]"]
-    vocab = {token: index for index, token in enumerate(specials + words.split())}
-    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, unk_token="[UNK]", eos_token="[EOS]", pad_token="[PAD]"
-    )
-
-    torch.manual_seed(0)
-    config = GPT2Config(
-        vocab_size=len(vocab),
-        n_positions=1024,
-        n_embd=32,
-        n_layer=1,
-        n_head=2,
-        initializer_range=1.0,
-        bos_token_id=2,
-        eos_token_id=2,
-        pad_token_id=0,
-    )
-    return GPT2LMHeadModel(config).eval(), tokenizer
-
-
 def test_tiny_random_lm_exercises_the_fallback(caplog):
-    model, tokenizer = _tiny_random_lm()
+    model, tokenizer = tiny_random_lm()
     pairs = [("wolf", "husky"), ("cat", "lynx")]
     generator = LMPromptGenerator(model, tokenizer, max_new_tokens=6, answer_max_new_tokens=6)
     assert generator.use_chat_template is False  # no chat template: plain transcript

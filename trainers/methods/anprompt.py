@@ -12,6 +12,9 @@ its loss `CE(l_A, y) + lambda L_sim + gamma L_WA` (METHODS.md, "ANPrompt"; the m
   `--gamma_detach false`.
 - Weak-noise features (`--fw_sampling`): `once` draws one main and one noise sentence per class (seeded) and keeps
   them; `mean` averages every sentence; `per_step` draws new ones every step (the checkpoint keeps the `once` draw).
+- `--strong_perturbation drop|mask|shuffle|synonym` (ablation, paper Table X; default `none`): the main sentences are
+  perturbed once, seeded (`trainers/text_perturbations.py`), before the weak-noise features and the k-means noise
+  prompts are built from them; the saved description cache stays clean.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from trainers.flags import config_kwargs, flags_from_dataclasses
 from trainers.methods.base import Method, RunContext
 from trainers.prefix_cache import TextPrefixCache
 from trainers.semantic_prompts import get_description_generator, save_descriptions
+from trainers.text_perturbations import STRONG_PERTURBATIONS, perturb_descriptions
 
 
 logger = logging.getLogger(__name__)
@@ -56,16 +60,22 @@ class AnpromptTrainingConfig:
                                                                                  "(HPT)."})
     description_lm: str | None = field(default=None, metadata={"help": "Local causal LM for --description_generator "
                                                                        "lm."})
+    strong_perturbation: str = field(default="none", metadata={"help": "Ablation: none, drop, mask, shuffle or "
+                                                                          "synonym on the main sentences."})
+    perturbation_rate: float = field(default=0.3, metadata={"help": "Share of words dropped, masked or replaced by "
+                                                                       "--strong_perturbation."})
 
     def __post_init__(self):
         choices = {"wa_distance": WA_DISTANCES, "kl_direction": ("forward", "reverse"),
                    "gamma_source": ("weak_noise", "align"), "fw_sampling": FW_SAMPLING,
-                   "description_generator": ("template", "json", "lm")}
+                   "description_generator": ("template", "json", "lm"), "strong_perturbation": STRONG_PERTURBATIONS}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"--{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if not self.lambda_sim >= 0:
             raise ValueError(f"--lambda_sim must be non-negative, got {self.lambda_sim}")
+        if not 0 < self.perturbation_rate <= 1:
+            raise ValueError(f"--perturbation_rate must be in (0, 1], got {self.perturbation_rate}")
         if self.description_generator == "json" and not (self.description_file and self.noise_description_file):
             raise ValueError("--description_generator json needs --description_file and --noise_description_file")
         if self.description_generator == "lm" and not self.description_lm:
@@ -74,6 +84,25 @@ class AnpromptTrainingConfig:
         for name in ("description_file", "noise_description_file"):
             check_local_path(name, getattr(self, name), always_local=True)
 
+
+#: Per CoOp benchmark: `lambda_sim` (the weight of L_sim) and `vision_beta` (the vision slots' replacement weight).
+#: The paper gives no value of either (Eq. 3 only names lambda; beta is not in it). These are the released code's
+#: (github.com/gaoyansheng123/ANPrompt, commit 92a1db1, `trainers/config.py`, `get_dataset_specified_config`:
+#: `TRAINER.MMRL.REG_WEIGHT` and `TRAINER.MMRL.BETA`, which override its YAML configs for every dataset). The protocol
+#: runner applies them ([`AnpromptMethod.dataset_defaults`]); a run of the trainer alone keeps the flags' defaults.
+DATASET_SETTINGS = {
+    "imagenet": {"lambda_sim": 0.5, "vision_beta": 0.9},
+    "caltech101": {"lambda_sim": 0.5, "vision_beta": 0.6},
+    "oxford_pets": {"lambda_sim": 0.2, "vision_beta": 0.7},
+    "stanford_cars": {"lambda_sim": 7.0, "vision_beta": 0.7},
+    "oxford_flowers": {"lambda_sim": 4.0, "vision_beta": 0.4},
+    "food101": {"lambda_sim": 5.0, "vision_beta": 0.1},
+    "fgvc_aircraft": {"lambda_sim": 6.0, "vision_beta": 0.9},
+    "sun397": {"lambda_sim": 6.0, "vision_beta": 0.5},
+    "dtd": {"lambda_sim": 6.0, "vision_beta": 0.9},
+    "eurosat": {"lambda_sim": 0.001, "vision_beta": 0.2},
+    "ucf101": {"lambda_sim": 3.0, "vision_beta": 0.9},
+}
 
 #: The prompt options that are trainer flags.
 PROMPT_FLAGS = ("num_prompts", "prompt_layers", "noise_alpha", "anti_noise_eps", "vision_beta", "theta",
@@ -138,6 +167,7 @@ class AnpromptMethod(Method):
     Arguments = AnpromptArguments
     training_defaults = {"optimizer": "adamw", "learning_rate": 1e-3, "num_train_epochs": 10,
                          "per_device_train_batch_size": 4, "weight_decay": 5e-4}
+    dataset_defaults = DATASET_SETTINGS
 
     def prompt_config(self) -> AnpromptPromptConfig:
         return AnpromptPromptConfig(**config_kwargs(self.args, AnpromptPromptConfig))
@@ -167,6 +197,8 @@ class AnpromptMethod(Method):
             folder = os.path.join(run.train_args.output_dir, "descriptions")
             save_descriptions(main, os.path.join(folder, "main.json"))
             save_descriptions(noise, os.path.join(folder, "noise.json"))
+        if args.strong_perturbation != "none":
+            main = perturb_descriptions(main, args.strong_perturbation, args.perturbation_rate, run.train_args.seed)
         known = [name for name in names if name in main and name in noise]
         run.state["descriptions"] = (main, noise)
         run.state["class_sentences"] = choose_sentences(main, noise, known, args.fw_sampling, run.train_args.seed)

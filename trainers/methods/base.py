@@ -75,6 +75,9 @@ class Method:
     Arguments: ClassVar[type]
     #: Training flags this method defaults differently (say its paper's optimizer), applied before a config file.
     training_defaults: ClassVar[dict[str, Any]] = {}
+    #: Per CoOp benchmark (registry key), method flags its paper sets per dataset: `trainers/run_protocol.py` gives
+    #: them to the trainer unless the user's flags set them.
+    dataset_defaults: ClassVar[dict[str, dict[str, Any]]] = {}
     #: False for a method that trains nothing (zero-shot CLIP).
     trains: ClassVar[bool] = True
     #: True when a class without training images is an error rather than a warning.

@@ -92,3 +92,75 @@ def test_the_prefix_caches_give_the_same_training(tmp_path, tiny_clip_dir):
     for key in plain:
         torch.testing.assert_close(cached[key], plain[key], rtol=0, atol=1e-6, msg=key)
     assert json.loads((tmp_path / "cached" / "descriptions" / "main.json").read_text())["cat"]
+
+
+def _prepare(tmp_path, tiny_clip, tokenizer, **flags):
+    """`AnpromptMethod.prepare` on the offline descriptions of CLASS_NAMES, then the model's weak-noise features."""
+    from types import SimpleNamespace
+
+    from trainers.methods.anprompt import AnpromptMethod
+
+    run = SimpleNamespace(
+        train_names=CLASS_NAMES, splits={}, state={}, accelerator=SimpleNamespace(is_main_process=True),
+        train_args=SimpleNamespace(seed=1, output_dir=str(tmp_path / "out")),
+    )
+    AnpromptMethod(AnpromptArguments(**flags)).prepare(run)
+    model = AnpromptForImageClassification.from_clip(tiny_clip, CLASS_NAMES, tokenizer=tokenizer,
+                                                     class_sentences=run.state["class_sentences"])
+    return run.state, model.weak_noise_features.clone()
+
+
+def test_strong_perturbation_changes_the_main_sentences_only(tmp_path, tiny_clip, tokenizer):
+    clean, clean_features = _prepare(tmp_path, tiny_clip, tokenizer)
+    none, none_features = _prepare(tmp_path, tiny_clip, tokenizer, strong_perturbation="none", fw_sampling="mean")
+    assert none["descriptions"] == clean["descriptions"]
+    mean, mean_features = _prepare(tmp_path, tiny_clip, tokenizer, fw_sampling="mean")
+    torch.testing.assert_close(none_features, mean_features, rtol=0, atol=0)  # 'none' leaves the features unchanged
+    shuffled, shuffled_features = _prepare(tmp_path, tiny_clip, tokenizer, strong_perturbation="shuffle",
+                                           fw_sampling="mean")
+    assert shuffled["descriptions"][1] == clean["descriptions"][1]  # the noise sentences are not perturbed
+    for name in CLASS_NAMES:
+        for perturbed, original in zip(shuffled["descriptions"][0][name], clean["descriptions"][0][name]):
+            assert sorted(perturbed.split()) == sorted(original.split())
+    assert shuffled["class_sentences"] != mean["class_sentences"]
+    assert not torch.allclose(shuffled_features, mean_features)
+    again, _ = _prepare(tmp_path, tiny_clip, tokenizer, strong_perturbation="shuffle", fw_sampling="mean")
+    assert again["class_sentences"] == shuffled["class_sentences"]  # seeded by the run's seed
+    saved = json.loads((tmp_path / "out" / "descriptions" / "main.json").read_text())
+    assert saved == clean["descriptions"][0]  # the description cache stays clean
+    with pytest.raises(ValueError, match="strong_perturbation"):
+        AnpromptTrainingConfig(strong_perturbation="swap")
+    with pytest.raises(ValueError, match="perturbation_rate"):
+        AnpromptTrainingConfig(perturbation_rate=1.5)
+
+
+def test_lm_descriptions_from_a_tiny_random_local_lm(tmp_path, caplog):
+    """`--description_generator lm` on a local folder: a real text-generation pipeline, greedy, one line a sentence."""
+    import logging
+
+    from transformers import TextGenerationPipeline
+
+    from fixtures_lm import WORDS, tiny_random_lm
+    from trainers.semantic_prompts import LMDescriptionGenerator, get_description_generator
+
+    model, tokenizer = tiny_random_lm()
+    folder = tmp_path / "tiny-lm"
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    generator = get_description_generator("lm", description_lm=str(folder), num_main=2, num_noise=1,
+                                          max_new_tokens=8, show_progress=False)
+    assert isinstance(generator.pipeline, TextGenerationPipeline)
+    main, noise = generator.generate(["wolf", "cat"])
+    for descriptions, count in ((main, 2), (noise, 1)):
+        assert list(descriptions) == ["wolf", "cat"]
+        for sentences in descriptions.values():
+            assert 1 <= len(sentences) <= count
+            assert all(set(sentence.split()) <= set(WORDS.split()) for sentence in sentences)  # the LM's own words
+    assert generator.generate(["wolf", "cat"]) == (main, noise)  # greedy decoding
+
+    strict = LMDescriptionGenerator(model, tokenizer=tokenizer, num_main=2, num_noise=1, max_new_tokens=8,
+                                    max_sentence_chars=1, show_progress=False)  # no line is short enough
+    with caplog.at_level(logging.WARNING, logger="trainers.semantic_prompts"):
+        fallback_main, fallback_noise = strict.generate(["cat"])
+    assert (fallback_main, fallback_noise) == TemplateDescriptionGenerator().generate(["cat"])
+    assert "no usable sentences for 'cat'" in caplog.text
