@@ -5,7 +5,8 @@
   gradients, some non-zero, while CLIP's own weights get none;
 - the trained checkpoint loads in a clean process with `AutoModelForImageClassification.from_pretrained(...,
   trust_remote_code=True)` and gives the same logits as in this process;
-- the adapter export, loaded back onto the plain CLIP with `from_adapter`, gives the same logits;
+- the adapter export, loaded back onto the plain CLIP by the method's `load_adapter` (`from_adapter`, or peft's
+  `PeftModel.from_pretrained` for `--method lora`), gives the same logits;
 - resuming from the first epoch's checkpoint ends with the uninterrupted run's weights, bit for bit.
 
 A new method registered in `METHODS` is checked here without a line added to this file.
@@ -114,7 +115,7 @@ def test_checkpoint_export_and_resume_round_trips(name, tmp_path, tiny_clip_dir,
         assert not (full / "adapter").exists()
         return
     # the adapter export, back onto the plain CLIP
-    restored = cls.from_adapter(full / "adapter", clip=tiny_clip_dir).eval()
+    restored = get_method(name).load_adapter(full / "adapter", clip=tiny_clip_dir).eval()
     with torch.no_grad():
         torch.testing.assert_close(restored(pixel_values=pixel_values).logits, expected, rtol=0, atol=1e-5)
 
