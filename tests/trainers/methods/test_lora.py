@@ -208,3 +208,19 @@ def test_the_adapter_is_peft_s_export_and_reloads_onto_the_base_clip(tiny_clip, 
     restored = load_lora_adapter(tmp_path / "adapter", clip=tiny_clip_dir).eval()
     assert restored.config.class_names == CLASS_NAMES
     torch.testing.assert_close(logits(restored, pixel_values), expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_a_run_s_model_and_adapter_evaluate_alike_as_lora(tmp_path, tiny_clip_dir, image_processor):
+    from trainers import evaluate_capt
+
+    out = tmp_path / "out"
+    main(small_run_args(tmp_path, tiny_clip_dir) + ["--method", "lora", "--output_dir", str(out)])
+    assert "CLIP-LoRA" in (out / "model" / "README.md").read_text()
+    pixel_values = pixel_batch(image_processor, 3)
+    loaded = {}
+    for folder in ("model", "adapter"):
+        model, _, _ = evaluate_capt.load_checkpoint(str(out / folder), ["dog", "cat"], "a photo of a {}.")
+        assert evaluate_capt.method_of(model) == "lora"
+        loaded[folder] = logits(model, pixel_values)
+    torch.testing.assert_close(loaded["adapter"], loaded["model"], rtol=0, atol=1e-5)
