@@ -8,17 +8,15 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
 from accelerate import Accelerator
 from peft import PeftModel
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from transformers import CLIPModel
 
-from conftest import CLASS_NAMES, pixel_batch, small_run_args
+from conftest import CLASS_NAMES, pixel_batch, run_child_on_pixels, small_run_args
 from modeling_capt import PromptCLIPForImageClassification
 from trainers.args import parse_args
 from trainers.loop import train_model
@@ -170,17 +168,7 @@ def test_the_merged_checkpoint_gives_the_lora_model_s_logits_and_loads_without_p
     merged = PromptCLIPForImageClassification.from_pretrained(tmp_path / "model").eval()
     torch.testing.assert_close(logits(merged, pixel_values), expected, rtol=0, atol=1e-5)
 
-    save_file({"pixel_values": pixel_values}, tmp_path / "pixels.safetensors")
-    (tmp_path / "child.py").write_text(CHILD)
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update(HF_HOME=str(tmp_path / "hf_home"), HF_HUB_OFFLINE="1")
-    elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir()
-    proc = subprocess.run([sys.executable, str(tmp_path / "child.py"), str(tmp_path / "model"),
-                           str(tmp_path / "pixels.safetensors"), str(tmp_path / "child.json")],
-                          cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    child = json.loads((tmp_path / "child.json").read_text())
+    child = run_child_on_pixels(CHILD, tmp_path / "model", pixel_values, tmp_path)
     assert child["module"].startswith("transformers_modules")
     torch.testing.assert_close(torch.tensor(child["logits"]), expected, rtol=0, atol=1e-5)
     assert set(child["labels"]) <= set(CLASS_NAMES) and sorted(child["zero_shot"]) == ["green", "red"]
