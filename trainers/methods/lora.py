@@ -32,10 +32,9 @@ import json
 import os
 import re
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
-from peft.tuners.lora import LoraLayer
 from transformers import AutoTokenizer, CLIPConfig, CLIPModel
 from transformers.models.clip.modeling_clip import CLIPEncoderLayer
 
@@ -44,6 +43,10 @@ from modeling_capt import PromptCLIPForImageClassification, load_image_processor
 from trainers.flags import config_kwargs, flags_from_dataclasses
 from trainers.methods.base import Method, RunContext
 
+
+# peft is imported where it is used: every run imports the method registry, and importing peft takes about a second
+if TYPE_CHECKING:
+    from peft import LoraConfig
 
 #: Beside peft's files in `adapter/`: the class names and template the classifier was trained with.
 CLASS_PROMPTS_NAME = "class_prompts.json"
@@ -132,6 +135,8 @@ class ClipLoraConfig:
 
     def peft_config(self, clip_config: CLIPConfig) -> LoraConfig:
         """peft's `LoraConfig` of these options on a CLIP of `clip_config`."""
+        from peft import LoraConfig
+
         return LoraConfig(r=self.lora_rank, lora_alpha=self.lora_alpha, lora_dropout=self.lora_dropout,
                           target_modules=self.target_modules_pattern(clip_config), bias="none")
 
@@ -159,12 +164,18 @@ class PromptCLIPLoraForImageClassification(PromptCLIPForImageClassification):
 
     @classmethod
     def from_clip(cls, clip, class_names, *, lora_config: LoraConfig, **kwargs):
+        """[`PromptCLIPModel.from_clip`], then `add_lora(lora_config)`."""
         model = super().from_clip(clip, class_names, **kwargs)
         model.add_lora(lora_config)
         return model
 
     def add_lora(self, lora_config: LoraConfig) -> None:
         """Put peft's LoRA layers into the wrapped CLIP (in place); they become the only trainable parts."""
+        from peft import get_peft_model
+        from peft.tuners.lora import LoraLayer
+
+        if self._lora_modules:
+            raise ValueError("This model has its LoRA layers already")
         self.clip.name_or_path = self.config.base_model_name_or_path or ""  # peft records it as the adapter's base
         peft_clip = get_peft_model(self.clip, lora_config)
         # kept outside the module tree: the state dict keeps CLIP's own keys (clip.*), and `self.clip` is the same
@@ -216,7 +227,10 @@ def is_lora_export(directory: str | os.PathLike) -> bool:
 def load_lora_adapter(adapter_directory: str | os.PathLike, clip: str | CLIPModel | None = None, tokenizer=None,
                       image_processor=None) -> PromptCLIPForImageClassification:
     """The classifier a `--method lora` export rebuilds: its LoRA loaded onto the base CLIP (`clip`, or the export's
-    `base_model_name_or_path`) with `PeftModel.from_pretrained`, merged, around the export's class prompts."""
+    `base_model_name_or_path`; a loaded `CLIPModel` is copied, not changed) with `PeftModel.from_pretrained`, merged,
+    around the export's class prompts."""
+    from peft import LoraConfig, PeftModel
+
     adapter_directory = str(adapter_directory)
     with open(os.path.join(adapter_directory, CLASS_PROMPTS_NAME), encoding="utf-8") as handle:
         prompts = json.load(handle)
@@ -224,7 +238,7 @@ def load_lora_adapter(adapter_directory: str | os.PathLike, clip: str | CLIPMode
     source = clip if isinstance(clip, (str, os.PathLike)) else peft_config.base_model_name_or_path
     if clip is None and not source:
         raise ValueError(f"{adapter_directory} names no base_model_name_or_path; pass clip=...")
-    base = clip if isinstance(clip, CLIPModel) else CLIPModel.from_pretrained(source)
+    base = copy.deepcopy(clip) if isinstance(clip, CLIPModel) else CLIPModel.from_pretrained(source)
     if tokenizer is None or image_processor is None:
         if not source:
             raise ValueError("load_lora_adapter needs tokenizer= and image_processor= with a loaded CLIPModel")
@@ -233,7 +247,7 @@ def load_lora_adapter(adapter_directory: str | os.PathLike, clip: str | CLIPMode
     merged_clip = PeftModel.from_pretrained(base, adapter_directory).merge_and_unload()
     model = PromptCLIPForImageClassification.from_clip(
         merged_clip, prompts["class_names"], template=prompts["template"], tokenizer=tokenizer,
-        image_processor=image_processor, base_model_name_or_path=peft_config.base_model_name_or_path or source,
+        image_processor=image_processor, base_model_name_or_path=str(source) if source else None,
     )
     setattr(model.config, MERGED_LORA_KEY, _merged_lora_record(peft_config))
     return model
