@@ -19,9 +19,8 @@ setup(
         "dataset_scripts": ["noise_maps/*.json"],
     },
     zip_safe=False,  # the embedded model and data are read as files from disk
-    # Only what the package imports (tests/test_packaging.py checks it): no peft (the adapters export in PEFT's layout
-    # without importing it), no evaluate (metrics are plain functions, trainers/metrics.py), no sentencepiece (only a
-    # SigLIP tokenizer needs it: the `siglip` extra).
+    # Only what the package imports (tests/test_packaging.py checks it): no evaluate (metrics are plain functions,
+    # trainers/metrics.py), no sentencepiece (only a SigLIP tokenizer needs it: the `siglip` extra).
     install_requires=[
         # torch is pinned by the caller (see README): `pip install torch==2.13.0` takes the CPU build here.
         "torch>=2.4",
@@ -38,6 +37,7 @@ setup(
         "scipy",  # Stanford Cars and Flowers102 annotations (.mat)
         "numpy",
         "POT",  # VisPrompt's optimal-transport pass (trainers/ only; the modeling files never import it)
+        "peft>=0.17",  # CLIP-LoRA, --method lora (trainers/ only: its saved model is merged and loads without peft)
     ],
     extras_require={
         # the Space written by trainers/write_space.py (the Endpoint handler needs nothing more than the package)
@@ -47,8 +47,7 @@ setup(
         # setuptools: tests/test_packaging.py builds and installs the package without build isolation; gradio and
         # websockets: the Space's tests (gradio_client, and Chromium driven over its DevTools websocket); tensorboard:
         # the tracker test reads the events file back; olah: the local Hub server of the read-path tests
-        "test": ["pytest>=8", "setuptools>=70.1", "gradio>=5", "websockets>=13", "tensorboard", "olah",
-                 "peft>=0.17"],  # peft: a test checks PEFT refuses the PEFT-shaped adapter export
+        "test": ["pytest>=8", "setuptools>=70.1", "gradio>=5", "websockets>=13", "tensorboard", "olah"],
     },
     entry_points={
         "console_scripts": [

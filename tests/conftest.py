@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -99,6 +102,24 @@ def random_images(n: int, seed: int = 0, size: int = 32) -> list[Image.Image]:
 
 def pixel_batch(image_processor, n: int = 3, seed: int = 0) -> torch.Tensor:
     return image_processor(images=random_images(n, seed), return_tensors="pt")["pixel_values"]
+
+
+def run_child_on_pixels(script: str, model_dir, pixel_values: torch.Tensor, tmp_path) -> dict:
+    """Run `script` in a clean Python process (another folder, no PYTHONPATH, an empty offline Hub cache) as
+    `script MODEL_DIR PIXELS_FILE OUTPUT_JSON`, the pixels saved as safetensors; returns the JSON it wrote."""
+    from safetensors.torch import save_file
+
+    save_file({"pixel_values": pixel_values}, tmp_path / "pixels.safetensors")
+    (tmp_path / "child.py").write_text(script)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(HF_HOME=str(tmp_path / "hf_home"), HF_HUB_OFFLINE="1")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir(exist_ok=True)
+    proc = subprocess.run([sys.executable, str(tmp_path / "child.py"), str(model_dir),
+                           str(tmp_path / "pixels.safetensors"), str(tmp_path / "child.json")],
+                          cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads((tmp_path / "child.json").read_text())
 
 
 def small_run_args(tmp_path, clip_dir) -> list[str]:

@@ -36,6 +36,7 @@ from dataset_scripts.data import (  # noqa: E402
 from trainers.metrics import top_confused_pairs  # noqa: E402
 from dataset_scripts.atomic_io import write_json_atomic  # noqa: E402
 from trainers.evaluation import evaluate_split  # noqa: E402
+from trainers.methods.lora import MERGED_LORA_KEY, is_lora_export, load_lora_adapter  # noqa: E402
 
 
 logger = logging.getLogger(__name__)
@@ -88,8 +89,9 @@ def load_checkpoint(checkpoint: str, class_names: list[str], template: str):
     if kind == "clip":
         model = PromptCLIPForImageClassification.from_clip(checkpoint, class_names, template=template)
         return model, model.tokenizer, model.image_processor
-    if kind == "adapter":
-        model = PromptCLIPForImageClassification.from_adapter(checkpoint)  # builds the class the export names
+    if kind == "adapter":  # the class the export names; --method lora's peft export, merged onto its base CLIP
+        model = (load_lora_adapter(checkpoint) if is_lora_export(checkpoint)
+                 else PromptCLIPForImageClassification.from_adapter(checkpoint))
         source = model.config.base_model_name_or_path
     else:
         model = load_pretrained(checkpoint)  # the class that saved it, with the folder's tokenizer and processor
@@ -105,9 +107,12 @@ def load_checkpoint(checkpoint: str, class_names: list[str], template: str):
 
 
 def method_of(model) -> str:
-    """The trainer's `--method` that produced a model: `capt` (adapters), `coop` (learned context) or `zeroshot`."""
+    """The trainer's `--method` that produced a model: `capt` (adapters), `lora` (merged LoRA weights), `coop`
+    (learned context) or `zeroshot`."""
     if getattr(model.config, "adapter_config", None) is not None:
         return "capt"
+    if getattr(model.config, MERGED_LORA_KEY, None):
+        return "lora"
     return "coop" if model.config.use_learnable_context else "zeroshot"
 
 

@@ -60,7 +60,7 @@ def test_config_file_errors(tmp_path, content, error):
 @pytest.mark.parametrize(
     "argv, error",
     [
-        (["--method", "lora"], "--method"),
+        (["--method", "maple"], "--method"),
         (["--push_to_hub"], "hub_model_id"),
         (["--push_to_hub", "--hub_model_id", "capt-test"], "--hub_model_id must look like 'org/name'"),
         (["--train_dir", "x"], "go together"),

@@ -10,6 +10,7 @@ from trainers.methods.anprompt import AnpromptMethod
 from trainers.methods.base import Method, RunContext
 from trainers.methods.capt import CaptMethod
 from trainers.methods.coop import CoOpMethod
+from trainers.methods.lora import LoraMethod
 from trainers.methods.visprompt import VisPromptMethod
 from trainers.methods.zeroshot import ZeroShotMethod
 
@@ -20,6 +21,7 @@ METHODS: dict[str, type[Method]] = {
     "capt": CaptMethod,
     "visprompt": VisPromptMethod,
     "anprompt": AnpromptMethod,
+    "lora": LoraMethod,
 }
 
 

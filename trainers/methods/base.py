@@ -13,7 +13,8 @@ let the method prepare what it needs, build its model, train it with the shared 
 - `begin_training` / `training_step`: one training step's loss and logs, on the `accelerator.prepare`d model;
 - `begin_epoch`: work at the start of each epoch, before its first step (VisPrompt: the OT clean/noisy split);
 - `generators`: the private random generators a checkpoint must restore;
-- `extra_metrics`: what `metrics.json` holds besides accuracy.
+- `extra_metrics`: what `metrics.json` holds besides accuracy;
+- `load_adapter`: the classifier the run's `adapter/` export rebuilds on a plain CLIP.
 
 Adding a method means a model pair in `modeling_capt/`, a module here subclassing `Method`, and one line in the
 registry (`trainers/methods/__init__.py`).
@@ -25,6 +26,8 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
+
+from modeling_capt import PromptCLIPModel
 
 
 @dataclass
@@ -132,6 +135,12 @@ class Method:
     def extra_metrics(self, model, run: RunContext, results: dict) -> dict:
         """Entries added to the method's `metrics.json` entry (`results`: the zero-shot and trained predictions)."""
         return {}
+
+    @classmethod
+    def load_adapter(cls, adapter_directory, clip=None):
+        """The classifier the run's `adapter/` export rebuilds on a plain CLIP (`clip`, else the export's base model):
+        `PromptCLIPModel.from_adapter`, which builds the class the export names."""
+        return PromptCLIPModel.from_adapter(adapter_directory, clip=clip)
 
     @classmethod
     def trained_parts(cls, model_folder: str) -> str:

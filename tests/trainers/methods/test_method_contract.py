@@ -5,7 +5,8 @@
   gradients, some non-zero, while CLIP's own weights get none;
 - the trained checkpoint loads in a clean process with `AutoModelForImageClassification.from_pretrained(...,
   trust_remote_code=True)` and gives the same logits as in this process;
-- the adapter export, loaded back onto the plain CLIP with `from_adapter`, gives the same logits;
+- the adapter export, loaded back onto the plain CLIP by the method's `load_adapter` (`from_adapter`, or peft's
+  `PeftModel.from_pretrained` for `--method lora`), gives the same logits;
 - resuming from the first epoch's checkpoint ends with the uninterrupted run's weights, bit for bit.
 
 A new method registered in `METHODS` is checked here without a line added to this file.
@@ -15,16 +16,14 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
 from accelerate import Accelerator
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 import modeling_capt
-from conftest import random_images, reset_accelerate, small_run_args
+from conftest import random_images, reset_accelerate, run_child_on_pixels, small_run_args
 from dataset_scripts.data import make_loader
 from trainers.args import parse_args
 from trainers.methods import METHODS, get_method
@@ -96,17 +95,7 @@ def test_checkpoint_export_and_resume_round_trips(name, tmp_path, tiny_clip_dir,
         expected = model(pixel_values=pixel_values).logits
 
     # the checkpoint, loaded with remote code in a clean process
-    save_file({"pixel_values": pixel_values}, tmp_path / "pixels.safetensors")
-    (tmp_path / "child.py").write_text(CHILD)
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update(HF_HOME=str(tmp_path / "hf_home"), HF_HUB_OFFLINE="1")
-    elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir()
-    proc = subprocess.run([sys.executable, str(tmp_path / "child.py"), str(model_dir),
-                           str(tmp_path / "pixels.safetensors"), str(tmp_path / "child.json")],
-                          cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    child = json.loads((tmp_path / "child.json").read_text())
+    child = run_child_on_pixels(CHILD, model_dir, pixel_values, tmp_path)
     assert child["module"].startswith("transformers_modules"), child["module"]
     torch.testing.assert_close(torch.tensor(child["logits"]), expected, rtol=0, atol=1e-5)
 
@@ -114,7 +103,7 @@ def test_checkpoint_export_and_resume_round_trips(name, tmp_path, tiny_clip_dir,
         assert not (full / "adapter").exists()
         return
     # the adapter export, back onto the plain CLIP
-    restored = cls.from_adapter(full / "adapter", clip=tiny_clip_dir).eval()
+    restored = get_method(name).load_adapter(full / "adapter", clip=tiny_clip_dir).eval()
     with torch.no_grad():
         torch.testing.assert_close(restored(pixel_values=pixel_values).logits, expected, rtol=0, atol=1e-5)
 
