@@ -34,8 +34,9 @@ import statistics
 
 from PIL import Image, ImageDraw, ImageFont
 
-from dataset_scripts.atomic_io import write_json_atomic
+from dataset_scripts.atomic_io import write_json_atomic, write_text_atomic
 from dataset_scripts.coop_datasets import MissingDataError, get_dataset_info, load_coop_dataset
+from dataset_scripts.label_noise import check_noise_options
 
 
 logger = logging.getLogger(__name__)
@@ -99,6 +100,8 @@ def plan(args, trainer_args: list[str]) -> list[dict]:
     for rate in args.noise_rates:
         if not 0 <= rate < 1:
             raise ValueError(f"--noise_rates must be in [0, 1), got {rate}")
+    for noise_type in args.noise_types:  # a misspelt type or an unreadable map fails now, not after the clean runs
+        check_noise_options(0.0, noise_type, 0)
     runs = []
     for data, data_flags in data_sources(args):
         for method in args.methods:
@@ -239,8 +242,7 @@ def run_label_noise(argv: list[str]) -> dict:
     table, curves = tables(records, args)
     root = os.path.join(args.output_dir, "label_noise")
     os.makedirs(root, exist_ok=True)
-    with open(os.path.join(root, "results.md"), "w", encoding="utf-8") as handle:
-        handle.write(table)
+    write_text_atomic(os.path.join(root, "results.md"), table)
     plots = [draw_curves(os.path.join(root, f"{data}_accuracy_vs_noise.png"), f"{data}: accuracy vs label noise",
                          panels) for data, panels in curves.items()]
     return {"table": table, "records": records, "plots": plots}

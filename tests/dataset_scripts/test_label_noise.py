@@ -38,6 +38,27 @@ def test_sym_noise_is_deterministic_per_seed_and_spreads_over_other_classes():
     assert noise_seed(1, "x", 16, 0.5, "sym") != noise_seed(1, "x", 16, 0.25, "sym")
 
 
+def test_the_noise_generator_is_its_own():
+    """No global random state moves the noisy labels (the issue's "dedicated seeded RNG"), and they draw nothing
+    from it: the few-shot draw and training see the same random numbers with or without noise."""
+    import random
+
+    import torch
+
+    draws = []
+    for global_seed in (0, 1):
+        random.seed(global_seed)
+        np.random.seed(global_seed)
+        torch.manual_seed(global_seed)
+        states = (random.getstate(), np.random.get_state()[1].copy(), torch.get_rng_state())
+        draws.append([inject_label_noise(LABELS, NAMES, 0.5, t, seed=7) for t in ("sym", "asym")]
+                     + [inject_label_noise(LABELS, NAMES, noise_per_class=3, seed=7)])
+        assert random.getstate() == states[0] and (np.random.get_state()[1] == states[1]).all()
+        assert torch.equal(torch.get_rng_state(), states[2])
+    for first, second in zip(*draws):
+        assert (first == second).all()
+
+
 def test_per_class_protocol_gives_every_class_exactly_m_foreign_samples():
     noisy = inject_label_noise(LABELS, NAMES, noise_per_class=4, seed=0)
     for klass in range(5):

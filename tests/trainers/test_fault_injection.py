@@ -83,6 +83,20 @@ def test_structural_checks_without_a_manifest(tmp_path):
         checkpointing.verify_checkpoint(str(folder), {"epoch": 1})
 
 
+@pytest.mark.parametrize("content", ['{"epoch": 1, "sett', '{"settings": {}}', "[1]"])
+def test_a_damaged_progress_file_fails_naming_it(tmp_path, content):
+    """The trainer's own JSON (`capt_progress.json`) is outside its manifest: cut short or without its epoch, it is
+    named as damaged, not a bare JSON error or a KeyError."""
+    from types import SimpleNamespace
+
+    folder = tmp_path / "epoch_1"
+    folder.mkdir()
+    (folder / checkpointing.PROGRESS_FILE).write_text(content)
+    train_args = SimpleNamespace(resume_from_checkpoint=str(folder), output_dir=str(tmp_path), num_train_epochs=2)
+    with pytest.raises(checkpointing.DamagedCheckpointError, match=rf"{checkpointing.PROGRESS_FILE}.*damaged"):
+        checkpointing.resolve_resume(train_args, {})
+
+
 @pytest.mark.slow
 def test_random_states_accelerate_cannot_restore_fail_loudly(run_args, tmp_path):
     """Accelerate logs 'Could not load random states' at INFO (hidden by the trainer) and goes on with other random

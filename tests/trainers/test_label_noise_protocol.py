@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 from PIL import Image
@@ -51,6 +52,30 @@ def test_bad_grid_settings_fail_before_any_run(tmp_path):
         label_noise_protocol.run_label_noise(["--embedded", "--noise_rates", "1.0", "--output_dir", str(tmp_path)])
     with pytest.raises(ValueError, match="--embedded or --data_dir"):
         label_noise_protocol.run_label_noise(["--output_dir", str(tmp_path)])
+
+
+def test_a_bad_noise_type_fails_before_the_first_run(tmp_path, monkeypatch):
+    """The clean (0 %) runs come first in the grid: a misspelt --noise_types or a missing map file failed only after
+    them."""
+    monkeypatch.setattr(train_capt, "main", lambda argv: pytest.fail("a run started"))
+    for noise_type, message in (("sideways", "sym, asym"), (str(tmp_path / "no_such_map.json"), "sym, asym"),
+                                ("{not json", "not valid JSON")):
+        with pytest.raises(ValueError, match=message):
+            label_noise_protocol.run_label_noise(["--embedded", "--noise_rates", "0", "0.5", "--noise_types", noise_type,
+                                                  "--output_dir", str(tmp_path)])
+
+
+def test_a_failed_table_write_keeps_the_previous_results(tmp_path, monkeypatch):
+    """results.md is written beside and moved into place (docs/reliability.md): a write that fails part-way (here an
+    unencodable character) leaves the previous table, not an empty file."""
+    results = tmp_path / "label_noise" / "results.md"
+    results.parent.mkdir(parents=True)
+    results.write_text("previous table")
+    monkeypatch.setattr(label_noise_protocol, "tables", lambda records, args: ("| broken \ud800 |", {}))
+    with pytest.raises(UnicodeEncodeError):
+        label_noise_protocol.run_label_noise(["--embedded", "--table_only", "--output_dir", str(tmp_path)])
+    assert results.read_text() == "previous table"
+    assert sorted(os.listdir(results.parent)) == ["results.md"]
 
 
 def test_missing_visprompt_datasets_are_skipped(tmp_path):

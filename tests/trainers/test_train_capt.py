@@ -385,7 +385,7 @@ def test_model_flags_the_model_refuses_fail_before_any_work(run_args, monkeypatc
         main(run_args + flags)
 
 
-@pytest.mark.parametrize("method", ["coop", "capt"])
+@pytest.mark.parametrize("method", ["coop", "capt", "visprompt"])
 def test_a_single_training_class_fails_before_any_work(tmp_path, tiny_clip_dir, monkeypatch, method):
     """A 2-class dataset split base-to-novel trains on one class: CAPT failed after the zero-shot evaluation, and CoOp
     trained on a loss that is always 0."""
