@@ -43,12 +43,16 @@ from datasets.utils.py_utils import convert_file_size_to_int  # noqa: E402
 
 from dataset_scripts.atomic_io import write_directory_atomic, write_text_atomic  # noqa: E402
 from dataset_scripts.cards import fill_card, size_category  # noqa: E402
-from dataset_scripts.coop_datasets import get_dataset_info, list_datasets, read_coop_dataset  # noqa: E402
+from dataset_scripts.coop_datasets import (  # noqa: E402
+    PROVENANCE_FILE,
+    get_dataset_info,
+    list_datasets,
+    read_coop_dataset,
+)
 
 logger = logging.getLogger(__name__)
 
 #: Name of the per-config provenance record written next to the Parquet shards.
-PROVENANCE_FILE = "capt_benchmark.json"
 CARD_FILE = "README.md"
 DEFAULT_MAX_SHARD_SIZE = "500MB"
 #: Rows per Parquet row group (and per embedding batch): small, since rows carry whole images.

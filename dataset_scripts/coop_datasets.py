@@ -55,6 +55,10 @@ import datasets
 from datasets import ClassLabel, DatasetDict, Features
 from datasets import Image as ImageFeature
 
+#: The provenance record `build_benchmark.py` writes into each config folder of a Parquet benchmark (its presence
+#: also tells the trainer the rows are in the split list's order, so the few-shot draw can follow Dassl's).
+PROVENANCE_FILE = "capt_benchmark.json"
+
 logger = logging.getLogger(__name__)
 
 #: Seed of the ``random.Random`` used to generate splits where no ``split_zhou`` file exists.

@@ -16,14 +16,15 @@ import re
 from dataclasses import dataclass, field
 
 import datasets
+import huggingface_hub
 import numpy as np
 import torch
 from datasets import ClassLabel, DatasetDict
 from PIL import Image
 
-from dataset_scripts.coop_datasets import get_dataset_info, list_datasets
+from dataset_scripts.coop_datasets import PROVENANCE_FILE, get_dataset_info, list_datasets
 from dataset_scripts.data_fingerprint import training_set_fingerprint
-from dataset_scripts.fewshot import few_shot_indices, label_array, subsample_classes
+from dataset_scripts.fewshot import CLASS_ORDERS, few_shot_indices, label_array, subsample_classes
 from dataset_scripts.label_noise import (
     check_noise_options, inject_label_noise, noise_record, noise_seed, read_noisy_labels,
 )
@@ -55,6 +56,12 @@ class DataArguments:
         default=None, metadata={"help": "Cap the test split, before its base/novel split (for quick runs)."}
     )
     fewshot_cache_dir: str | None = field(default=None, metadata={"help": "Where few-shot indices are cached (JSON)."})
+    class_order: str = field(
+        default="auto",
+        metadata={"help": "The order the few-shot draw visits the classes: first_appearance (Dassl's, so a CoOp "
+                          "benchmark gets the published images), sorted, or auto (first_appearance for --dataset and "
+                          "for a benchmark build_benchmark.py wrote, sorted otherwise)."},
+    )
     noise_rate: float = field(
         default=0.0, metadata={"help": "Label noise: share of training labels corrupted, exactly int(r N), in [0, 1)."}
     )
@@ -74,6 +81,8 @@ class DataArguments:
     )
 
     def __post_init__(self):
+        if self.class_order not in ("auto", *CLASS_ORDERS):
+            raise ValueError(f"--class_order must be auto, first_appearance or sorted, got {self.class_order!r}")
         if self.subsample_classes not in ("base", "all"):
             raise ValueError(f"--subsample_classes must be base or all, got {self.subsample_classes!r}")
         if self.max_eval_samples is not None and self.max_eval_samples < 1:
@@ -244,6 +253,33 @@ def fewshot_cache_key(data_args) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(key)).strip("_")
 
 
+def resolve_class_order(data_args) -> str:
+    """The few-shot draw's class order. `auto`: Dassl's (first appearance in the split list) for a CoOp benchmark, read
+    from its folders (`--dataset`) or from the Parquet `build_benchmark.py` wrote (rows kept in the split list's order,
+    recognised by its provenance record, locally or on the Hub), so the draw is the published one; sorted for any
+    other source, which has no published draw (the embedded default's draw is unchanged)."""
+    if data_args.class_order != "auto":
+        return data_args.class_order
+    if data_args.dataset:
+        return "first_appearance"
+    if data_args.dataset_name and _is_built_benchmark(data_args.dataset_name, data_args.dataset_config_name):
+        return "first_appearance"
+    return "sorted"
+
+
+def _is_built_benchmark(name: str, config: str | None) -> bool:
+    record = f"{config}/{PROVENANCE_FILE}" if config else PROVENANCE_FILE
+    if os.path.exists(name):
+        return os.path.isfile(os.path.join(name, record))
+    try:
+        return bool(huggingface_hub.file_exists(name, record, repo_type="dataset"))
+    except Exception as err:  # offline, gated, ...: the draw cannot follow Dassl's without knowing; say so
+        logger.warning("Could not check whether %s is a CoOp benchmark built by build_benchmark.py (%s): the few-shot "
+                       "draw visits the classes in sorted order; pass --class_order first_appearance for the "
+                       "published draw of a CoOp benchmark.", name, err)
+        return False
+
+
 #: The column `prepare_splits` adds to every split: each row's index in the source split it was sampled from, so an
 #: error about a row of the few-shot (or evaluation) subset names the row of the data the user has.
 SOURCE_ROW_COLUMN = "source_row"
@@ -295,11 +331,9 @@ def prepare_splits(data_args, seed: int) -> dict:
     train = raw["train"]
     if data_args.shots and data_args.shots > 0:
         warn_fewer_images_than_shots(train, data_args.shots)
-        # CoOp benchmarks: Dassl's class order (first appearance in the split list), so the draw is the published
-        # one; other sources have no published draw and keep sorted order (the embedded default's draw is unchanged)
         indices = few_shot_indices(
             DatasetDict(train=train), data_args.shots, seed, dataset_name=fewshot_cache_key(data_args),
-            cache_dir=data_args.fewshot_cache_dir, class_order="first_appearance" if data_args.dataset else "sorted",
+            cache_dir=data_args.fewshot_cache_dir, class_order=resolve_class_order(data_args),
         )
         train = train.select(indices["train"])
     test = raw["test"]

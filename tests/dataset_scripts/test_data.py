@@ -82,7 +82,7 @@ def _data_args(path, **overrides):
 
     values = dict(dataset=None, data_dir=None, train_dir=None, test_dir=None, dataset_name=str(path),
                   dataset_config_name=None, image_column="image", label_column="label", shots=1,
-                  subsample_classes="base", max_eval_samples=None, fewshot_cache_dir=None)
+                  subsample_classes="base", max_eval_samples=None, fewshot_cache_dir=None, class_order="auto")
     values.update(overrides)
     return SimpleNamespace(**values)
 
@@ -263,3 +263,61 @@ def test_coop_benchmarks_draw_in_dassls_class_order_other_sources_in_sorted_orde
     rows = sample_per_class(hub["label"], 2, random.Random(1), "sorted")
     assert prepare_splits(args, seed=1)["train"]["label"] == [hub["label"][row] for row in rows]
     assert rows != sample_per_class(hub["label"], 2, random.Random(1), "first_appearance")
+
+
+def test_a_built_parquet_benchmark_draws_as_its_coop_folders_do(tmp_path):
+    """`build_benchmark.py` keeps the split list's row order; the trainer recognises its provenance record and draws
+    in Dassl's class order, so `--dataset_name OUT --dataset_config_name oxford_flowers` picks the images the CoOp
+    folders (and the published protocol) pick. `--class_order sorted` overrides it."""
+    import random
+
+    from fixtures_coop import write_split_zhou
+
+    from dataset_scripts.build_benchmark import build_benchmark
+    from dataset_scripts.data import prepare_splits
+    from dataset_scripts.fewshot import sample_per_class
+
+    names = ["pink primrose", "canterbury bells", "sweet pea"]
+    labels = [2, 1, 2, 0, 1, 2, 0, 1, 0, 2, 1, 0]
+    entries = {split: [(f"image_{split}{row:02d}.jpg", label, names[label]) for row, label in enumerate(labels)]
+               for split in ("train", "val", "test")}
+    write_split_zhou(str(tmp_path / "oxford_flowers"), "jpg", "split_zhou_OxfordFlowers.json", entries)
+    build_benchmark("oxford_flowers", tmp_path, tmp_path / "out", show_progress=False)
+
+    def drawn(**overrides):
+        return prepare_splits(_data_args(tmp_path / "out", shots=2, subsample_classes="all", **overrides),
+                              seed=1)["train"]["source_row"]
+
+    folders = drawn(dataset="oxford_flowers", data_dir=str(tmp_path), dataset_name=None)
+    published = sorted(sample_per_class(labels, 2, random.Random(1), "first_appearance"))
+    assert sorted(folders) == published
+    assert sorted(drawn(dataset_config_name="oxford_flowers")) == published
+    sorted_draw = sorted(sample_per_class(labels, 2, random.Random(1), "sorted"))
+    assert sorted_draw != published
+    assert sorted(drawn(dataset_config_name="oxford_flowers", class_order="sorted",
+                        fewshot_cache_dir=str(tmp_path / "other-cache"))) == sorted_draw
+
+
+def test_class_order_auto_asks_the_hub_for_the_provenance_record_and_says_when_it_cannot(monkeypatch, caplog):
+    from dataset_scripts import data
+
+    asked = []
+
+    def file_exists(repo_id, filename, repo_type=None):
+        asked.append((repo_id, filename, repo_type))
+        if repo_id == "org/offline":
+            raise OSError("offline")
+        return repo_id == "org/coop-benchmarks"
+
+    monkeypatch.setattr(data.huggingface_hub, "file_exists", file_exists)
+    order = lambda name: data.resolve_class_order(_data_args(None, dataset_name=name, dataset_config_name="dtd",
+                                                             class_order="auto"))
+    assert order("org/coop-benchmarks") == "first_appearance"
+    assert asked[-1] == ("org/coop-benchmarks", "dtd/capt_benchmark.json", "dataset")
+    assert order("org/any-dataset") == "sorted" and not caplog.records
+    assert order("org/offline") == "sorted"
+    assert "--class_order first_appearance" in caplog.text
+    assert data.resolve_class_order(_data_args(None, dataset_name="org/offline", class_order="first_appearance")) \
+        == "first_appearance"
+    with pytest.raises(ValueError, match="--class_order must be auto, first_appearance or sorted"):
+        data.DataArguments(class_order="random")
