@@ -119,6 +119,11 @@ def plan(args, trainer_args: list[str]) -> list[dict]:
                         argv += ["--noise_rate", str(rate), "--noise_type", noise_type]
                     runs.append({"data": data, "method": method, "seed": seed, "noise_type": noise_type,
                                  "rate": rate, "json": os.path.join(folder, f"seed{seed}.json"), "argv": argv})
+    if trainer_args:  # a bad trainer flag fails now, against each method's own flags, not at its first run
+        from trainers.args import parse_args
+
+        for method in args.methods:
+            parse_args(next(run["argv"] for run in runs if run["method"] == method))
     return runs
 
 

@@ -65,6 +65,17 @@ def test_a_bad_noise_type_fails_before_the_first_run(tmp_path, monkeypatch):
                                                   "--output_dir", str(tmp_path)])
 
 
+def test_a_bad_trainer_flag_fails_before_the_first_run(tmp_path, monkeypatch):
+    """Flags after `--` are checked against each method's own flags when the grid is planned, as run_protocol.py does
+    for its protocols: VisPrompt's OT flag is refused for CoOp, an unknown flag for every method."""
+    monkeypatch.setattr(train_capt, "main", lambda argv: pytest.fail("a run started"))
+    for methods, flags, message in ((["coop"], ["--ot_reg", "0.1"], "ot_reg"),
+                                    (["visprompt"], ["--no_such_flag", "1"], "no_such_flag")):
+        with pytest.raises(ValueError, match=message):
+            label_noise_protocol.run_label_noise(["--embedded", "--methods", *methods, "--noise_rates", "0",
+                                                  "--output_dir", str(tmp_path), "--", *flags])
+
+
 def test_a_failed_table_write_keeps_the_previous_results(tmp_path, monkeypatch):
     """results.md is written beside and moved into place (docs/reliability.md): a write that fails part-way (here an
     unencodable character) leaves the previous table, not an empty file."""
