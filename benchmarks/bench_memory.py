@@ -27,13 +27,13 @@ import argparse
 import ctypes
 import json
 import os
-import subprocess
 import sys
 
 import torch
 
 from benchmark_utils import (
-    accelerator_for, build_clip, capt_model, class_names, describe_run, image_processor_for, parse_args, print_table,
+    accelerator_for, build_clip, capt_model, child_result, class_names, describe_run, image_processor_for, parse_args,
+    print_table,
 )
 from bench_bank import synthetic_bank
 from trainers.methods.capt import CaptArguments
@@ -157,11 +157,7 @@ def main(argv=None):
     for mode in modes.split(","):
         command = [sys.executable, os.path.abspath(__file__), *passthrough, "--device", args.device.type,
                    "--child", mode]
-        output = subprocess.run(command, capture_output=True, text=True, check=False)
-        line = next((l for l in output.stdout.splitlines() if l.startswith("RESULT ")), None)
-        if output.returncode != 0 or line is None:
-            raise SystemExit(f"The {mode} measurement failed:\n{output.stdout[-2000:]}\n{output.stderr[-4000:]}")
-        results.append(json.loads(line[len("RESULT "):]))
+        results.append(child_result(command, mode))
 
     clip, _, description = build_clip(args.model, 2, args.seed)
     describe_run(args, clip, description)

@@ -27,14 +27,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 
 import torch
 
 from benchmark_utils import (
-    accelerator_for, build_clip, class_names, clock_for, describe_run, interleaved, median, paired_ratios, parse_args,
-    print_ratio_spread, print_table, random_pixels,
+    accelerator_for, build_clip, child_result, class_names, clock_for, describe_run, interleaved, median, paired_ratios,
+    parse_args, print_ratio_spread, print_table, random_pixels,
 )
 from bench_memory import _reset_host_peak, _status_kib
 from modeling_capt import PromptCLIPForImageClassification, VisPromptForImageClassification, VisPromptGuidanceConfig
@@ -124,12 +123,7 @@ def measure_memory(args, argv, memory_model, recompute) -> int:
     command = [sys.executable, os.path.abspath(__file__), *argv, "--device", "cpu", "--memory_model", memory_model,
                "--memory_batch_size", str(args.memory_batch_size),
                "--memory_child", "recompute" if recompute else "kept"]
-    output = subprocess.run(command, capture_output=True, text=True, check=False, env={**os.environ, **HOST_MALLOC_ENV})
-    line = next((row for row in output.stdout.splitlines() if row.startswith("RESULT ")), None)
-    if output.returncode != 0 or line is None:
-        raise SystemExit(f"The memory measurement failed (exit {output.returncode}; -9 is the kernel's out-of-memory "
-                         f"kill):\n{output.stdout[-2000:]}\n{output.stderr[-4000:]}")
-    return json.loads(line[len("RESULT "):])
+    return child_result(command, "memory", env=HOST_MALLOC_ENV)
 
 
 def main(argv=None):

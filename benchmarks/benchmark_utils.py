@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import math
 import os
 import statistics
+import subprocess
 import sys
 import time
 
@@ -67,6 +69,18 @@ def parse_args(description: str, argv=None, add_arguments=None) -> argparse.Name
     if args.threads:
         torch.set_num_threads(args.threads)
     return args
+
+
+def child_result(command: list[str], what: str, env: dict | None = None):
+    """Run a measurement in a fresh process and return the JSON it prints on its `RESULT ` line; a failed child stops
+    the benchmark with its output (exit -9 is the kernel's out-of-memory kill)."""
+    output = subprocess.run(command, capture_output=True, text=True, check=False,
+                            env=None if env is None else {**os.environ, **env})
+    line = next((row for row in output.stdout.splitlines() if row.startswith("RESULT ")), None)
+    if output.returncode != 0 or line is None:
+        raise SystemExit(f"The {what} measurement failed (exit {output.returncode}):\n{output.stdout[-2000:]}\n"
+                         f"{output.stderr[-4000:]}")
+    return json.loads(line[len("RESULT "):])
 
 
 def resolve_device(name: str) -> torch.device:

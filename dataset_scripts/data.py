@@ -260,11 +260,8 @@ def resolve_class_order(data_args) -> str:
     other source, which has no published draw (the embedded default's draw is unchanged)."""
     if data_args.class_order != "auto":
         return data_args.class_order
-    if data_args.dataset:
-        return "first_appearance"
-    if data_args.dataset_name and _is_built_benchmark(data_args.dataset_name, data_args.dataset_config_name):
-        return "first_appearance"
-    return "sorted"
+    built = data_args.dataset_name and _is_built_benchmark(data_args.dataset_name, data_args.dataset_config_name)
+    return "first_appearance" if data_args.dataset or built else "sorted"
 
 
 def _is_built_benchmark(name: str, config: str | None) -> bool:
